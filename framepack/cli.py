@@ -1,0 +1,103 @@
+"""`python -m framepack predict`: the local mirror of `cog predict`, for people and scripts without Docker.
+
+    python -m framepack predict -i prompt="..." -i input_image=@photo.jpg -i seed=42 [-i name=value ...]
+        [--weights DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [-o out.mp4] [--dump-tensors FILE]
+
+Inputs are validated and the weights checked before any model is loaded; a failure exits non-zero and leaves
+no output file behind. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .request import INPUT_SPECS, GenerationRequest, InvalidInput, build_request, parse_text_value
+from .weights import MissingWeights, check_weights
+
+EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
+DTYPES = ("float32", "bfloat16")
+
+
+def default_weights_dir() -> Path:
+    return Path(os.environ.get("FRAMEPACK_WEIGHTS", "weights"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m framepack", description="FramePack image-to-video.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="generate one video, like `cog predict`",
+                                  description="Inputs: " + ", ".join(INPUT_SPECS))
+    predict.add_argument("-i", "--input", dest="inputs", action="append", default=[], metavar="NAME=VALUE",
+                         help="an API input; prefix file paths with @ (input_image=@photo.jpg)")
+    predict.add_argument("--weights", type=Path, default=None,
+                         help="weights folder in the hub layout (default: $FRAMEPACK_WEIGHTS or weights/)")
+    predict.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                         help="default: cuda when available")
+    predict.add_argument("--dtype", choices=DTYPES, default=None,
+                         help="transformer dtype (default: bfloat16 on cuda, float32 on cpu)")
+    predict.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
+    predict.add_argument("--dump-tensors", type=Path, default=None, metavar="FILE",
+                         help="also write intermediate tensors to this safetensors file")
+    return parser
+
+
+def parse_inputs(pairs: list[str]) -> dict[str, object]:
+    """`name=value` strings -> typed values per the API table; raises InvalidInput."""
+    values: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise InvalidInput(pair, "expected NAME=VALUE")
+        if name not in INPUT_SPECS:
+            raise InvalidInput(name, f"unknown input; known inputs are {', '.join(INPUT_SPECS)}")
+        values[name] = parse_text_value(INPUT_SPECS[name], text)
+    return values
+
+
+def _check_output(path: Path, option: str) -> None:
+    if not path.parent.resolve().is_dir():
+        raise InvalidInput(option, f"folder {path.parent} does not exist")
+
+
+def run_predict(args: argparse.Namespace) -> Path:
+    """Validate, load, generate and write; returns the MP4 path. Raises InvalidInput or MissingWeights early."""
+    request: GenerationRequest = build_request(parse_inputs(args.inputs))
+    _check_output(args.output, "--output")
+    if args.dump_tensors is not None:
+        _check_output(args.dump_tensors, "--dump-tensors")
+    weights_dir = args.weights or default_weights_dir()
+    check_weights(weights_dir, (request.model_variant,))
+
+    import torch
+
+    from .outputs import save_outputs
+    from .models import load_models
+    from .pipeline import TensorRecorder, generate
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    logging.info("seed %d", request.seed)
+    models = load_models(weights_dir, (request.model_variant,), device, getattr(torch, dtype_name))
+    recorder = TensorRecorder(args.dump_tensors is not None)
+    result = generate(request, models, record=recorder)
+    save_outputs(request, result, args.output, recorder, args.dump_tensors)
+    return args.output
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        output = run_predict(args)
+    except (InvalidInput, MissingWeights) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    print(output)
+    return 0

@@ -1,0 +1,167 @@
+"""Conditioning: prompt template and text encoders, image bucket and crop, SigLIP features, VAE start latent.
+
+REFERENCE.md §4 (text) and §5 (image). Everything returned is float on the encoder's device; the generation
+loop casts it to the transformer's compute dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+# HunyuanVideo's Llama prompt template (diffusers' DEFAULT_PROMPT_TEMPLATE). The missing spaces before
+# "2.", "3.", ... are in the original and change the tokens, so they stay.
+PROMPT_TEMPLATE = (
+    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
+    "1. The main content and theme of the video."
+    "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
+    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
+    "4. background environment, light, style and atmosphere."
+    "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+)
+MAX_PROMPT_TOKENS = 256
+PADDED_PROMPT_TOKENS = 512
+CLIP_MAX_TOKENS = 77
+
+# (height, width) buckets of the reference's 640 family.
+BUCKETS_640 = (
+    (416, 960), (448, 864), (480, 832), (512, 768), (544, 704), (576, 672), (608, 640),
+    (640, 608), (672, 576), (704, 544), (768, 512), (832, 480), (864, 448), (960, 416),
+)
+
+
+def bucket_table(resolution: int = 640) -> tuple[tuple[int, int], ...]:
+    """Buckets of a resolution family: the 640 table exactly, other families scaled to multiples of 16."""
+    if resolution == 640:
+        return BUCKETS_640
+    scale = resolution / 640
+    return tuple((max(16, round(h * scale / 16) * 16), max(16, round(w * scale / 16) * 16)) for h, w in BUCKETS_640)
+
+
+def nearest_bucket(height: int, width: int, resolution: int = 640) -> tuple[int, int]:
+    """The bucket minimising |H * bw - W * bh|; ties go to the later table entry, as in the reference."""
+    best, best_metric = None, float("inf")
+    for bucket_h, bucket_w in bucket_table(resolution):
+        metric = abs(height * bucket_w - width * bucket_h)
+        if metric <= best_metric:
+            best, best_metric = (bucket_h, bucket_w), metric
+    return best
+
+
+def load_rgb_image(path: Path) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB, applying its EXIF orientation so phone photos stand upright."""
+    with Image.open(path) as image:
+        return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Scale (LANCZOS) so the target fits inside, then centre-crop to (height, width, 3). No-op at that size."""
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    pil_image = Image.fromarray(image)
+    original_width, original_height = pil_image.size
+    scale = max(width / original_width, height / original_height)
+    resized_width, resized_height = round(original_width * scale), round(original_height * scale)
+    resized = pil_image.resize((resized_width, resized_height), Image.LANCZOS)
+    box = (
+        (resized_width - width) / 2, (resized_height - height) / 2,
+        (resized_width + width) / 2, (resized_height + height) / 2,
+    )
+    return np.array(resized.crop(box))
+
+
+def output_size(image_height: int, image_width: int, resolution: int, width: int, height: int) -> tuple[int, int]:
+    """(height, width) of the video: explicit width/height when given, else the nearest bucket."""
+    if width and height:
+        return height, width
+    return nearest_bucket(image_height, image_width, resolution)
+
+
+def template_crop_start(tokenizer) -> int:
+    """Number of tokens before the user prompt in the template, BOS included (95 for the real Llama-3).
+
+    Computed rather than hard-coded so that any tokenizer (the tiny test one gives 191) crops correctly.
+    """
+    prefix = PROMPT_TEMPLATE.split("{}")[0]
+    return len(tokenizer(prefix).input_ids)
+
+
+@dataclass
+class PromptEmbedding:
+    """Text conditioning for one prompt.
+
+    embeds: (1, L, D_llama) Llama hidden states of the prompt tokens (L <= 256, template prefix cropped).
+    pooled: (1, D_clip) CLIP pooler output of the raw prompt.
+    """
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+
+    def zeros_like(self) -> "PromptEmbedding":
+        return PromptEmbedding(torch.zeros_like(self.embeds), torch.zeros_like(self.pooled))
+
+
+@torch.no_grad()
+def encode_prompt(prompt: str, text_encoder, text_encoder_2, tokenizer, tokenizer_2, crop_start: int) -> PromptEmbedding:
+    """Llama third-from-last hidden states of the templated prompt, and the CLIP pooler of the raw prompt."""
+    llama_inputs = tokenizer(
+        [PROMPT_TEMPLATE.format(prompt)],
+        padding="max_length",
+        max_length=MAX_PROMPT_TOKENS + crop_start,
+        truncation=True,
+        return_tensors="pt",
+        return_attention_mask=True,
+    )
+    input_ids = llama_inputs.input_ids.to(text_encoder.device)
+    attention_mask = llama_inputs.attention_mask.to(text_encoder.device)
+    valid_length = int(attention_mask.sum())
+    outputs = text_encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    # hidden_states = (embeddings, layer 1, ..., layer n-1, norm(layer n)): [-3] is layer n-2's raw output.
+    embeds = outputs.hidden_states[-3][:, crop_start:valid_length]
+    if not bool(attention_mask[:, crop_start:valid_length].all()):
+        raise RuntimeError("the Llama tokenizer must pad on the right; load it with AutoTokenizer")
+
+    clip_ids = tokenizer_2(
+        [prompt], padding="max_length", max_length=CLIP_MAX_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
+    pooled = text_encoder_2(clip_ids.to(text_encoder_2.device), output_hidden_states=False).pooler_output
+    return PromptEmbedding(embeds=embeds, pooled=pooled)
+
+
+def pad_prompt_embeds(embeds: torch.Tensor, length: int = PADDED_PROMPT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad (1, L, D) to (1, length, D) and return it with its (1, length) bool mask of valid tokens."""
+    batch, valid, dim = embeds.shape
+    padded = torch.zeros(batch, length, dim, dtype=embeds.dtype, device=embeds.device)
+    padded[:, :valid] = embeds
+    mask = torch.zeros(batch, length, dtype=torch.bool, device=embeds.device)
+    mask[:, :valid] = True
+    return padded, mask
+
+
+@torch.no_grad()
+def encode_image_siglip(image: np.ndarray, feature_extractor, image_encoder) -> torch.Tensor:
+    """SigLIP last hidden state (1, N_patches, D_siglip) of a (H, W, 3) uint8 image."""
+    pixels = feature_extractor.preprocess(images=image, return_tensors="pt").pixel_values
+    pixels = pixels.to(device=image_encoder.device, dtype=image_encoder.dtype)
+    return image_encoder(pixel_values=pixels).last_hidden_state
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, 1, H, W) float32 in [-1, 1], the VAE's input layout."""
+    pixels = torch.from_numpy(image).float() / 127.5 - 1
+    return pixels.permute(2, 0, 1)[None, :, None]
+
+
+@torch.no_grad()
+def vae_encode_mean(image: np.ndarray, vae) -> torch.Tensor:
+    """Start latent (1, 16, 1, H/8, W/8): the VAE posterior mean times the scaling factor.
+
+    The reference samples the posterior with the unseeded global RNG; the mean makes a seed reproducible.
+    """
+    pixels = image_to_tensor(image).to(device=vae.device, dtype=vae.dtype)
+    return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor

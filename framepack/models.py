@@ -1,0 +1,80 @@
+"""Loading the FramePack components with their real classes (diffusers and transformers), once."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .weights import ENCODER_COMPONENTS, check_weights, transformer_component
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FramePackModels:
+    """Every component a generation needs. `transformers` maps a model variant to its packed transformer."""
+
+    tokenizer: object
+    tokenizer_2: object
+    text_encoder: torch.nn.Module
+    text_encoder_2: torch.nn.Module
+    feature_extractor: object
+    image_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    transformers: dict[str, torch.nn.Module] = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+
+def encoder_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The encoders and the VAE run in float16 on a GPU when the transformer is not float32 (as the reference)."""
+    if device.type == "cuda" and dtype != torch.float32:
+        return torch.float16
+    return torch.float32
+
+
+def load_models(
+    weights_dir: Path, variants: tuple[str, ...], device: torch.device, dtype: torch.dtype
+) -> FramePackModels:
+    """Load tokenizers, encoders, VAE and the requested transformers onto `device`.
+
+    The transformer runs in `dtype`; encoders in `encoder_dtype`. Raises MissingWeights before loading anything
+    if a component is absent.
+    """
+    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, LlamaModel, SiglipVisionModel
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    weights_dir = Path(weights_dir)
+    check_weights(weights_dir, variants)
+    paths = {c.name: c.path(weights_dir) for c in ENCODER_COMPONENTS}
+    side_dtype = encoder_dtype(device, dtype)
+
+    def place(module: torch.nn.Module) -> torch.nn.Module:
+        return module.to(device).eval().requires_grad_(False)
+
+    logger.info("loading encoders and VAE from %s (%s on %s)", weights_dir, side_dtype, device)
+    # AutoTokenizer, never LlamaTokenizerFast: under transformers 5 that class pads on the left.
+    tokenizer = AutoTokenizer.from_pretrained(paths["tokenizer"])
+    tokenizer.padding_side = "right"
+    models = FramePackModels(
+        tokenizer=tokenizer,
+        tokenizer_2=CLIPTokenizer.from_pretrained(paths["tokenizer_2"]),
+        text_encoder=place(LlamaModel.from_pretrained(paths["text_encoder"], dtype=side_dtype)),
+        text_encoder_2=place(CLIPTextModel.from_pretrained(paths["text_encoder_2"], dtype=side_dtype)),
+        # The PIL processor is what the reference used; the torchvision one resizes slightly differently.
+        feature_extractor=SiglipImageProcessorPil.from_pretrained(paths["feature_extractor"]),
+        image_encoder=place(SiglipVisionModel.from_pretrained(paths["image_encoder"], dtype=side_dtype)),
+        vae=place(AutoencoderKLHunyuanVideo.from_pretrained(paths["vae"], torch_dtype=side_dtype)),
+        device=device,
+        dtype=dtype,
+    )
+    for variant in variants:
+        path = transformer_component(variant).path(weights_dir)
+        logger.info("loading the %s transformer from %s (%s)", variant, path, dtype)
+        model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype)
+        models.transformers[variant] = place(model)
+    return models

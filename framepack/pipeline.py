@@ -1,0 +1,198 @@
+"""The generation loop: conditioning, section by section sampling, history, VAE decode and soft append.
+
+REFERENCE.md §6. For the "original" variant sections are generated from the end of the video backwards and
+prepended to the history; for "f1" forwards and appended. The history latents stay float32 on the CPU, as in
+the reference; the transformer and the sampler math run on `models.device`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import conditioning, planner
+from .frames import FrameAssembler
+from .models import FramePackModels
+from .progress import ProgressReporter
+from .request import GenerationRequest
+from .sampler import flow_x0, flux_mu, flux_sigmas, noisy_token_count, sample_unipc
+from .teacache import TeaCacheState
+from .transformer import PackedTransformer, SectionInputs, TextInputs
+
+LATENT_CHANNELS = 16
+
+
+@dataclass
+class GenerationResult:
+    """frames: (T, H, W, 3) uint8 in video order; video_latents: (1, 16, T_latent, H/8, W/8) float32."""
+
+    frames: torch.Tensor
+    video_latents: torch.Tensor
+    num_sections: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class TensorRecorder:
+    """Keeps CPU copies of named intermediate tensors (for --dump-tensors); a no-op when disabled."""
+
+    def __init__(self, enabled: bool):
+        self.tensors: dict[str, torch.Tensor] | None = {} if enabled else None
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> None:
+        if self.tensors is not None:
+            self.tensors[name] = tensor.detach().to("cpu").contiguous().clone()
+
+
+@dataclass
+class Conditioning:
+    """Everything the sections share: text branches, SigLIP features, start latent (float32, CPU)."""
+
+    texts: dict[str, TextInputs]
+    image_embeds: torch.Tensor
+    start_latent: torch.Tensor
+
+
+def _text_inputs(embedding: conditioning.PromptEmbedding, device: torch.device, dtype: torch.dtype) -> TextInputs:
+    embeds, mask = conditioning.pad_prompt_embeds(embedding.embeds)
+    return TextInputs(embeds=embeds.to(device=device, dtype=dtype), mask=mask.to(device),
+                      pooled=embedding.pooled.to(device=device, dtype=dtype))
+
+
+def encode_conditioning(request: GenerationRequest, models: FramePackModels, record: TensorRecorder) -> Conditioning:
+    """Crop the input image to its bucket and encode the prompt(s), the image and the start latent."""
+    image = conditioning.load_rgb_image(request.input_image)
+    height, width = conditioning.output_size(image.shape[0], image.shape[1], request.resolution,
+                                             request.width, request.height)
+    cropped = conditioning.resize_and_center_crop(image, width, height)
+    record("image_cropped_uint8", torch.from_numpy(cropped))
+
+    crop_start = conditioning.template_crop_start(models.tokenizer)
+    encoders = (models.text_encoder, models.text_encoder_2, models.tokenizer, models.tokenizer_2)
+    positive = conditioning.encode_prompt(request.prompt, *encoders, crop_start)
+    record("prompt_embeds", positive.embeds)
+    record("pooled_prompt_embeds", positive.pooled)
+    if request.cfg_scale != 1.0:
+        negative = conditioning.encode_prompt(request.negative_prompt, *encoders, crop_start)
+        record("negative_prompt_embeds", negative.embeds)
+        record("negative_pooled_prompt_embeds", negative.pooled)
+    else:
+        negative = positive.zeros_like()
+
+    image_embeds = conditioning.encode_image_siglip(cropped, models.feature_extractor, models.image_encoder)
+    record("image_embeds", image_embeds)
+    start_latent = conditioning.vae_encode_mean(cropped, models.vae).to("cpu", torch.float32)
+    record("start_latent", start_latent)
+    texts = {name: _text_inputs(emb, models.device, models.dtype)
+             for name, emb in (("positive", positive), ("negative", negative))}
+    return Conditioning(texts=texts, image_embeds=image_embeds, start_latent=start_latent)
+
+
+def section_inputs(section: planner.SectionPlan, history: torch.Tensor, start_latent: torch.Tensor,
+                   variant: str, image_embeds: torch.Tensor) -> SectionInputs:
+    """Slice the section's context out of the history (1, 16, T_hist, h, w) and pair it with its indices."""
+    one_x, two_x, four_x = planner.history_context_slices(variant)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+    return SectionInputs(
+        latent_indices=as_tensor(section.latent_indices),
+        clean_latents=torch.cat([start_latent, history[:, :, one_x]], dim=2),
+        clean_latent_indices=as_tensor(section.clean_latent_indices),
+        clean_latents_2x=history[:, :, two_x],
+        clean_latent_2x_indices=as_tensor(section.clean_latent_2x_indices),
+        clean_latents_4x=history[:, :, four_x],
+        clean_latent_4x_indices=as_tensor(section.clean_latent_4x_indices),
+        image_embeds=image_embeds,
+    )
+
+
+@torch.no_grad()
+def vae_decode(latents: torch.Tensor, vae) -> torch.Tensor:
+    """(1, 16, T, h, w) scaled latents -> (1, 3, 4T - 3, 8h, 8w) pixels in about [-1, 1], on the CPU."""
+    scaled = (latents / vae.config.scaling_factor).to(device=vae.device, dtype=vae.dtype)
+    return vae.decode(scaled).sample.cpu()
+
+
+def sample_section(
+    transformer: PackedTransformer,
+    request: GenerationRequest,
+    cond: Conditioning,
+    inputs: SectionInputs,
+    noise: torch.Tensor,
+    on_step=None,
+) -> torch.Tensor:
+    """Denoise one section's window; returns the final x_0 prediction (1, 16, lws, h, w) float32."""
+    device, dtype = transformer.device, transformer.dtype
+    _, _, _, latent_height, latent_width = noise.shape
+    prepared = transformer.prepare_section(inputs, latent_height, latent_width)
+    guidance = torch.tensor([request.distilled_cfg_scale * 1000.0]).to(device=device, dtype=dtype)
+    teacache = {
+        branch: TeaCacheState(num_steps=request.steps) if request.use_teacache else None
+        for branch in ("positive", "negative")
+    }
+
+    def velocity(x: torch.Tensor, timestep: torch.Tensor, branch: str) -> torch.Tensor:
+        return transformer.velocity(x, timestep, guidance, cond.texts[branch], prepared, teacache[branch])
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return flow_x0(x, sigma, velocity, dtype, request.cfg_scale, request.cfg_rescale)
+
+    sigmas = flux_sigmas(request.steps, flux_mu(noisy_token_count(tuple(noise.shape))))
+    callback = (lambda i, _x0: on_step(i)) if on_step is not None else None
+    return sample_unipc(denoise, noise.to(device=device, dtype=torch.float32), sigmas, callback).to("cpu")
+
+
+def generate(
+    request: GenerationRequest,
+    models: FramePackModels,
+    progress: ProgressReporter | None = None,
+    record: TensorRecorder | None = None,
+) -> GenerationResult:
+    """Run the whole FramePack generation for a validated request and return the video's frames."""
+    record = record or TensorRecorder(False)
+    variant, lws = request.model_variant, request.latent_window_size
+    num_sections = planner.section_count(request.total_video_length_seconds, lws)
+    progress = progress or ProgressReporter(num_sections, request.steps)
+    transformer = PackedTransformer(models.transformers[variant])
+
+    with progress.stage("encode"):
+        cond = encode_conditioning(request, models, record)
+    start_latent = cond.start_latent
+    _, _, _, latent_height, latent_width = start_latent.shape
+
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    history = torch.zeros(1, LATENT_CHANNELS, planner.HISTORY_FRAMES, latent_height, latent_width)
+    generated_frames = 0
+    if variant == "f1":
+        history = torch.cat([history, start_latent], dim=2)
+        generated_frames = 1
+    assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant == "original")
+
+    for section in planner.plan_sections(variant, num_sections, lws):
+        progress.section_started(section.generation_index, f"video section {section.video_index}")
+        noise = torch.randn((1, LATENT_CHANNELS, lws, latent_height, latent_width), generator=generator)
+        inputs = section_inputs(section, history, start_latent, variant, cond.image_embeds)
+        with progress.stage("sampling"):
+            latents = sample_section(transformer, request, cond, inputs, noise, progress.step_done)
+        record(f"section_{section.generation_index}_latents", latents)
+
+        if variant == "original":
+            if section.is_last:
+                latents = torch.cat([start_latent, latents], dim=2)
+            history = torch.cat([latents, history], dim=2)
+            generated_frames += latents.shape[2]
+            newest = history[:, :, :generated_frames]
+            to_decode = newest if section.decode_latents is None else newest[:, :, :section.decode_latents]
+        else:
+            history = torch.cat([history, latents], dim=2)
+            generated_frames += latents.shape[2]
+            newest = history[:, :, -generated_frames:]
+            to_decode = newest if section.decode_latents is None else newest[:, :, -section.decode_latents:]
+        with progress.stage("decode"):
+            assembler.add(vae_decode(to_decode, models.vae))
+
+    video_latents = newest
+    frames = assembler.frames()
+    record("video_latents", video_latents)
+    record("frames_uint8", frames)
+    return GenerationResult(frames=frames, video_latents=video_latents, num_sections=num_sections,
+                            timings=dict(progress.timings))

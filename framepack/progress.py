@@ -1,0 +1,65 @@
+"""Progress of a generation: section i/N, step j/M, elapsed and estimated remaining time, and stage timings."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+
+def format_seconds(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class ProgressReporter:
+    """Reports sampling progress and collects stage timings (seconds per stage name).
+
+    The remaining-time estimate extrapolates the mean time per completed step over the steps left, so it
+    settles after the first section (which also pays one-off costs such as compilation).
+    """
+
+    def __init__(self, num_sections: int, steps: int, write: Callable[[str], None] = _stderr,
+                 clock: Callable[[], float] = time.monotonic):
+        self.num_sections = num_sections
+        self.steps = steps
+        self.write = write
+        self.clock = clock
+        self.started = clock()
+        self.sampling_started: float | None = None
+        self.steps_done = 0
+        self.section = 0
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage; repeated stages (one per section) add up."""
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + self.clock() - start
+
+    def section_started(self, generation_index: int, description: str = "") -> None:
+        self.section = generation_index
+        if self.sampling_started is None:
+            self.sampling_started = self.clock()
+        suffix = f" ({description})" if description else ""
+        self.write(f"section {generation_index + 1}/{self.num_sections}{suffix}")
+
+    def step_done(self, step: int) -> None:
+        self.steps_done += 1
+        now = self.clock()
+        sampling_elapsed = now - (self.sampling_started if self.sampling_started is not None else self.started)
+        remaining_steps = self.num_sections * self.steps - self.steps_done
+        remaining = sampling_elapsed / self.steps_done * remaining_steps
+        self.write(
+            f"section {self.section + 1}/{self.num_sections}, step {step + 1}/{self.steps}, "
+            f"elapsed {format_seconds(now - self.started)}, remaining ~{format_seconds(remaining)}"
+        )

@@ -1,0 +1,183 @@
+"""The reference sampler: flux-shifted sigmas and flow-matching UniPC (bh1, order <= 3), REFERENCE.md §3.
+
+Latents are rectified-flow states x_s = (1 - s) x_0 + s eps. The model wrapper returns the x_0 prediction
+x - s * v. UniPC runs in log-SNR time lambda = -ln(sigma). The reference computes the UniPC coefficients in
+float32, and at the small first steps (h ~ 0.006) the phi_k recursion cancels catastrophically in float32, so
+the coefficients differ visibly from float64 ones: we keep float32 to stay exact to the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+# x_0 prediction as a function of (x (B, C, T, H, W) float32, sigma (B,) float32).
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepCallback = Callable[[int, torch.Tensor], None]
+
+
+def flux_mu(sequence_length: int) -> float:
+    """Shift parameter from the noisy token count: linear from (256, 0.5) to (4096, 1.15), capped at ln 7."""
+    slope = (1.15 - 0.5) / (4096 - 256)
+    intercept = 0.5 - slope * 256
+    return min(slope * sequence_length + intercept, math.log(7.0))
+
+
+def flux_sigmas(steps: int, mu: float) -> torch.Tensor:
+    """(steps + 1,) float32 sigmas e^mu / (e^mu + 1/t - 1) over t = linspace(1, 0); sigma_0 = 1, last = 0."""
+    t = torch.linspace(1, 0, steps + 1)
+    return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+
+
+def noisy_token_count(latent_shape: tuple[int, ...], patch_size: int = 2) -> int:
+    """Tokens of the noisy window (B, C, T, H, W) after 1x2x2 patching: the schedule's sequence length."""
+    _, _, frames, height, width = latent_shape
+    return frames * height * width // (patch_size * patch_size)
+
+
+@dataclass(frozen=True)
+class UniPCCoefficients:
+    """One UniPC bh1 update from s (last stored time) to t.
+
+    h: lambda(t) - lambda(s) (0-d). rks: (p,) ratios r_k of older points then 1. b_h: bh1's B(h) = -h.
+    phi_1: e^-h - 1. rhos_p: (p-1,) predictor weights or None for p = 1. rhos_c: (p,) corrector weights.
+    """
+
+    h: torch.Tensor
+    rks: torch.Tensor
+    b_h: torch.Tensor
+    phi_1: torch.Tensor
+    rhos_p: torch.Tensor | None
+    rhos_c: torch.Tensor
+
+
+def unipc_coefficients(previous_sigmas: list[torch.Tensor], sigma: torch.Tensor, order: int) -> UniPCCoefficients:
+    """Coefficients of a bh1 update of `order` p from the newest of `previous_sigmas` (oldest first) to `sigma`.
+
+    All arguments are 0-d tensors; the arithmetic runs in their dtype (float32 in sampling, as the reference).
+    """
+    sigma_s = previous_sigmas[-1]
+    lambda_s = -torch.log(sigma_s)
+    h = -torch.log(sigma) - lambda_s
+    rks = [(-torch.log(previous_sigmas[-(k + 1)]) - lambda_s) / h for k in range(1, order)]
+    rks = torch.stack(rks + [torch.ones_like(h)])
+
+    hh = -h
+    phi_1 = torch.expm1(hh)
+    b_h = hh
+    phi_k = phi_1 / hh - 1
+    factorial = 1
+    rows, b = [], []
+    for j in range(1, order + 1):
+        rows.append(rks ** (j - 1))
+        b.append(phi_k * factorial / b_h)
+        factorial *= j + 1
+        phi_k = phi_k / hh - 1 / factorial
+    r_matrix, b = torch.stack(rows), torch.stack(b)
+
+    if order == 1:
+        rhos_p, rhos_c = None, torch.tensor([0.5], dtype=h.dtype)
+    elif order == 2:
+        rhos_p, rhos_c = torch.tensor([0.5], dtype=h.dtype), torch.linalg.solve(r_matrix, b)
+    else:
+        rhos_p = torch.linalg.solve(r_matrix[:-1, :-1], b[:-1])
+        rhos_c = torch.linalg.solve(r_matrix, b)
+    return UniPCCoefficients(h=h, rks=rks, b_h=b_h, phi_1=phi_1, rhos_p=rhos_p, rhos_c=rhos_c)
+
+
+def _weighted_sum(differences: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[k] * differences[:, k] for differences (B, K, ...)."""
+    return torch.tensordot(differences, weights.to(differences.device), dims=([1], [0]))
+
+
+def unipc_update(
+    x: torch.Tensor,
+    model_outputs: list[torch.Tensor],
+    sigmas: list[torch.Tensor],
+    sigma: torch.Tensor,
+    order: int,
+    denoise: Denoiser,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictor-corrector step of `order` from sigmas[-1] to `sigma`; returns (x_t, model output at x_pred).
+
+    x: (B, C, T, H, W) float32; model_outputs: stored x_0 predictions at `sigmas` (0-d each), oldest first.
+    """
+    c = unipc_coefficients(sigmas, sigma, order)
+    m0 = model_outputs[-1]
+    differences = [(model_outputs[-(k + 1)] - m0) / c.rks[k - 1] for k in range(1, order)]
+    stacked = torch.stack(differences, dim=1) if differences else None
+
+    x_base = (sigma / sigmas[-1]) * x - c.phi_1 * m0
+    predictor = _weighted_sum(stacked, c.rhos_p) if stacked is not None else 0
+    x_pred = x_base - c.b_h * predictor
+    batch_sigma = sigma.expand(x.shape[0])
+    m_t = denoise(x_pred, batch_sigma)
+    corrector = _weighted_sum(stacked, c.rhos_c[:-1]) if stacked is not None else 0
+    x_t = x_base - c.b_h * (corrector + c.rhos_c[-1] * (m_t - m0))
+    return x_t, m_t
+
+
+def sample_unipc(
+    denoise: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, callback: StepCallback | None = None
+) -> torch.Tensor:
+    """Run len(sigmas) - 1 model evaluations and return the last x_0 prediction (B, C, T, H, W).
+
+    As in the reference, the final sigma (0) is never stepped to: the result is the prediction made at
+    sigmas[-2]. `callback(i, x0)` runs after every step i.
+    """
+    order = min(3, len(sigmas) - 2)
+    x = noise
+    sigmas = sigmas.to(device=noise.device, dtype=torch.float32)
+    model_outputs: list[torch.Tensor] = []
+    stored_sigmas: list[torch.Tensor] = []
+    for i in range(len(sigmas) - 1):
+        if i == 0:
+            model_outputs = [denoise(x, sigmas[0].expand(x.shape[0]))]
+        else:
+            x, m_t = unipc_update(x, model_outputs, stored_sigmas, sigmas[i], min(i, order), denoise)
+            model_outputs.append(m_t)
+        if i == 0:
+            stored_sigmas = [sigmas[0]]
+        else:
+            stored_sigmas.append(sigmas[i])
+        model_outputs, stored_sigmas = model_outputs[-order:], stored_sigmas[-order:]
+        if callback is not None:
+            callback(i, model_outputs[-1])
+    return model_outputs[-1]
+
+
+def rescale_guidance(guided: torch.Tensor, positive: torch.Tensor, rescale: float) -> torch.Tensor:
+    """Blend the CFG prediction with a copy rescaled to the positive branch's std (per sample)."""
+    if rescale == 0:
+        return guided
+    dims = list(range(1, positive.ndim))
+    rescaled = guided * (positive.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return rescale * rescaled + (1.0 - rescale) * guided
+
+
+def flow_x0(
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    velocity: Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor],
+    dtype: torch.dtype,
+    cfg_scale: float,
+    cfg_rescale: float,
+) -> torch.Tensor:
+    """The reference model wrapper: x_0 = x - sigma * v with real CFG and rescale, in float32.
+
+    `velocity(x, timestep, branch)` runs the transformer for branch "positive" or "negative" on x cast to the
+    compute dtype; timestep = sigma * 1000 is cast to the compute dtype too (bf16 rounds it: 996, 988, ...).
+    The x used in x_0 is the cast one, as in the reference.
+    """
+    x_cast = x.to(dtype)
+    timestep = (sigma.float() * 1000.0).to(dtype)
+    positive = velocity(x_cast, timestep, "positive").float()
+    if cfg_scale == 1.0:
+        guided = positive
+    else:
+        negative = velocity(x_cast, timestep, "negative").float()
+        guided = rescale_guidance(negative + cfg_scale * (positive - negative), positive, cfg_rescale)
+    return x_cast.float() - guided * sigma.float().reshape(-1, *([1] * (x.ndim - 1)))
