@@ -134,12 +134,16 @@ def parse_text_value(spec: InputSpec, text: str) -> Any:
     return text
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _check_range(spec: InputSpec, value: Any) -> None:
     if spec.choices is not None and value not in spec.choices:
         allowed = ", ".join(repr(c) for c in spec.choices)
         raise InvalidInput(spec.name, f"{value!r} is not one of {allowed}")
     if spec.ge is not None and spec.le is not None and not (spec.ge <= value <= spec.le):
-        raise InvalidInput(spec.name, f"{value!r} is out of range; allowed {spec.ge:g} to {spec.le:g}")
+        raise InvalidInput(spec.name, f"{value!r} is out of range; allowed {_number(spec.ge)} to {_number(spec.le)}")
 
 
 def _coerce(spec: InputSpec, value: Any) -> Any:

@@ -26,9 +26,12 @@ def flux_mu(sequence_length: int) -> float:
     return min(slope * sequence_length + intercept, math.log(7.0))
 
 
-def flux_sigmas(steps: int, mu: float) -> torch.Tensor:
-    """(steps + 1,) float32 sigmas e^mu / (e^mu + 1/t - 1) over t = linspace(1, 0); sigma_0 = 1, last = 0."""
-    t = torch.linspace(1, 0, steps + 1)
+def flux_sigmas(steps: int, mu: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(steps + 1,) sigmas e^mu / (e^mu + 1/t - 1) over t = linspace(1, 0); sigma_0 = 1, last = 0.
+
+    float32 is what the reference samples with; float64 reproduces REFERENCE.md's test vectors.
+    """
+    t = torch.linspace(1, 0, steps + 1, dtype=dtype)
     return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +20,35 @@ METADATA_KEY = "comment"
 def write_mp4(frames: torch.Tensor, path: Path, crf: int, metadata: dict[str, Any] | None = None) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames to `path` atomically: a failed write leaves no file behind.
 
+    Raw frames are piped into the ffmpeg binary that imageio-ffmpeg ships: its libx264 output is reproducible
+    for identical frames, while PyAV 18's encoder path gave different bitstreams on every call at CRF > 0.
     `metadata` is stored as JSON in the container's comment tag (read it back with `read_mp4_metadata`).
     """
+    import imageio_ffmpeg
+
     path = Path(path)
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    frames_np = frames.cpu().numpy()
+    _, height, width, _ = frames.shape
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(VIDEO_FPS), "-i", "-",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(int(crf)), "-movflags", "+faststart",
+    ]
+    if metadata is not None:
+        command += ["-metadata", f"{METADATA_KEY}={json.dumps(metadata, sort_keys=True)}"]
+    command += ["-f", "mp4", str(partial)]
     try:
-        with av.open(str(partial), mode="w", format="mp4") as container:
-            if metadata is not None:
-                container.metadata[METADATA_KEY] = json.dumps(metadata, sort_keys=True)
-            stream = container.add_stream("libx264", rate=VIDEO_FPS)
-            stream.width, stream.height = frames_np.shape[2], frames_np.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(int(crf))}
-            for frame in frames_np:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            for frame in frames:
+                process.stdin.write(frame.contiguous().numpy().tobytes())
+        except BrokenPipeError:
+            pass  # ffmpeg exited early; its error message is reported below
+        finally:
+            process.stdin.close()
+        error = process.stderr.read().decode(errors="replace")
+        if process.wait() != 0:
+            raise RuntimeError(f"ffmpeg failed to encode {path.name}: {error.strip()}")
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

@@ -1,0 +1,86 @@
+"""Shared test helpers: fixture paths, golden cases, the local predict command run in-process."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY_WEIGHTS = FIXTURES / "tiny-weights"
+IMAGES = FIXTURES / "images"
+GOLDEN = FIXTURES / "golden"
+START_IMAGE = IMAGES / "start_100x140.png"
+
+# A small, fast request on the tiny weights (3 sections of 3 latents, 96x64).
+TINY_INPUTS = {
+    "prompt": "A cat walks along the beach at sunset.",
+    "input_image": f"@{START_IMAGE}",
+    "seed": "1",
+    "total_video_length_seconds": "1.2",
+    "latent_window_size": "3",
+    "steps": "2",
+    "width": "96",
+    "height": "64",
+}
+
+
+@dataclass
+class CliRun:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `python -m framepack ...` in-process; returns exit code and captured output."""
+    from framepack.cli import main
+
+    def run(*args: str) -> CliRun:
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return CliRun(code, captured.out, captured.err)
+
+    return run
+
+
+def input_args(inputs: dict[str, object]) -> list[str]:
+    """-i name=value arguments; booleans as true/false, images as @path."""
+    args = []
+    for name, value in inputs.items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        args += ["-i", f"{name}={value}"]
+    return args
+
+
+def predict_args(inputs: dict[str, object], output: Path, *extra: str) -> list[str]:
+    return ["predict", *input_args(inputs), "--weights", str(TINY_WEIGHTS), "--device", "cpu",
+            "--dtype", "float32", "-o", str(output), *extra]
+
+
+def golden_case_names() -> list[str]:
+    return sorted(p.name for p in GOLDEN.iterdir() if (p / "case.json").is_file())
+
+
+def load_golden_case(name: str) -> dict:
+    case = json.loads((GOLDEN / name / "case.json").read_text())
+    case["input"]["input_image"] = f"@{IMAGES / case['input']['input_image']}"
+    return case
+
+
+def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    expected = expected.double()
+    return float((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Both variants' components from the tiny weights, float32 on the CPU (loaded once per session)."""
+    from framepack.models import load_models
+
+    return load_models(TINY_WEIGHTS, ("original", "f1"), torch.device("cpu"), torch.float32)

@@ -1,0 +1,69 @@
+"""`python -m framepack predict`: bad input fails early, clearly, with no output left behind."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_INPUTS, TINY_WEIGHTS, input_args, predict_args
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"prompt": ""}, "Invalid input 'prompt': must not be empty"),
+        ({"steps": "0"}, "Invalid input 'steps': 0 is out of range; allowed 1 to 100"),
+        ({"model_variant": "f2"}, "Invalid input 'model_variant': 'f2' is not one of 'original', 'f1'"),
+        ({"width": "100"}, "Invalid input 'width': 100 is not a multiple of 16"),
+        ({"cfg_scale": "abc"}, "Invalid input 'cfg_scale': expected a number"),
+        ({"input_image": "@/nonexistent/photo.jpg"}, "Invalid input 'input_image': file not found"),
+    ],
+)
+def test_bad_input_exits_non_zero_before_loading(run_cli, tmp_path, override, message):
+    output = tmp_path / "out.mp4"
+    result = run_cli(*predict_args({**TINY_INPUTS, **override}, output))
+    assert result.code == 2
+    assert message in result.stderr
+    assert "loading" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_image_file(run_cli, tmp_path):
+    fake = tmp_path / "photo.jpg"
+    fake.write_bytes(b"%PDF-1.4 definitely not a jpeg")
+    result = run_cli(*predict_args({**TINY_INPUTS, "input_image": f"@{fake}"}, tmp_path / "out.mp4"))
+    assert result.code == 2 and "could not read photo.jpg as an image" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["photo.jpg"]
+
+
+def test_missing_weights_lists_the_paths_looked_at(run_cli, tmp_path):
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    args = ["predict", *input_args(TINY_INPUTS), "--weights", str(empty), "-o", str(tmp_path / "out.mp4")]
+    result = run_cli(*args)
+    assert result.code == 2
+    assert f"Weights missing in {empty}" in result.stderr
+    assert str(empty / "hunyuanvideo-community/HunyuanVideo/text_encoder") in result.stderr
+    assert str(empty / "lllyasviel/FramePackI2V_HY") in result.stderr
+    assert "FramePack_F1" not in result.stderr  # only the requested variant is needed
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_missing_output_folder(run_cli, tmp_path):
+    result = run_cli(*predict_args(TINY_INPUTS, tmp_path / "no" / "such" / "out.mp4"))
+    assert result.code == 2 and "--output" in result.stderr
+
+
+def test_module_entry_point_runs_as_a_process(tmp_path):
+    output = tmp_path / "video.mp4"
+    process = subprocess.run(
+        [sys.executable, "-m", "framepack", *predict_args({**TINY_INPUTS, "steps": "1"}, output)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert process.returncode == 0, process.stderr
+    assert output.stat().st_size > 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "framepack", "predict", "-i", "prompt=x", "--weights", str(TINY_WEIGHTS)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode == 2 and "Invalid input 'input_image': is required" in bad.stderr

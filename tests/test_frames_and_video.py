@@ -1,0 +1,70 @@
+"""Soft append, uint8 assembly, and the MP4 decoded back."""
+
+import pytest
+import torch
+
+from conftest import TINY_INPUTS, predict_args
+from framepack.frames import FrameAssembler, soft_append, to_uint8_frames
+from framepack.video import read_mp4_frames, read_mp4_metadata, write_mp4
+
+
+def test_soft_append_blends_linearly():
+    first, second = torch.zeros(1, 3, 5, 2, 2), torch.ones(1, 3, 4, 2, 2)
+    joined = soft_append(first, second, 3)
+    assert joined.shape[2] == 6
+    assert joined[0, 0, :, 0, 0].tolist() == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+
+
+def test_uint8_conversion_truncates_like_the_reference():
+    pixels = torch.tensor([-2.0, -1.0, 0.0, 0.999, 1.0]).view(1, 1, 5, 1, 1).expand(1, 3, 5, 1, 1)
+    frames = to_uint8_frames(pixels)
+    assert frames.shape == (5, 1, 1, 3)
+    assert frames[:, 0, 0, 0].tolist() == [0, 0, 127, 254, 255]
+
+
+@pytest.mark.parametrize("prepend", [True, False])
+def test_assembler_equals_blending_everything_in_float(prepend):
+    generator = torch.Generator().manual_seed(0)
+    sections = [torch.rand(1, 3, n, 2, 2, generator=generator) * 2 - 1 for n in (9, 21, 21, 25)]
+    assembler = FrameAssembler(overlap=9, prepend=prepend)
+    whole = None
+    for pixels in sections:
+        assembler.add(pixels)
+        if whole is None:
+            whole = pixels
+        else:
+            whole = soft_append(pixels, whole, 9) if prepend else soft_append(whole, pixels, 9)
+    assert torch.equal(assembler.frames(), to_uint8_frames(whole))
+
+
+def test_mp4_roundtrip(tmp_path):
+    frames = torch.zeros(7, 32, 48, 3, dtype=torch.uint8)
+    frames[:, :, :24] = 200
+    path = write_mp4(frames, tmp_path / "clip.mp4", crf=0, metadata={"seed": 5})
+    decoded, fps = read_mp4_frames(path)
+    assert decoded.shape == (7, 32, 48, 3) and fps == 30
+    assert (decoded.int() - frames.int()).abs().float().mean() < 2
+    assert read_mp4_metadata(path) == {"seed": 5}
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+
+
+def test_same_seed_same_frames_other_seed_different(run_cli, tmp_path):
+    outputs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        path = tmp_path / f"{name}.mp4"
+        result = run_cli(*predict_args({**TINY_INPUTS, "seed": seed}, path))
+        assert result.code == 0, result.stderr
+        outputs[name] = read_mp4_frames(path)[0]
+    # 3 sections of lws 3: 10 latents, 37 frames, 96x64.
+    assert outputs["a"].shape == (37, 64, 96, 3)
+    assert torch.equal(outputs["a"], outputs["b"])
+    assert not torch.equal(outputs["a"], outputs["c"])
+    metadata = read_mp4_metadata(tmp_path / "c.mp4")
+    assert metadata["seed"] == 2 and metadata["request"]["prompt"] == TINY_INPUTS["prompt"]
+
+
+def test_progress_goes_to_stderr(run_cli, tmp_path):
+    result = run_cli(*predict_args(TINY_INPUTS, tmp_path / "out.mp4"))
+    assert result.code == 0
+    assert "section 3/3, step 2/2, elapsed" in result.stderr and "remaining" in result.stderr
+    assert result.stdout.strip() == str(tmp_path / "out.mp4")

@@ -1,0 +1,70 @@
+"""Request parsing and validation: the API table's defaults and ranges."""
+
+import pytest
+
+from conftest import START_IMAGE
+from framepack.request import INPUT_SPECS, MAX_SEED, InvalidInput, build_request
+
+
+def test_defaults_follow_the_api_table():
+    request = build_request({"input_image": START_IMAGE, "prompt": "a cat"})
+    assert request.total_video_length_seconds == 5.0 and request.model_variant == "original"
+    assert request.resolution == 640 and request.width == request.height == 0
+    assert request.latent_window_size == 9 and request.steps == 25
+    assert request.cfg_scale == 1.0 and request.distilled_cfg_scale == 10.0 and request.cfg_rescale == 0.0
+    assert request.use_teacache is True and request.mp4_crf == 16 and request.negative_prompt == ""
+    assert 0 <= request.seed <= MAX_SEED
+
+
+def test_omitted_seed_is_random_and_given_seed_is_kept():
+    seeds = {build_request({"input_image": START_IMAGE, "prompt": "x"}).seed for _ in range(5)}
+    assert len(seeds) > 1
+    assert build_request({"input_image": START_IMAGE, "prompt": "x", "seed": 42}).seed == 42
+
+
+@pytest.mark.parametrize(
+    ("inputs", "name", "message"),
+    [
+        ({"prompt": "  "}, "prompt", "must not be empty"),
+        ({"steps": 0}, "steps", "allowed 1 to 100"),
+        ({"steps": 101}, "steps", "allowed 1 to 100"),
+        ({"cfg_scale": 40.0}, "cfg_scale", "allowed 1 to 32"),
+        ({"total_video_length_seconds": 121}, "total_video_length_seconds", "allowed 0.1 to 120"),
+        ({"seed": -1}, "seed", "allowed 0 to 4294967295"),
+        ({"seed": 2**32}, "seed", "allowed 0 to 4294967295"),
+        ({"mp4_crf": 52}, "mp4_crf", "allowed 0 to 51"),
+        ({"latent_window_size": 34}, "latent_window_size", "allowed 1 to 33"),
+        ({"model_variant": "f2"}, "model_variant", "'original', 'f1'"),
+        ({"width": 100, "height": 64}, "width", "not a multiple of 16"),
+        ({"width": 96, "height": 0}, "height", "set both width and height"),
+        ({"steps": "many"}, "steps", "expected an integer"),
+        ({"use_teacache": "maybe"}, "use_teacache", "true or false"),
+        ({"steps": True}, "steps", "expected int"),
+        ({"colour": "red"}, "colour", "unknown input"),
+    ],
+)
+def test_bad_inputs_name_the_input(inputs, name, message):
+    with pytest.raises(InvalidInput) as error:
+        build_request({"input_image": START_IMAGE, "prompt": "a cat", **inputs})
+    assert error.value.name == name
+    assert message in str(error.value)
+
+
+def test_missing_required_inputs():
+    with pytest.raises(InvalidInput, match="'prompt': is required"):
+        build_request({"input_image": START_IMAGE})
+    with pytest.raises(InvalidInput, match="'input_image': is required"):
+        build_request({"prompt": "x"})
+
+
+def test_unreadable_images(tmp_path):
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("not an image")
+    with pytest.raises(InvalidInput, match="could not read notes.png as an image"):
+        build_request({"input_image": text_file, "prompt": "x"})
+    with pytest.raises(InvalidInput, match="file not found"):
+        build_request({"input_image": tmp_path / "absent.jpg", "prompt": "x"})
+
+
+def test_every_spec_has_a_description():
+    assert all(spec.description for spec in INPUT_SPECS.values())
