@@ -1,5 +1,7 @@
 """`python -m framepack predict`: the local mirror of `cog predict`, for people and scripts without Docker.
 
+`python -m framepack download-weights [--weights DIR]` pre-fetches the weights (e.g. to bake into an image).
+
     python -m framepack predict -i prompt="..." -i input_image=@photo.jpg -i seed=42 [-i name=value ...]
         [--weights DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [-o out.mp4] [--dump-tensors FILE]
 
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .request import INPUT_SPECS, GenerationRequest, InvalidInput, build_request, parse_text_value
-from .weights import MissingWeights, check_weights
+from .weights import CheckpointMismatch, MissingWeights, check_weights
 
 EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
 DTYPES = ("float32", "bfloat16")
@@ -42,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
     predict.add_argument("--dump-tensors", type=Path, default=None, metavar="FILE",
                          help="also write intermediate tensors to this safetensors file")
+    download = commands.add_parser("download-weights", help="fetch the weights into the hub layout (for baking)",
+                                    description="Download only the subfolders FramePack needs; resumable.")
+    download.add_argument("--weights", type=Path, default=None,
+                          help="target folder (default: $FRAMEPACK_WEIGHTS or weights/)")
+    download.add_argument("--variants", default="original,f1", help="comma-separated model variants")
     return parser
 
 
@@ -75,25 +82,46 @@ def run_predict(args: argparse.Namespace) -> Path:
     import torch
 
     from .outputs import save_outputs
+    from .memory import detect_memory_plan, place_models
     from .models import load_models
     from .pipeline import TensorRecorder, generate
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     logging.info("seed %d", request.seed)
+    plan = detect_memory_plan(device)
+    logging.info("memory mode: %s (%s)", plan.mode, plan.reason)
     models = load_models(weights_dir, (request.model_variant,), device, getattr(torch, dtype_name))
+    place_models(models, plan)
     recorder = TensorRecorder(args.dump_tensors is not None)
     result = generate(request, models, record=recorder)
     save_outputs(request, result, args.output, recorder, args.dump_tensors)
     return args.output
 
 
+def run_download(args: argparse.Namespace) -> Path:
+    """Fetch whatever is missing for the chosen variants, then check the transformer checkpoints."""
+    from .request import MODEL_VARIANTS
+    from .weights import ensure_weights, transformer_component, verify_transformer_checkpoint
+
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    for variant in variants:
+        if variant not in MODEL_VARIANTS:
+            raise InvalidInput("--variants", f"{variant!r} is not one of {', '.join(MODEL_VARIANTS)}")
+    weights_dir = args.weights or default_weights_dir()
+    ensure_weights(weights_dir, variants)
+    for variant in variants:
+        tensors = verify_transformer_checkpoint(transformer_component(variant).path(weights_dir))
+        logging.info("%s transformer: %d tensors match its config", variant, tensors)
+    return weights_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     try:
-        output = run_predict(args)
-    except (InvalidInput, MissingWeights) as error:
+        output = run_download(args) if args.command == "download-weights" else run_predict(args)
+    except (InvalidInput, MissingWeights, CheckpointMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

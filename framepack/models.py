@@ -39,10 +39,11 @@ def encoder_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 def load_models(
     weights_dir: Path, variants: tuple[str, ...], device: torch.device, dtype: torch.dtype
 ) -> FramePackModels:
-    """Load tokenizers, encoders, VAE and the requested transformers onto `device`.
+    """Load tokenizers, encoders, VAE and the requested transformers into host memory.
 
-    The transformer runs in `dtype`; encoders in `encoder_dtype`. Raises MissingWeights before loading anything
-    if a component is absent.
+    `device` is where they will run (recorded in the bundle; `memory.place_models` moves or streams them
+    there). The transformer runs in `dtype`; encoders in `encoder_dtype`. Raises MissingWeights before
+    loading anything if a component is absent.
     """
     from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, LlamaModel, SiglipVisionModel
@@ -54,9 +55,9 @@ def load_models(
     side_dtype = encoder_dtype(device, dtype)
 
     def place(module: torch.nn.Module) -> torch.nn.Module:
-        return module.to(device).eval().requires_grad_(False)
+        return module.eval().requires_grad_(False)
 
-    logger.info("loading encoders and VAE from %s (%s on %s)", weights_dir, side_dtype, device)
+    logger.info("loading encoders and VAE from %s (%s)", weights_dir, side_dtype)
     # AutoTokenizer, never LlamaTokenizerFast: under transformers 5 that class pads on the left.
     tokenizer = AutoTokenizer.from_pretrained(paths["tokenizer"])
     tokenizer.padding_side = "right"

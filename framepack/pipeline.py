@@ -152,7 +152,7 @@ def generate(
     variant, lws = request.model_variant, request.latent_window_size
     num_sections = planner.section_count(request.total_video_length_seconds, lws)
     progress = progress or ProgressReporter(num_sections, request.steps)
-    transformer = PackedTransformer(models.transformers[variant])
+    transformer = PackedTransformer(models.transformers[variant], models.device)
 
     with progress.stage("encode"):
         cond = encode_conditioning(request, models, record)

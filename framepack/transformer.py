@@ -63,18 +63,18 @@ class PreparedSection:
 
 
 class PackedTransformer:
-    """Runs a diffusers `HunyuanVideoFramepackTransformer3DModel` section by section (batch 1 per branch)."""
+    """Runs a diffusers `HunyuanVideoFramepackTransformer3DModel` section by section (batch 1 per branch).
 
-    def __init__(self, model):
+    `device` is where the computation runs; with low-VRAM streaming the weights themselves sit on the host.
+    """
+
+    def __init__(self, model, device: torch.device | None = None):
         self.model = model
+        self.device = device if device is not None else model.x_embedder.proj.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
         return self.model.x_embedder.proj.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.x_embedder.proj.weight.device
 
     @torch.no_grad()
     def prepare_section(self, section: SectionInputs, latent_height: int, latent_width: int) -> PreparedSection:

@@ -62,11 +62,13 @@ def required_components(variants: tuple[str, ...]) -> list[Component]:
 class MissingWeights(FileNotFoundError):
     """Some components are not in the weights folder; the message lists each with the path looked at."""
 
-    def __init__(self, weights_dir: Path, missing: list[tuple[Component, list[str]]]):
+    def __init__(self, weights_dir: Path, missing: list[tuple[Component, list[str]]], note: str = ""):
         lines = [f"  {c.name}: {c.path(weights_dir)} (missing {', '.join(files)})" for c, files in missing]
         super().__init__(
             f"Weights missing in {weights_dir}:\n" + "\n".join(lines)
-            + "\nPoint --weights (or FRAMEPACK_WEIGHTS) at a folder in the hub layout <owner>/<repo>/<subfolder>."
+            + (f"\n{note}" if note else "")
+            + "\nPoint --weights (or FRAMEPACK_WEIGHTS) at a folder in the hub layout <owner>/<repo>/<subfolder>,"
+            " or fetch them with `python -m framepack download-weights`."
         )
         self.missing = missing
 
@@ -81,3 +83,102 @@ def check_weights(weights_dir: Path, variants: tuple[str, ...]) -> None:
     missing = find_missing(weights_dir, required_components(variants))
     if missing:
         raise MissingWeights(Path(weights_dir), missing)
+
+
+def download_patterns(component: Component) -> list[str]:
+    """Hub file patterns for one component: its subfolder only (never the rest of the repository)."""
+    if component.subfolder:
+        return [f"{component.subfolder}/*"]
+    return ["*.json", "*.safetensors"]
+
+
+def download_components(weights_dir: Path, components: list[Component]) -> None:
+    """Fetch components from the Hugging Face Hub into the hub layout under `weights_dir`.
+
+    Resumable (the hub client continues partial files) and with progress bars on stderr. Raises
+    MissingWeights listing what is still absent when offline (HF_HUB_OFFLINE=1) or when a download fails.
+    """
+    import logging
+    import os
+
+    logger = logging.getLogger(__name__)
+    weights_dir = Path(weights_dir)
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise MissingWeights(weights_dir, find_missing(weights_dir, components),
+                             note="HF_HUB_OFFLINE is set, so nothing was downloaded.")
+    from huggingface_hub import snapshot_download
+
+    by_repo: dict[str, list[str]] = {}
+    for component in components:
+        by_repo.setdefault(component.repo, []).extend(download_patterns(component))
+    try:
+        for repo, patterns in by_repo.items():
+            logger.info("downloading %s (%s) into %s", repo, ", ".join(patterns), weights_dir / repo)
+            snapshot_download(repo_id=repo, allow_patterns=patterns, local_dir=weights_dir / repo)
+    except Exception as error:  # any hub or network failure ends in the same clear report
+        raise MissingWeights(weights_dir, find_missing(weights_dir, components),
+                             note=f"Download failed: {type(error).__name__}: {error}") from error
+
+
+def ensure_weights(weights_dir: Path, variants: tuple[str, ...], download: bool = True) -> None:
+    """Make sure every component for `variants` is present, downloading only what is missing."""
+    components = required_components(variants)
+    missing = find_missing(weights_dir, components)
+    if missing and download:
+        download_components(weights_dir, [component for component, _ in missing])
+        missing = find_missing(weights_dir, components)
+    if missing:
+        raise MissingWeights(Path(weights_dir), missing)
+
+
+class CheckpointMismatch(ValueError):
+    """A transformer checkpoint's tensors do not match the architecture its config describes."""
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor names and shapes from a safetensors header; raises CheckpointMismatch if the file is truncated."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        header_length = struct.unpack("<Q", handle.read(8))[0]
+        if header_length > size - 8:
+            raise CheckpointMismatch(f"{path}: header larger than the file (truncated?)")
+        header = json.loads(handle.read(header_length))
+    header.pop("__metadata__", None)
+    data_end = max((info["data_offsets"][1] for info in header.values()), default=0)
+    if 8 + header_length + data_end > size:
+        raise CheckpointMismatch(f"{path}: {size} bytes, header promises {8 + header_length + data_end} (truncated)")
+    return {name: info["shape"] for name, info in header.items()}
+
+
+def verify_transformer_checkpoint(folder: Path) -> int:
+    """Check the checkpoint's keys and shapes against the model its config.json builds, before loading it.
+
+    Reads only safetensors headers and builds the model on the `meta` device, so it costs milliseconds even
+    for the 26 GB checkpoint. Returns the number of tensors; raises CheckpointMismatch naming the differences.
+    """
+    import json
+
+    import torch
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    with torch.device("meta"):
+        model = HunyuanVideoFramepackTransformer3DModel.from_config(config)
+    expected = {name: list(t.shape) for name, t in model.state_dict().items()}
+    actual: dict[str, list[int]] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        actual.update(safetensors_shapes(file))
+    problems = []
+    if missing := sorted(set(expected) - set(actual)):
+        problems.append(f"{len(missing)} missing (first: {', '.join(missing[:5])})")
+    if unexpected := sorted(set(actual) - set(expected)):
+        problems.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:5])})")
+    if wrong := [n for n in expected if n in actual and actual[n] != expected[n]]:
+        problems.append("wrong shapes: " + ", ".join(f"{n} {actual[n]} != {expected[n]}" for n in wrong[:5]))
+    if problems:
+        raise CheckpointMismatch(f"transformer checkpoint {folder} does not match its config: " + "; ".join(problems))
+    return len(expected)

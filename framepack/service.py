@@ -1,0 +1,110 @@
+"""The prediction service behind the Cog predictor, free of Cog so it can be tested and reused.
+
+`FramePackService.setup` loads every component once (downloading what is missing, checking the transformer
+checkpoints first) and places them per the memory plan. `predict` validates a request, generates, writes one
+MP4 and returns its path. Only the latest output is kept: the previous prediction's file is removed when the
+next starts. A failure or cancellation (Cog raises CancelationException, a BaseException, inside predict)
+removes partial files and frees GPU memory before propagating.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from . import memory
+from .models import FramePackModels, load_models
+from .outputs import save_outputs
+from .pipeline import generate
+from .progress import ProgressReporter
+from .request import MODEL_VARIANTS, build_request
+from .planner import section_count
+from .weights import ensure_weights, transformer_component, verify_transformer_checkpoint
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_ENV = "FRAMEPACK_WEIGHTS"
+OUTPUT_DIR_ENV = "FRAMEPACK_OUTPUT_DIR"
+MetricRecorder = Callable[[str, float], None]
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+class FramePackService:
+    def __init__(self, models: FramePackModels, plan: memory.MemoryPlan, output_dir: Path):
+        self.models = models
+        self.plan = plan
+        self.output_dir = output_dir
+        self.last_output: Path | None = None
+
+    @classmethod
+    def setup(cls, weights_dir: Path | None = None, variants: tuple[str, ...] = MODEL_VARIANTS,
+              device: torch.device | None = None) -> "FramePackService":
+        weights_dir = Path(weights_dir or os.environ.get(WEIGHTS_ENV, "weights"))
+        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        plan = memory.detect_memory_plan(device)
+        _log(f"memory mode: {plan.mode} ({plan.reason})")
+        ensure_weights(weights_dir, variants)
+        for variant in variants:
+            tensors = verify_transformer_checkpoint(transformer_component(variant).path(weights_dir))
+            _log(f"{variant} transformer checkpoint: {tensors} tensors match its config")
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        started = time.monotonic()
+        models = load_models(weights_dir, variants, device, dtype)
+        memory.place_models(models, plan)
+        _log(f"loaded {', '.join(variants)} from {weights_dir} on {device} ({dtype}) in "
+             f"{time.monotonic() - started:.1f} s")
+        output_dir = os.environ.get(OUTPUT_DIR_ENV)
+        if output_dir:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+        return cls(models, plan, Path(output_dir or tempfile.mkdtemp(prefix="framepack-outputs-")))
+
+    def _remove_previous_output(self) -> None:
+        if self.last_output is not None:
+            self.last_output.unlink(missing_ok=True)
+            self.last_output = None
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def predict(self, inputs: Mapping[str, Any], record_metric: MetricRecorder | None = None) -> Path:
+        """Validate `inputs` (API names), generate and return the MP4's path (valid until the next call)."""
+        self._remove_previous_output()
+        request = build_request(inputs)
+        _log(f"seed: {request.seed}")
+        started = time.monotonic()
+        memory.make_resident(self.models, request.model_variant, self.plan)
+        progress = ProgressReporter(section_count(request.total_video_length_seconds, request.latent_window_size),
+                                    request.steps, write=_log)
+        output = self.output_dir / f"framepack-{request.seed}.mp4"
+        try:
+            result = generate(request, self.models, progress=progress)
+            with progress.stage("mp4"):
+                save_outputs(request, result, output)
+        except BaseException:
+            output.unlink(missing_ok=True)
+            raise
+        finally:
+            self._free_memory()
+        self.last_output = output
+        timings = {**progress.timings, "total": time.monotonic() - started}
+        _log("timings: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items()))
+        if record_metric is not None:
+            for name, seconds in timings.items():
+                record_metric(f"{name}_seconds", round(seconds, 3))
+        return output
+
+    def close(self) -> None:
+        shutil.rmtree(self.output_dir, ignore_errors=True)

@@ -1,0 +1,58 @@
+"""Cog predictor: a thin adapter from Cog's typed inputs to the FramePack service (framepack/service.py).
+
+Input names, defaults, ranges and descriptions come from framepack/request.py, the single source of truth
+shared with `python -m framepack predict`.
+"""
+
+from typing import Optional
+
+from cog import BasePredictor, Input, Path, current_scope
+
+from framepack.request import INPUT_SPECS
+from framepack.service import FramePackService
+
+
+def api_input(name: str):
+    """A Cog Input built from the API table entry `name` (required inputs get no default)."""
+    spec = INPUT_SPECS[name]
+    return Input(
+        default=None if spec.required else spec.default,
+        description=spec.description,
+        ge=spec.ge,
+        le=spec.le,
+        choices=list(spec.choices) if spec.choices else None,
+    )
+
+
+class Predictor(BasePredictor):
+    def setup(self) -> None:
+        """Load all encoders, the VAE and both transformers once; FRAMEPACK_WEIGHTS selects the folder."""
+        self.service = FramePackService.setup()
+
+    def predict(
+        self,
+        input_image: Path = api_input("input_image"),
+        prompt: str = api_input("prompt"),
+        negative_prompt: str = api_input("negative_prompt"),
+        seed: Optional[int] = api_input("seed"),
+        total_video_length_seconds: float = api_input("total_video_length_seconds"),
+        model_variant: str = api_input("model_variant"),
+        resolution: int = api_input("resolution"),
+        width: int = api_input("width"),
+        height: int = api_input("height"),
+        latent_window_size: int = api_input("latent_window_size"),
+        steps: int = api_input("steps"),
+        cfg_scale: float = api_input("cfg_scale"),
+        distilled_cfg_scale: float = api_input("distilled_cfg_scale"),
+        cfg_rescale: float = api_input("cfg_rescale"),
+        use_teacache: bool = api_input("use_teacache"),
+        mp4_crf: int = api_input("mp4_crf"),
+    ) -> Path:
+        inputs = dict(
+            input_image=input_image, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
+            total_video_length_seconds=total_video_length_seconds, model_variant=model_variant,
+            resolution=resolution, width=width, height=height, latent_window_size=latent_window_size,
+            steps=steps, cfg_scale=cfg_scale, distilled_cfg_scale=distilled_cfg_scale, cfg_rescale=cfg_rescale,
+            use_teacache=use_teacache, mp4_crf=mp4_crf,
+        )
+        return Path(self.service.predict(inputs, record_metric=current_scope().record_metric))

@@ -1,0 +1,231 @@
+"""The Cog predictor through Cog's real HTTP server (coglet) on 127.0.0.1, on the tiny weights."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import START_IMAGE, TINY_WEIGHTS
+from framepack.request import INPUT_SPECS
+from framepack.video import read_mp4_frames, read_mp4_metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_START_TIMEOUT = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+IMAGE = _data_uri(START_IMAGE.read_bytes())
+TINY_REQUEST = {"input_image": IMAGE, "prompt": "a cat on a beach", "seed": 3, "total_video_length_seconds": 1.2,
+                "latent_window_size": 3, "steps": 2, "width": 96, "height": 64}
+# Long enough on the tiny weights (15 sections x 60 steps) to be cancelled mid-run.
+SLOW_REQUEST = {**TINY_REQUEST, "total_video_length_seconds": 6.0, "steps": 60}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`python -m cog.server.http` from the repository root (where .cog/openapi_schema.json is)."""
+    port = _free_port()
+    output_dir = tmp_path_factory.mktemp("outputs")
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "PORT": str(port), "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+           "FRAMEPACK_WEIGHTS": str(TINY_WEIGHTS), "FRAMEPACK_OUTPUT_DIR": str(output_dir),
+           # coglet starts its worker with the `python` on PATH: make that this interpreter.
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with open(log, "w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"], cwd=ROOT,
+                                   env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    try:
+        while True:
+            assert process.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
+            try:
+                if requests.get(f"{url}/health-check", timeout=2).json().get("status") == "READY":
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, f"server not READY:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield {"url": url, "output_dir": output_dir}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture
+def webhooks():
+    """A local webhook receiver; yields (url, list of received prediction payloads)."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/hook", received
+    httpd.shutdown()
+
+
+def _wait_for(predicate, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _predict(server, inputs: dict) -> requests.Response:
+    return requests.post(f"{server['url']}/predictions", json={"input": inputs}, timeout=300)
+
+
+def _video(response_json: dict, tmp_path: Path, name: str = "out.mp4") -> Path:
+    header, payload = response_json["output"].split(",", 1)
+    assert header == "data:video/mp4;base64"
+    path = tmp_path / name
+    path.write_bytes(base64.b64decode(payload))
+    return path
+
+
+def test_health_is_ready(server):
+    body = requests.get(f"{server['url']}/health-check", timeout=10).json()
+    assert body["status"] == "READY"
+    assert "loaded original, f1" in body["setup"]["logs"]
+    assert "memory mode: cpu" in body["setup"]["logs"]
+
+
+def test_openapi_lists_every_input_with_its_constraints(server):
+    schema = requests.get(f"{server['url']}/openapi.json", timeout=10).json()["components"]["schemas"]
+    properties = schema["Input"]["properties"]
+    assert list(sorted(properties, key=lambda n: properties[n]["x-order"])) == list(INPUT_SPECS)
+    assert schema["Input"]["required"] == ["input_image", "prompt"]
+    for name, spec in INPUT_SPECS.items():
+        prop = properties[name]
+        assert prop["description"] == spec.description
+        if spec.ge is not None:
+            assert (prop["minimum"], prop["maximum"]) == (spec.ge, spec.le), name
+        if spec.choices:
+            assert schema[name]["enum"] == list(spec.choices)
+        elif not spec.required and spec.default is not None:
+            assert prop["default"] == spec.default, name
+    assert properties["input_image"]["format"] == "uri" and properties["seed"]["nullable"] is True
+    assert schema["Output"] == {"title": "Output", "type": "string", "format": "uri"}
+
+
+def test_sync_prediction_returns_a_playable_mp4(server, tmp_path):
+    started = time.monotonic()
+    response = _predict(server, TINY_REQUEST)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "succeeded", body.get("error")
+    frames, fps = read_mp4_frames(_video(body, tmp_path))
+    assert frames.shape == (37, 64, 96, 3) and fps == 30
+    assert read_mp4_metadata(tmp_path / "out.mp4")["seed"] == 3
+    assert {"encode_seconds", "sampling_seconds", "decode_seconds", "mp4_seconds", "total_seconds"} <= set(
+        body["metrics"])
+    assert "section 3/3, step 2/2" in body["logs"] and "seed: 3" in body["logs"]
+    print(f"sync prediction on the tiny weights: {elapsed:.2f} s")
+
+
+def test_same_seed_gives_identical_frames(server, tmp_path):
+    first = read_mp4_frames(_video(_predict(server, TINY_REQUEST).json(), tmp_path, "a.mp4"))[0]
+    second = read_mp4_frames(_video(_predict(server, TINY_REQUEST).json(), tmp_path, "b.mp4"))[0]
+    assert (first == second).all()
+
+
+def test_random_seed_is_logged_and_stored(server, tmp_path):
+    body = _predict(server, {k: v for k, v in TINY_REQUEST.items() if k != "seed"}).json()
+    seed = read_mp4_metadata(_video(body, tmp_path))["seed"]
+    assert f"seed: {seed}" in body["logs"]
+
+
+def test_async_prediction_delivers_webhooks(server, webhooks):
+    url, received = webhooks
+    response = requests.post(f"{server['url']}/predictions", timeout=30, headers={"Prefer": "respond-async"},
+                             json={"input": TINY_REQUEST, "webhook": url})
+    assert response.status_code == 202
+    _wait_for(lambda: received and received[-1]["status"] in ("succeeded", "failed", "canceled"))
+    assert received[-1]["status"] == "succeeded"
+    assert received[-1]["output"].startswith("data:video/mp4;base64,")
+
+
+def test_cancel_ends_canceled_and_the_next_prediction_succeeds(server, webhooks, tmp_path):
+    url, received = webhooks
+    response = requests.put(f"{server['url']}/predictions/cancel-me", timeout=30,
+                            headers={"Prefer": "respond-async"}, json={"input": SLOW_REQUEST, "webhook": url})
+    assert response.status_code == 202
+    _wait_for(lambda: any("step 3/60" in (hook.get("logs") or "") for hook in received))
+    assert requests.post(f"{server['url']}/predictions/cancel-me/cancel", timeout=30).status_code == 200
+    _wait_for(lambda: received[-1]["status"] in ("succeeded", "failed", "canceled"))
+    assert received[-1]["status"] == "canceled"
+    assert list(server["output_dir"].iterdir()) == []  # the partial output is gone
+
+    assert requests.get(f"{server['url']}/health-check", timeout=10).json()["status"] == "READY"
+    body = _predict(server, TINY_REQUEST).json()
+    assert body["status"] == "succeeded"
+    assert read_mp4_frames(_video(body, tmp_path))[0].shape[0] == 37
+
+
+def test_outputs_do_not_pile_up(server):
+    for seed in (11, 12):
+        assert _predict(server, {**TINY_REQUEST, "seed": seed}).json()["status"] == "succeeded"
+    assert [p.name for p in server["output_dir"].iterdir()] == ["framepack-12.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field", "message"),
+    [
+        ({**TINY_REQUEST, "steps": 0}, "steps", "less than the minimum of 1"),
+        ({**TINY_REQUEST, "cfg_scale": 33}, "cfg_scale", "greater than the maximum of 32"),
+        ({**TINY_REQUEST, "model_variant": "f2"}, "model_variant", "f2"),
+        ({**TINY_REQUEST, "steps": "many"}, "steps", "is not of type"),
+        ({**TINY_REQUEST, "use_teacache": "sometimes"}, "use_teacache", "is not of type"),
+        ({k: v for k, v in TINY_REQUEST.items() if k != "prompt"}, "prompt", "Field required"),
+    ],
+)
+def test_invalid_inputs_are_422(server, inputs, field, message):
+    response = _predict(server, inputs)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert any(d["loc"][-1] == field and message in d["msg"] for d in detail), detail
+
+
+def test_non_image_upload_fails_saying_the_image_could_not_be_read(server):
+    body = _predict(server, {**TINY_REQUEST, "input_image": _data_uri(b"plain text, no pixels")}).json()
+    assert body["status"] == "failed"
+    assert "Invalid input 'input_image'" in body["error"] and "could not read" in body["error"]
+
+
+def test_engine_validation_beyond_the_schema_fails_clearly(server):
+    body = _predict(server, {**TINY_REQUEST, "width": 100}).json()
+    assert body["status"] == "failed"
+    assert "Invalid input 'width': 100 is not a multiple of 16" in body["error"]
