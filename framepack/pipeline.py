@@ -146,13 +146,17 @@ def generate(
     models: FramePackModels,
     progress: ProgressReporter | None = None,
     record: TensorRecorder | None = None,
+    runner: type = PackedTransformer,
 ) -> GenerationResult:
-    """Run the whole FramePack generation for a validated request and return the video's frames."""
+    """Run the whole FramePack generation for a validated request and return the video's frames.
+
+    `runner` wraps the transformer (PackedTransformer; the benchmark swaps in the stock forward).
+    """
     record = record or TensorRecorder(False)
     variant, lws = request.model_variant, request.latent_window_size
     num_sections = planner.section_count(request.total_video_length_seconds, lws)
     progress = progress or ProgressReporter(num_sections, request.steps)
-    transformer = PackedTransformer(models.transformers[variant], models.device)
+    transformer = runner(models.transformers[variant], models.device)
 
     with progress.stage("encode"):
         cond = encode_conditioning(request, models, record)

@@ -99,28 +99,49 @@ def _weighted_sum(differences: torch.Tensor, weights: torch.Tensor) -> torch.Ten
 def unipc_update(
     x: torch.Tensor,
     model_outputs: list[torch.Tensor],
-    sigmas: list[torch.Tensor],
-    sigma: torch.Tensor,
-    order: int,
+    coefficients: UniPCCoefficients,
+    sigma_ratio: torch.Tensor,
+    batch_sigma: torch.Tensor,
     denoise: Denoiser,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predictor-corrector step of `order` from sigmas[-1] to `sigma`; returns (x_t, model output at x_pred).
+    """Predictor-corrector step to `batch_sigma`; returns (x_t, model output at the predicted x).
 
-    x: (B, C, T, H, W) float32; model_outputs: stored x_0 predictions at `sigmas` (0-d each), oldest first.
+    x: (B, C, T, H, W) float32; model_outputs: stored x_0 predictions, oldest first; `coefficients` for this
+    step's order p = len(coefficients.rhos_c); sigma_ratio = t / s.
     """
-    c = unipc_coefficients(sigmas, sigma, order)
+    c, order = coefficients, len(coefficients.rhos_c)
     m0 = model_outputs[-1]
     differences = [(model_outputs[-(k + 1)] - m0) / c.rks[k - 1] for k in range(1, order)]
     stacked = torch.stack(differences, dim=1) if differences else None
 
-    x_base = (sigma / sigmas[-1]) * x - c.phi_1 * m0
+    x_base = sigma_ratio * x - c.phi_1 * m0
     predictor = _weighted_sum(stacked, c.rhos_p) if stacked is not None else 0
     x_pred = x_base - c.b_h * predictor
-    batch_sigma = sigma.expand(x.shape[0])
     m_t = denoise(x_pred, batch_sigma)
     corrector = _weighted_sum(stacked, c.rhos_c[:-1]) if stacked is not None else 0
     x_t = x_base - c.b_h * (corrector + c.rhos_c[-1] * (m_t - m0))
     return x_t, m_t
+
+
+def unipc_schedule(sigmas: torch.Tensor) -> list[UniPCCoefficients | None]:
+    """Coefficients of every step (None for step 0, which only evaluates), computed once on the CPU.
+
+    Computing them up front keeps tiny tensor ops and linalg.solve (which synchronises) out of the step loop.
+    """
+    sigmas = sigmas.cpu()
+    order = min(3, len(sigmas) - 2)
+    schedule: list[UniPCCoefficients | None] = [None]
+    for i in range(1, len(sigmas) - 1):
+        step_order = min(i, order)
+        previous = [sigmas[k] for k in range(i - step_order, i)]
+        schedule.append(unipc_coefficients(previous, sigmas[i], step_order))
+    return schedule
+
+
+def _to_device(c: UniPCCoefficients, device: torch.device) -> UniPCCoefficients:
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return UniPCCoefficients(h=move(c.h), rks=move(c.rks), b_h=move(c.b_h), phi_1=move(c.phi_1),
+                             rhos_p=move(c.rhos_p), rhos_c=move(c.rhos_c))
 
 
 def sample_unipc(
@@ -131,22 +152,20 @@ def sample_unipc(
     As in the reference, the final sigma (0) is never stepped to: the result is the prediction made at
     sigmas[-2]. `callback(i, x0)` runs after every step i.
     """
-    order = min(3, len(sigmas) - 2)
+    order = max(min(3, len(sigmas) - 2), 1)
+    device = noise.device
+    schedule = [None if c is None else _to_device(c, device) for c in unipc_schedule(sigmas.float())]
+    sigmas_cpu = sigmas.float().cpu()
+    ratios = [(sigmas_cpu[i] / sigmas_cpu[i - 1]).to(device) if i else None for i in range(len(sigmas_cpu) - 1)]
+    batch_sigmas = sigmas_cpu.to(device)[:, None].expand(-1, noise.shape[0])
     x = noise
-    sigmas = sigmas.to(device=noise.device, dtype=torch.float32)
     model_outputs: list[torch.Tensor] = []
-    stored_sigmas: list[torch.Tensor] = []
-    for i in range(len(sigmas) - 1):
+    for i in range(len(sigmas_cpu) - 1):
         if i == 0:
-            model_outputs = [denoise(x, sigmas[0].expand(x.shape[0]))]
+            model_outputs = [denoise(x, batch_sigmas[0])]
         else:
-            x, m_t = unipc_update(x, model_outputs, stored_sigmas, sigmas[i], min(i, order), denoise)
-            model_outputs.append(m_t)
-        if i == 0:
-            stored_sigmas = [sigmas[0]]
-        else:
-            stored_sigmas.append(sigmas[i])
-        model_outputs, stored_sigmas = model_outputs[-order:], stored_sigmas[-order:]
+            x, m_t = unipc_update(x, model_outputs, schedule[i], ratios[i], batch_sigmas[i], denoise)
+            model_outputs = (model_outputs + [m_t])[-order:]
         if callback is not None:
             callback(i, model_outputs[-1])
     return model_outputs[-1]

@@ -40,15 +40,19 @@ class SectionInputs:
 
 @dataclass
 class TextInputs:
-    """One CFG branch's text conditioning: embeds (B, 512, D_llama), mask (B, 512) bool, pooled (B, D_clip)."""
+    """One CFG branch's text conditioning: embeds (B, 512, D_llama), mask (B, 512) bool, pooled (B, D_clip).
+
+    `valid_tokens` is counted once here, so the step loop never waits on the GPU for it.
+    """
 
     embeds: torch.Tensor
     mask: torch.Tensor
     pooled: torch.Tensor
+    valid_tokens: int = -1
 
-    @property
-    def valid_tokens(self) -> int:
-        return int(self.mask.sum())
+    def __post_init__(self):
+        if self.valid_tokens < 0:
+            self.valid_tokens = int(self.mask.sum())
 
 
 @dataclass

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import torch
 
@@ -57,6 +56,8 @@ def write_mp4(frames: torch.Tensor, path: Path, crf: int, metadata: dict[str, An
 
 def read_mp4_metadata(path: Path) -> dict[str, Any]:
     """The JSON metadata written by `write_mp4` ({} when absent)."""
+    import av
+
     with av.open(str(path)) as container:
         text = container.metadata.get(METADATA_KEY)
     return json.loads(text) if text else {}
@@ -64,6 +65,8 @@ def read_mp4_metadata(path: Path) -> dict[str, Any]:
 
 def read_mp4_frames(path: Path) -> tuple[torch.Tensor, float]:
     """Decode an MP4 back to (T, H, W, 3) uint8 RGB frames and its frame rate."""
+    import av
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         rate = float(stream.average_rate)

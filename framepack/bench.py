@@ -1,0 +1,335 @@
+"""GPU benchmark: our transformer path against diffusers' stock forward, side by side in one run.
+
+    python -m framepack.bench --out bench.json [--e2e] [--low-vram --vram-cap-gb 6] [--size full|tiny]
+
+Models are the full-size architectures (DESIGN.md) with random weights, so no checkpoint is needed. Reports:
+seconds per transformer forward (stock, then ours) at 544x704 with window 9, the relative L2 difference of the
+two outputs, optionally end-to-end seconds of a 5-second 640-bucket generation per stage (stock loop and ours,
+TeaCache off and on), and peak GPU memory. Stock runs first: our acceleration compiles the blocks in place.
+`--size tiny` runs the same code on the tiny test architecture (for checking the script on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import planner
+from .acceleration import accelerate
+from .memory import MemoryPlan, place_models
+from .models import FramePackModels, encoder_dtype
+from .pipeline import generate
+from .progress import ProgressReporter
+from .request import build_request
+from .transformer import PackedTransformer, SectionInputs, TextInputs
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "fixtures" / "tiny-weights"
+MANIFEST = ROOT / "tests" / "fixtures" / "transformer_keys.json"
+BUCKET = (544, 704)
+TEXT_TOKENS = 20
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Fill every parameter: norms' weights 1, biases 0, other weights N(0, 1/fan_in) (keeps activations O(1))."""
+    generator = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim == 1:
+                param.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
+            else:
+                fan_in = param[0].numel()
+                param.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+        for buffer in module.buffers():
+            if buffer.is_floating_point() and not torch.isfinite(buffer).all():
+                buffer.zero_()
+    return module
+
+
+def _build(factory, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
+    with torch.device("meta"):
+        module = factory()
+    module = module.to_empty(device=device).to(dtype)
+    for name, buffer in module.named_buffers():  # recompute non-persistent buffers lost on meta (e.g. RoPE)
+        if "inv_freq" in name:
+            dim = buffer.numel() * 2
+            buffer.copy_(1.0 / (module.config.rope_parameters["rope_theta"] ** (
+                torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)))
+        elif "position_ids" in name:
+            buffer.copy_(torch.arange(buffer.shape[-1], device=device).expand_as(buffer))
+    return randomize_(module, seed).eval().requires_grad_(False)
+
+
+def random_models(size: str, device: torch.device, dtype: torch.dtype, build_device: torch.device) -> FramePackModels:
+    """All FramePack components at `size` with random weights, built on `build_device`."""
+    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
+    from transformers import (AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LlamaConfig,
+                              LlamaModel, SiglipVisionConfig, SiglipVisionModel)
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    side = encoder_dtype(device, dtype)
+    hunyuan = TINY / "hunyuanvideo-community" / "HunyuanVideo"
+    if size == "full":
+        transformer_config = json.loads(MANIFEST.read_text())["config"]
+        llama = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                            num_key_value_heads=8, vocab_size=128320, max_position_embeddings=8192,
+                            rms_norm_eps=1e-5, rope_parameters={"rope_theta": 500000.0, "rope_type": "default"})
+        clip = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              max_position_embeddings=77, vocab_size=49408, projection_dim=768)
+        siglip = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                    num_attention_heads=16, image_size=384, patch_size=14)
+        vae_config, image_size = {}, 384
+    else:
+        transformer_config = json.loads((TINY / "lllyasviel/FramePackI2V_HY/config.json").read_text())
+        llama = LlamaConfig.from_pretrained(hunyuan / "text_encoder")
+        clip = CLIPTextConfig.from_pretrained(hunyuan / "text_encoder_2")
+        siglip = SiglipVisionConfig.from_pretrained(TINY / "lllyasviel/flux_redux_bfl/image_encoder")
+        vae_config = json.loads((hunyuan / "vae" / "config.json").read_text())
+        image_size = 32
+    vae_config = {k: v for k, v in vae_config.items() if not k.startswith("_")}
+    transformer_config = {k: v for k, v in transformer_config.items() if not k.startswith("_")}
+    tokenizer = AutoTokenizer.from_pretrained(hunyuan / "tokenizer")
+    tokenizer.padding_side = "right"
+    return FramePackModels(
+        tokenizer=tokenizer,
+        tokenizer_2=CLIPTokenizer.from_pretrained(hunyuan / "tokenizer_2"),
+        text_encoder=_build(lambda: LlamaModel(llama), build_device, side, 1),
+        text_encoder_2=_build(lambda: CLIPTextModel(clip), build_device, side, 2),
+        feature_extractor=SiglipImageProcessorPil(size={"height": image_size, "width": image_size},
+                                                  resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        image_encoder=_build(lambda: SiglipVisionModel(siglip), build_device, side, 3),
+        vae=_build(lambda: AutoencoderKLHunyuanVideo(**vae_config), build_device, side, 4),
+        transformers={"original": _build(lambda: HunyuanVideoFramepackTransformer3DModel(**transformer_config),
+                                         build_device, dtype, 5)},
+        device=device,
+        dtype=dtype,
+    )
+
+
+def forward_inputs(model, device, dtype, height: int, width: int, lws: int = 9):
+    """Random inputs of one steady-state section (the original variant's first section layout)."""
+    generator = torch.Generator(device=device).manual_seed(7)
+    section = planner.plan_sections("original", 4, lws)[0]
+    h, w = height // 8, width // 8
+    rand = lambda *shape, dt=torch.float32: torch.randn(*shape, generator=generator, device=device, dtype=dt)  # noqa
+    idx = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+    image_tokens = 729 if model.config.image_proj_dim == 1152 else 16
+    inputs = SectionInputs(
+        latent_indices=idx(section.latent_indices), clean_latents=rand(1, 16, 2, h, w),
+        clean_latent_indices=idx(section.clean_latent_indices), clean_latents_2x=rand(1, 16, 2, h, w),
+        clean_latent_2x_indices=idx(section.clean_latent_2x_indices), clean_latents_4x=rand(1, 16, 16, h, w),
+        clean_latent_4x_indices=idx(section.clean_latent_4x_indices),
+        image_embeds=rand(1, image_tokens, model.config.image_proj_dim, dt=dtype),
+    )
+    mask = torch.zeros(1, 512, dtype=torch.bool, device=device)
+    mask[:, :TEXT_TOKENS] = True
+    text = TextInputs(embeds=rand(1, 512, model.config.text_embed_dim, dt=dtype) * mask[..., None],
+                      mask=mask, pooled=rand(1, model.config.pooled_projection_dim, dt=dtype))
+    latents = rand(1, 16, lws, h, w, dt=dtype)
+    timestep = torch.tensor([900.0], device=device, dtype=dtype)
+    guidance = torch.tensor([10000.0], device=device, dtype=dtype)
+    return inputs, text, latents, timestep, guidance
+
+
+class StockTransformer:
+    """The reference's per-call path: diffusers' whole forward every step, nothing cached per section."""
+
+    def __init__(self, model, device: torch.device | None = None):
+        self.model = model
+        self.device = device or model.x_embedder.proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.x_embedder.proj.weight.dtype
+
+    def prepare_section(self, section: SectionInputs, latent_height: int, latent_width: int) -> SectionInputs:
+        return section
+
+    @torch.no_grad()
+    def velocity(self, latents, timestep, guidance, text: TextInputs, section: SectionInputs, teacache=None):
+        if teacache is not None:
+            raise ValueError("the stock forward has no TeaCache; use the eager staged path for that comparison")
+        to = lambda t: t.to(device=self.device, dtype=self.dtype)  # noqa: E731
+        dev = lambda t: t.to(self.device)  # noqa: E731
+        return self.model(
+            hidden_states=latents, timestep=timestep, encoder_hidden_states=text.embeds,
+            encoder_attention_mask=text.mask, pooled_projections=text.pooled, image_embeds=to(section.image_embeds),
+            indices_latents=dev(section.latent_indices), guidance=guidance, latents_clean=to(section.clean_latents),
+            indices_latents_clean=dev(section.clean_latent_indices), latents_history_2x=to(section.clean_latents_2x),
+            indices_latents_history_2x=dev(section.clean_latent_2x_indices),
+            latents_history_4x=to(section.clean_latents_4x),
+            indices_latents_history_4x=dev(section.clean_latent_4x_indices), return_dict=False,
+        )[0].float()
+
+
+def time_call(fn, device: torch.device, warmup: int, repeat: int) -> list[float]:
+    """Seconds per call (CUDA events on a GPU), after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def end_to_end(models, image: Path, size: tuple[int, int], runner, teacache: bool, seconds: float, steps: int,
+               device: torch.device) -> dict:
+    request = build_request({"input_image": image, "prompt": "A person dances in a sunlit room.", "seed": 1,
+                             "total_video_length_seconds": seconds, "steps": steps, "use_teacache": teacache,
+                             "height": size[0], "width": size[1]})
+    progress = ProgressReporter(planner.section_count(seconds, 9), steps, write=lambda line: None)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    result = generate(request, models, progress=progress, runner=runner)
+    from .video import write_mp4
+
+    with progress.stage("mp4"):
+        write_mp4(result.frames, Path("/tmp/framepack-bench.mp4"), 16)
+    total = time.perf_counter() - started
+    return {"total": total, **progress.timings, "frames": int(result.frames.shape[0]),
+            "latents": result.video_latents}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m framepack.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--e2e", action="store_true", help="also time 5-second generations")
+    parser.add_argument("--e2e-seconds", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--low-vram", action="store_true", help="benchmark low-VRAM mode against high-VRAM")
+    parser.add_argument("--vram-cap-gb", type=float, nargs="*", default=[6.0])
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    size = BUCKET if args.size == "full" else (64, 96)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report: dict = {"gpu": gpu, "torch": torch.__version__, "size": args.size, "bucket": list(size),
+                    "command": "python -m framepack.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
+    image = Path("/tmp/framepack-bench.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)).save(image)
+
+    if args.low_vram:
+        report["low_vram"] = bench_low_vram(args, device, dtype, size, image)
+        return _finish(report, args.out)
+
+    started = time.perf_counter()
+    models = random_models(args.size, device, dtype, device)
+    place_models(models, MemoryPlan("high" if device.type == "cuda" else "cpu", "benchmark"))
+    report["build_seconds"] = time.perf_counter() - started
+    model = models.transformers["original"]
+    inputs, text, latents, timestep, guidance = forward_inputs(model, device, dtype, *size)
+
+    stock = StockTransformer(model, device)
+    stock_out = stock.velocity(latents, timestep, guidance, text, inputs)
+    stock_times = time_call(lambda: stock.velocity(latents, timestep, guidance, text, inputs), device, 1, args.repeat)
+    report["forward_stock_s"] = float(np.median(stock_times))
+    print("stock forward", report["forward_stock_s"], flush=True)
+    e2e = {}
+    def run_e2e(name: str, runner, teacache: bool) -> None:
+        e2e[name] = end_to_end(models, image, size, runner, teacache, args.e2e_seconds, args.steps, device)
+        report.setdefault("e2e", {})[name] = {k: v for k, v in e2e[name].items() if k != "latents"}
+        args.out.write_text(json.dumps(report, indent=2, default=str))  # partial results survive a timeout
+        print(name, {k: v for k, v in report["e2e"][name].items()}, flush=True)
+
+    if args.e2e:
+        run_e2e("stock_teacache_off", StockTransformer, False)
+        run_e2e("eager_teacache_on", PackedTransformer, True)
+
+    applied = accelerate(model, device, compile_blocks=not args.no_compile)
+    report["acceleration"] = {"attention": applied.attention, "compiled": applied.compiled, "notes": applied.notes}
+    ours = PackedTransformer(model, device)
+    prepared = ours.prepare_section(inputs, latents.shape[3], latents.shape[4])
+    compile_started = time.perf_counter()
+    ours_out = ours.velocity(latents, timestep, guidance, text, prepared)
+    report["first_call_s"] = time.perf_counter() - compile_started
+    ours_times = time_call(lambda: ours.velocity(latents, timestep, guidance, text, prepared), device, 2, args.repeat)
+    report["forward_ours_s"] = float(np.median(ours_times))
+    report["forward_speedup"] = report["forward_stock_s"] / report["forward_ours_s"]
+    report["forward_relative_l2"] = relative_l2(ours_out, stock_out)
+    print({k: report[k] for k in ("forward_stock_s", "forward_ours_s", "forward_speedup", "forward_relative_l2")},
+          flush=True)
+    if args.e2e:
+        run_e2e("ours_teacache_off", PackedTransformer, False)
+        run_e2e("ours_teacache_on", PackedTransformer, True)
+        report["e2e_latents_relative_l2"] = relative_l2(e2e["ours_teacache_off"]["latents"],
+                                                        e2e["stock_teacache_off"]["latents"])
+        report["e2e_speedup_teacache_off"] = e2e["stock_teacache_off"]["total"] / e2e["ours_teacache_off"]["total"]
+        report["e2e_speedup_teacache_on"] = e2e["eager_teacache_on"]["total"] / e2e["ours_teacache_on"]["total"]
+    if device.type == "cuda":
+        report["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        report["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+    return _finish(report, args.out)
+
+
+def bench_low_vram(args, device, dtype, size, image) -> dict:
+    """High-VRAM then low-VRAM under each cap, same request; final latents compared with high-VRAM's."""
+    results = {}
+    models = random_models(args.size, device, dtype, torch.device("cpu"))
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    place_models(models, MemoryPlan("high" if device.type == "cuda" else "cpu", "benchmark"))
+    high = end_to_end(models, image, size, PackedTransformer, False, args.e2e_seconds, args.steps, device)
+    results["high"] = {k: v for k, v in high.items() if k != "latents"}
+    if device.type == "cuda":
+        results["high"]["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+    for module in (models.text_encoder, models.text_encoder_2, models.image_encoder, models.vae,
+                   *models.transformers.values()):
+        module.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    place_models(models, MemoryPlan("low" if device.type == "cuda" else "cpu", "benchmark"))
+    for cap in args.vram_cap_gb:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        try:
+            low = end_to_end(models, image, size, PackedTransformer, False, args.e2e_seconds, args.steps, device)
+            run = {k: v for k, v in low.items() if k != "latents"}
+            run["relative_l2_vs_high"] = relative_l2(low["latents"], high["latents"])
+            run["time_ratio_vs_high"] = low["total"] / high["total"]
+        except torch.OutOfMemoryError as error:
+            run = {"error": f"out of memory: {str(error).splitlines()[0]}"}
+        if device.type == "cuda":
+            run["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+        results[f"cap_{cap:g}gib"] = run
+    return results
+
+
+def _finish(report: dict, out: Path) -> int:
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps({k: v for k, v in report.items() if k != "e2e"}, indent=1, default=str))
+    for name, run in report.get("e2e", {}).items():
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in run.items() if isinstance(v, float))
+        print(f"{name:22s} {stages}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
