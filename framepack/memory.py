@@ -64,11 +64,18 @@ def _stream(module: torch.nn.Module, device: torch.device, offload_type: str) ->
 
 
 def apply_low_vram(models, device: torch.device) -> None:
-    """Install streaming on models loaded on the CPU: blocks for the big two, leaves for the rest."""
-    for module in [models.text_encoder, *models.transformers.values()]:
-        _stream(module, device, "block_level")
-    for module in (models.text_encoder_2, models.image_encoder, models.vae):
+    """Install streaming on models loaded on the CPU.
+
+    The Llama streams block by block. The transformer streams leaf by leaf: our staged forward calls its
+    submodules directly, and block-level groups only load the top-level leftovers (embedders, output head)
+    from the root module's forward. CLIP, SigLIP and the VAE stream leaf by leaf too.
+    """
+    _stream(models.text_encoder, device, "block_level")
+    for module in (*models.transformers.values(), models.text_encoder_2, models.image_encoder, models.vae):
         _stream(module, device, "leaf_level")
+    # Spatial tiles bound the VAE's activation peak (the reference tiles in low-VRAM mode too, so the pixels
+    # differ slightly from high-VRAM mode there as well).
+    models.vae.enable_tiling()
 
 
 def place_models(models, plan: MemoryPlan) -> None:

@@ -75,6 +75,10 @@ class PackedTransformer:
     def __init__(self, model, device: torch.device | None = None):
         self.model = model
         self.device = device if device is not None else model.x_embedder.proj.weight.device
+        # The reference runs the output head in float32 ("high quality fp32 output"); a float32 copy of this
+        # small layer (D x 64) on the compute device also works when the weights stream from the host.
+        self.head = (model.proj_out.weight.detach().float().to(self.device),
+                     model.proj_out.bias.detach().float().to(self.device))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -138,8 +142,7 @@ class PackedTransformer:
             hidden = self._run_blocks(hidden, context, temb, section, None)
 
         hidden = model.norm_out(hidden[:, -noisy_tokens:], temb)
-        # The reference runs the output head in float32 ("high quality fp32 output") and returns float32.
-        hidden = F.linear(hidden.float(), model.proj_out.weight.float(), model.proj_out.bias.float())
+        hidden = F.linear(hidden.float(), *self.head)
         hidden = hidden.reshape(batch, frames // patch_t, height // patch, width // patch, -1, patch_t, patch, patch)
         hidden = hidden.permute(0, 4, 1, 5, 2, 6, 3, 7)
         return hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
