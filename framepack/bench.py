@@ -354,7 +354,7 @@ def bench_low_vram(args, device, dtype, size, image) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-            torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), torch.cuda.current_device())
         try:
             low = end_to_end(models, image, size, PackedTransformer, False, args.e2e_seconds, args.steps, device)
             run = {k: v for k, v in low.items() if k != "latents"}

@@ -82,7 +82,7 @@ def run_predict(args: argparse.Namespace) -> Path:
     import torch
 
     from .outputs import save_outputs
-    from .memory import detect_memory_plan, place_models
+    from .memory import detect_memory_plan, place_models, prepare_for_speed
     from .models import load_models
     from .pipeline import TensorRecorder, generate
 
@@ -93,6 +93,7 @@ def run_predict(args: argparse.Namespace) -> Path:
     logging.info("memory mode: %s (%s)", plan.mode, plan.reason)
     models = load_models(weights_dir, (request.model_variant,), device, getattr(torch, dtype_name))
     place_models(models, plan)
+    prepare_for_speed(models, plan)
     recorder = TensorRecorder(args.dump_tensors is not None)
     result = generate(request, models, record=recorder)
     save_outputs(request, result, args.output, recorder, args.dump_tensors)

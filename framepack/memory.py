@@ -66,12 +66,14 @@ def _stream(module: torch.nn.Module, device: torch.device, offload_type: str) ->
 def apply_low_vram(models, device: torch.device) -> None:
     """Install streaming on models loaded on the CPU.
 
-    The Llama streams block by block. The transformer streams leaf by leaf: our staged forward calls its
-    submodules directly, and block-level groups only load the top-level leftovers (embedders, output head)
-    from the root module's forward. CLIP, SigLIP and the VAE stream leaf by leaf too.
+    The Llama streams block by block; CLIP and SigLIP (small, called through their root forward) load whole
+    when called. The transformer and the VAE stream leaf by leaf: the staged forward and vae.encode/decode
+    call submodules directly, and block-level groups only load the top-level leftovers (embedders, output
+    head) from the root module's forward.
     """
-    _stream(models.text_encoder, device, "block_level")
-    for module in (*models.transformers.values(), models.text_encoder_2, models.image_encoder, models.vae):
+    for module in (models.text_encoder, models.text_encoder_2, models.image_encoder):
+        _stream(module, device, "block_level")
+    for module in (*models.transformers.values(), models.vae):
         _stream(module, device, "leaf_level")
     # Spatial tiles bound the VAE's activation peak (the reference tiles in low-VRAM mode too, so the pixels
     # differ slightly from high-VRAM mode there as well).
@@ -90,6 +92,17 @@ def place_models(models, plan: MemoryPlan) -> None:
         module.to(device)
     for model in list(models.transformers.values())[: plan.resident_variants]:
         model.to(device)
+
+
+def prepare_for_speed(models, plan: MemoryPlan) -> None:
+    """Fastest attention for every transformer; compiled blocks too when the weights stay resident.
+
+    Streaming hooks wrap the blocks' forward in low-VRAM mode, so there the blocks stay eager.
+    """
+    from .acceleration import accelerate
+
+    for model in models.transformers.values():
+        accelerate(model, models.device, compile_blocks=plan.mode == "high")
 
 
 def make_resident(models, variant: str, plan: MemoryPlan) -> None:
