@@ -15,8 +15,9 @@ from framepack.service import FramePackService
 def api_input(name: str):
     """A Cog Input built from the API table entry `name` (required inputs get no default)."""
     spec = INPUT_SPECS[name]
+    default = None if spec.required else spec.default
     return Input(
-        default=None if spec.required else spec.default,
+        default=list(default) if isinstance(default, tuple) else default,
         description=spec.description,
         ge=spec.ge,
         le=spec.le,
@@ -47,12 +48,25 @@ class Predictor(BasePredictor):
         cfg_rescale: float = api_input("cfg_rescale"),
         use_teacache: bool = api_input("use_teacache"),
         mp4_crf: int = api_input("mp4_crf"),
+        section_prompts: str = api_input("section_prompts"),
+        section_images: list[Path] = api_input("section_images"),
+        section_image_indices: str = api_input("section_image_indices"),
+        end_image: Optional[Path] = api_input("end_image"),
+        end_image_strength: float = api_input("end_image_strength"),
+        camera_movement: float = api_input("camera_movement"),
+        lora_weights: str = api_input("lora_weights"),
+        lora_scale: float = api_input("lora_scale"),
+        extra_lora: str = api_input("extra_lora"),
+        extra_lora_scale: float = api_input("extra_lora_scale"),
     ) -> Path:
         inputs = dict(
             input_image=input_image, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
             total_video_length_seconds=total_video_length_seconds, model_variant=model_variant,
             resolution=resolution, width=width, height=height, latent_window_size=latent_window_size,
             steps=steps, cfg_scale=cfg_scale, distilled_cfg_scale=distilled_cfg_scale, cfg_rescale=cfg_rescale,
-            use_teacache=use_teacache, mp4_crf=mp4_crf,
+            use_teacache=use_teacache, mp4_crf=mp4_crf, section_prompts=section_prompts,
+            section_images=section_images, section_image_indices=section_image_indices, end_image=end_image,
+            end_image_strength=end_image_strength, camera_movement=camera_movement, lora_weights=lora_weights,
+            lora_scale=lora_scale, extra_lora=extra_lora, extra_lora_scale=extra_lora_scale,
         )
         return Path(self.service.predict(inputs, record_metric=current_scope().record_metric))

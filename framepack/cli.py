@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from .lora import LoraError
 from .request import INPUT_SPECS, GenerationRequest, InvalidInput, build_request, parse_text_value
 from .weights import CheckpointMismatch, MissingWeights, check_weights
 
@@ -61,7 +62,10 @@ def parse_inputs(pairs: list[str]) -> dict[str, object]:
             raise InvalidInput(pair, "expected NAME=VALUE")
         if name not in INPUT_SPECS:
             raise InvalidInput(name, f"unknown input; known inputs are {', '.join(INPUT_SPECS)}")
-        values[name] = parse_text_value(INPUT_SPECS[name], text)
+        value = parse_text_value(INPUT_SPECS[name], text)
+        if INPUT_SPECS[name].type is list:  # repeated -i section_images=@a.png -i section_images=@b.png
+            value = [*values.get(name, []), *value]
+        values[name] = value
     return values
 
 
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     try:
         output = run_download(args) if args.command == "download-weights" else run_predict(args)
-    except (InvalidInput, MissingWeights, CheckpointMismatch) as error:
+    except (InvalidInput, LoraError, MissingWeights, CheckpointMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

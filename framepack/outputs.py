@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,13 +11,13 @@ from .request import GenerationRequest
 from .video import write_mp4
 
 
-def save_tensors(tensors: dict, path: Path) -> None:
+def save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically (no partial file on failure)."""
     from safetensors.torch import save_file
 
     partial = path.with_name(f".{path.name}.partial")
     try:
-        save_file(tensors, str(partial))
+        save_file(tensors, str(partial), metadata=metadata)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -28,5 +29,6 @@ def save_outputs(request: GenerationRequest, result: GenerationResult, mp4_path:
     metadata = {"request": request.to_json_dict(), "seed": request.seed, "frames": int(result.frames.shape[0])}
     write_mp4(result.frames, mp4_path, request.mp4_crf, metadata)
     if dump_path is not None and recorder is not None and recorder.tensors is not None:
-        save_tensors(recorder.tensors, dump_path)
+        # The section plan (which prompt and keyframe each generated section used) rides along as metadata.
+        save_tensors(recorder.tensors, dump_path, {"plan": json.dumps(result.plan)})
     return mp4_path

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import conditioning, planner
+from . import conditioning, controls, lora, planner
 from .frames import FrameAssembler
 from .models import FramePackModels
 from .progress import ProgressReporter
@@ -31,6 +31,7 @@ class GenerationResult:
     video_latents: torch.Tensor
     num_sections: int
     timings: dict[str, float] = field(default_factory=dict)
+    plan: list[dict] = field(default_factory=list)  # per generated section: video index, prompt, keyframe
 
 
 class TensorRecorder:
@@ -46,11 +47,26 @@ class TensorRecorder:
 
 @dataclass
 class Conditioning:
-    """Everything the sections share: text branches, SigLIP features, start latent (float32, CPU)."""
+    """Everything the sections share.
+
+    texts: positive TextInputs per distinct prompt; negative: the global negative branch; image_embeds: SigLIP
+    features of the start image; start_latent, keyframe_latents, end_latent: (1, 16, 1, h, w) float32 on the
+    CPU (end_latent already times its strength); prompts and keyframes: per video section.
+    """
 
     texts: dict[str, TextInputs]
+    negative: TextInputs
     image_embeds: torch.Tensor
     start_latent: torch.Tensor
+    keyframe_latents: list[torch.Tensor]
+    end_latent: torch.Tensor | None
+    prompts: list[str]
+    keyframes: list[int | None]
+
+    def start_slot(self, video_index: int) -> torch.Tensor:
+        """The latent in the clean "start" slot of a video section: its keyframe, else the start image's."""
+        keyframe = self.keyframes[video_index]
+        return self.start_latent if keyframe is None else self.keyframe_latents[keyframe]
 
 
 def _text_inputs(embedding: conditioning.PromptEmbedding, device: torch.device, dtype: torch.dtype) -> TextInputs:
@@ -59,17 +75,30 @@ def _text_inputs(embedding: conditioning.PromptEmbedding, device: torch.device, 
                       pooled=embedding.pooled.to(device=device, dtype=dtype))
 
 
-def encode_conditioning(request: GenerationRequest, models: FramePackModels, record: TensorRecorder) -> Conditioning:
-    """Crop the input image to its bucket and encode the prompt(s), the image and the start latent."""
+def _image_latent(path, width: int, height: int, vae) -> torch.Tensor:
+    image = conditioning.resize_and_center_crop(conditioning.load_rgb_image(path), width, height)
+    return conditioning.vae_encode_mean(image, vae).to("cpu", torch.float32)
+
+
+def encode_conditioning(request: GenerationRequest, models: FramePackModels, record: TensorRecorder,
+                        num_sections: int, log=print) -> Conditioning:
+    """Crop the images to the bucket and encode every distinct prompt, the images and the latents once."""
     image = conditioning.load_rgb_image(request.input_image)
     height, width = conditioning.output_size(image.shape[0], image.shape[1], request.resolution,
                                              request.width, request.height)
     cropped = conditioning.resize_and_center_crop(image, width, height)
     record("image_cropped_uint8", torch.from_numpy(cropped))
 
+    prompt_plan = controls.plan_section_prompts(request.section_prompts, request.prompt, num_sections)
+    if prompt_plan.ignored:
+        log(f"section_prompts lines {prompt_plan.ignored} are past the last section ({num_sections - 1}); "
+            "ignored")
     crop_start = conditioning.template_crop_start(models.tokenizer)
     encoders = (models.text_encoder, models.text_encoder_2, models.tokenizer, models.tokenizer_2)
-    positive = conditioning.encode_prompt(request.prompt, *encoders, crop_start)
+    embeddings = {}
+    for prompt in dict.fromkeys([request.prompt, *prompt_plan.prompts]):
+        embeddings[prompt] = conditioning.encode_prompt(prompt, *encoders, crop_start)
+    positive = embeddings[request.prompt]
     record("prompt_embeds", positive.embeds)
     record("pooled_prompt_embeds", positive.pooled)
     if request.cfg_scale != 1.0:
@@ -83,26 +112,58 @@ def encode_conditioning(request: GenerationRequest, models: FramePackModels, rec
     record("image_embeds", image_embeds)
     start_latent = conditioning.vae_encode_mean(cropped, models.vae).to("cpu", torch.float32)
     record("start_latent", start_latent)
-    texts = {name: _text_inputs(emb, models.device, models.dtype)
-             for name, emb in (("positive", positive), ("negative", negative))}
-    return Conditioning(texts=texts, image_embeds=image_embeds, start_latent=start_latent)
+    keyframe_latents = [_image_latent(path, width, height, models.vae) for path in request.section_images]
+    indices = controls.parse_keyframe_indices(request.section_image_indices, len(keyframe_latents), num_sections)
+    end_latent = None
+    if request.end_image is not None:
+        end_latent = _image_latent(request.end_image, width, height, models.vae) * request.end_image_strength
+    texts = {prompt: _text_inputs(emb, models.device, models.dtype) for prompt, emb in embeddings.items()}
+    return Conditioning(texts=texts, negative=_text_inputs(negative, models.device, models.dtype),
+                        image_embeds=image_embeds, start_latent=start_latent, keyframe_latents=keyframe_latents,
+                        end_latent=end_latent, prompts=prompt_plan.prompts,
+                        keyframes=controls.plan_keyframes(indices, num_sections))
 
 
-def section_inputs(section: planner.SectionPlan, history: torch.Tensor, start_latent: torch.Tensor,
-                   variant: str, image_embeds: torch.Tensor) -> SectionInputs:
-    """Slice the section's context out of the history (1, 16, T_hist, h, w) and pair it with its indices."""
+def section_inputs(section: planner.SectionPlan, history: torch.Tensor, cond: Conditioning,
+                   variant: str) -> SectionInputs:
+    """Slice the section's context out of the history (1, 16, T_hist, h, w) and pair it with its indices.
+
+    The start slot holds the section's keyframe (or the start latent); on the first generated section of the
+    original variant, an end frame takes the 1x slot.
+    """
     one_x, two_x, four_x = planner.history_context_slices(variant)
+    newest = history[:, :, one_x]
+    if section.is_first and cond.end_latent is not None:
+        newest = cond.end_latent
     as_tensor = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
     return SectionInputs(
         latent_indices=as_tensor(section.latent_indices),
-        clean_latents=torch.cat([start_latent, history[:, :, one_x]], dim=2),
+        clean_latents=torch.cat([cond.start_slot(section.video_index), newest], dim=2),
         clean_latent_indices=as_tensor(section.clean_latent_indices),
         clean_latents_2x=history[:, :, two_x],
         clean_latent_2x_indices=as_tensor(section.clean_latent_2x_indices),
         clean_latents_4x=history[:, :, four_x],
         clean_latent_4x_indices=as_tensor(section.clean_latent_4x_indices),
-        image_embeds=image_embeds,
+        image_embeds=cond.image_embeds,
     )
+
+
+def camera_roll(steps: int, amount: float):
+    """The sampler state edit for camera movement: roll each latent frame once, at 20% of the steps."""
+    at_step = controls.camera_step(steps)
+
+    def roll(i: int, x: torch.Tensor, outputs: list[torch.Tensor]):
+        if i != at_step:
+            return x, outputs
+        shifts = controls.camera_shifts(x.shape[2], x.shape[4], amount)
+
+        def apply(t: torch.Tensor) -> torch.Tensor:
+            return torch.stack([torch.roll(t[:, :, j], s, dims=-1) for j, s in enumerate(shifts)], dim=2)
+
+        # The stored predictions move with the state so UniPC's multistep terms stay consistent with it.
+        return apply(x), [apply(m) for m in outputs]
+
+    return roll
 
 
 @torch.no_grad()
@@ -115,7 +176,7 @@ def vae_decode(latents: torch.Tensor, vae) -> torch.Tensor:
 def sample_section(
     transformer: PackedTransformer,
     request: GenerationRequest,
-    cond: Conditioning,
+    texts: dict[str, TextInputs],
     inputs: SectionInputs,
     noise: torch.Tensor,
     on_step=None,
@@ -131,14 +192,16 @@ def sample_section(
     }
 
     def velocity(x: torch.Tensor, timestep: torch.Tensor, branch: str) -> torch.Tensor:
-        return transformer.velocity(x, timestep, guidance, cond.texts[branch], prepared, teacache[branch])
+        return transformer.velocity(x, timestep, guidance, texts[branch], prepared, teacache[branch])
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return flow_x0(x, sigma, velocity, dtype, request.cfg_scale, request.cfg_rescale)
 
     sigmas = flux_sigmas(request.steps, flux_mu(noisy_token_count(tuple(noise.shape))))
     callback = (lambda i, _x0: on_step(i)) if on_step is not None else None
-    return sample_unipc(denoise, noise.to(device=device, dtype=torch.float32), sigmas, callback).to("cpu")
+    edit = camera_roll(request.steps, request.camera_movement) if request.camera_movement > 0 else None
+    x0 = sample_unipc(denoise, noise.to(device=device, dtype=torch.float32), sigmas, callback, edit)
+    return x0.to("cpu")
 
 
 def generate(
@@ -157,9 +220,26 @@ def generate(
     num_sections = planner.section_count(request.total_video_length_seconds, lws)
     progress = progress or ProgressReporter(num_sections, request.steps)
     transformer = runner(models.transformers[variant], models.device)
+    loras = lora.apply_request_loras(
+        models.transformers[variant],
+        [("lora_weights", request.lora_weights, request.lora_scale),
+         ("extra_lora", request.extra_lora, request.extra_lora_scale)],
+        models.device,
+    )
+    try:
+        return _generate(request, models, progress, record, transformer, num_sections)
+    finally:
+        loras.remove()
 
+
+def _generate(request: GenerationRequest, models: FramePackModels, progress: ProgressReporter,
+              record: TensorRecorder, transformer: PackedTransformer, num_sections: int) -> GenerationResult:
+    variant, lws = request.model_variant, request.latent_window_size
     with progress.stage("encode"):
-        cond = encode_conditioning(request, models, record)
+        cond = encode_conditioning(request, models, record, num_sections, progress.write)
+    grid = controls.section_grid(num_sections, lws)
+    for line in controls.describe_grid(grid, cond.prompts, cond.keyframes):
+        progress.write(line)
     start_latent = cond.start_latent
     _, _, _, latent_height, latent_width = start_latent.shape
 
@@ -171,13 +251,19 @@ def generate(
         generated_frames = 1
     assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant == "original")
 
+    plan = []
     for section in planner.plan_sections(variant, num_sections, lws):
         progress.section_started(section.generation_index, f"video section {section.video_index}")
         noise = torch.randn((1, LATENT_CHANNELS, lws, latent_height, latent_width), generator=generator)
-        inputs = section_inputs(section, history, start_latent, variant, cond.image_embeds)
+        inputs = section_inputs(section, history, cond, variant)
+        prompt = cond.prompts[section.video_index]
+        texts = {"positive": cond.texts[prompt], "negative": cond.negative}
+        plan.append({"generation_index": section.generation_index, "video_index": section.video_index,
+                     "prompt": prompt, "keyframe": cond.keyframes[section.video_index]})
         with progress.stage("sampling"):
-            latents = sample_section(transformer, request, cond, inputs, noise, progress.step_done)
+            latents = sample_section(transformer, request, texts, inputs, noise, progress.step_done)
         record(f"section_{section.generation_index}_latents", latents)
+        record(f"section_{section.generation_index}_clean_latents", inputs.clean_latents)
 
         if variant == "original":
             if section.is_last:
@@ -199,4 +285,4 @@ def generate(
     record("video_latents", video_latents)
     record("frames_uint8", frames)
     return GenerationResult(frames=frames, video_latents=video_latents, num_sections=num_sections,
-                            timings=dict(progress.timings))
+                            timings=dict(progress.timings), plan=plan)

@@ -39,6 +39,7 @@ class InputSpec:
     le: float | None = None
     choices: tuple[Any, ...] | None = None
     required: bool = False
+    item_type: type | None = None  # for list inputs
 
 
 INPUT_SPECS: dict[str, InputSpec] = {
@@ -73,6 +74,23 @@ INPUT_SPECS: dict[str, InputSpec] = {
                   "(about 2x faster, slightly different output)."),
         InputSpec("mp4_crf", int, 16, "H.264 constant rate factor: 0 is lossless (not playable in browsers), "
                   "higher is smaller and blurrier.", ge=0, le=51),
+        InputSpec("section_prompts", str, "", "One prompt per line, line i for section i (0 = start of the video). "
+                  "Empty or missing lines keep the previous section's prompt; section 0 falls back to prompt."),
+        InputSpec("section_images", list, (), "Keyframe images; each fills the start slot of its section and of "
+                  "later sections until the next keyframe.", item_type=Path),
+        InputSpec("section_image_indices", str, "", "Comma-separated section number of each section_images entry "
+                  "(empty: 0, 1, 2, ...)."),
+        InputSpec("end_image", Path, None, "End frame (original variant only): guides the end of the video."),
+        InputSpec("end_image_strength", float, 1.0, "How strongly the end frame is imposed (0 = ignored).",
+                  ge=0.0, le=1.0),
+        InputSpec("camera_movement", float, 0.0, "Experimental: rolls each section's latents sideways once, after "
+                  "20% of the steps, by up to this fraction of the width; later steps heal it. 0 = off.",
+                  ge=0.0, le=0.5),
+        InputSpec("lora_weights", str, "", "LoRA for the transformer: an https URL or a local path to a "
+                  ".safetensors file (musubi-tuner, diffusers/PEFT or HunyuanVideo key names)."),
+        InputSpec("lora_scale", float, 1.0, "Strength of lora_weights.", ge=-2.0, le=2.0),
+        InputSpec("extra_lora", str, "", "A second LoRA, same formats as lora_weights."),
+        InputSpec("extra_lora_scale", float, 1.0, "Strength of extra_lora.", ge=-2.0, le=2.0),
     )
 }
 
@@ -99,11 +117,23 @@ class GenerationRequest:
     cfg_rescale: float = 0.0
     use_teacache: bool = True
     mp4_crf: int = 16
+    section_prompts: str = ""
+    section_images: tuple[Path, ...] = ()
+    section_image_indices: str = ""
+    end_image: Path | None = None
+    end_image_strength: float = 1.0
+    camera_movement: float = 0.0
+    lora_weights: str = ""
+    lora_scale: float = 1.0
+    extra_lora: str = ""
+    extra_lora_scale: float = 1.0
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The request as JSON-serialisable values (the image as its file name only)."""
+        """The request as JSON-serialisable values (image files by their names only)."""
         values = dataclasses.asdict(self)
         values["input_image"] = Path(self.input_image).name
+        values["section_images"] = [Path(p).name for p in self.section_images]
+        values["end_image"] = Path(self.end_image).name if self.end_image else None
         return values
 
     def to_json(self) -> str:
@@ -131,6 +161,9 @@ def parse_text_value(spec: InputSpec, text: str) -> Any:
             raise InvalidInput(spec.name, f"expected a number, got {text!r}") from None
     if spec.type is Path:
         return Path(text[1:] if text.startswith("@") else text)
+    if spec.type is list:
+        return [Path(part.strip()[1:] if part.strip().startswith("@") else part.strip())
+                for part in text.split(",") if part.strip()]
     return text
 
 
@@ -152,6 +185,8 @@ def _coerce(spec: InputSpec, value: Any) -> Any:
         return float(value)
     if spec.type is Path and isinstance(value, str):
         return Path(value)
+    if spec.type is list and isinstance(value, (list, tuple)):
+        return tuple(Path(item) if isinstance(item, str) else item for item in value)
     if isinstance(value, str) and spec.type is not str:
         return parse_text_value(spec, value)
     if (spec.type is int and isinstance(value, bool)) or not isinstance(value, spec.type):
@@ -170,6 +205,38 @@ def check_image_file(name: str, path: Path) -> None:
             image.load()
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise InvalidInput(name, f"could not read {path.name} as an image ({error})") from None
+
+
+def _check_controls(values: dict[str, Any]) -> None:
+    """Keyframe indices against the number of sections (computed from the request, no models needed)."""
+    from .controls import ControlError, parse_keyframe_indices
+    from .planner import section_count
+
+    num_sections = section_count(values["total_video_length_seconds"], values["latent_window_size"])
+    if values["section_image_indices"].strip() and not values["section_images"]:
+        raise InvalidInput("section_image_indices", "given without section_images")
+    try:
+        parse_keyframe_indices(values["section_image_indices"], len(values["section_images"]), num_sections)
+    except ControlError as error:
+        raise InvalidInput(error.name, str(error).split(": ", 1)[1]) from None
+
+
+def check_lora_source(name: str, source: str) -> None:
+    """A LoRA is an https URL (fetched later) or a local safetensors file, never anything else."""
+    source = source.strip()
+    if not source or source.startswith("https://"):
+        return
+    if "://" in source:
+        raise InvalidInput(name, f"only https URLs or local paths are accepted, got {source!r}")
+    from .weights import CheckpointMismatch, safetensors_shapes
+
+    path = Path(source)
+    if not path.is_file():
+        raise InvalidInput(name, f"file not found: {path}")
+    try:
+        safetensors_shapes(path)
+    except (CheckpointMismatch, ValueError, OSError, UnicodeDecodeError) as error:
+        raise InvalidInput(name, f"{path.name} is not a valid .safetensors file ({error})") from None
 
 
 def build_request(inputs: Mapping[str, Any], *, check_files: bool = True) -> GenerationRequest:
@@ -204,8 +271,19 @@ def build_request(inputs: Mapping[str, Any], *, check_files: bool = True) -> Gen
         raise InvalidInput(missing, "set both width and height, or leave both 0 to pick a bucket")
     if values["resolution"] % IMAGE_SIZE_MULTIPLE:
         raise InvalidInput("resolution", f"{values['resolution']} is not a multiple of {IMAGE_SIZE_MULTIPLE}")
+    values["section_images"] = tuple(values["section_images"])
+    if values["end_image"] is not None and values["model_variant"] != "original":
+        raise InvalidInput("end_image", "is only supported by model_variant 'original' (f1 generates forwards "
+                                        "and has no end slot)")
+    _check_controls(values)
     if check_files:
         check_image_file("input_image", values["input_image"])
+        for image in values["section_images"]:
+            check_image_file("section_images", Path(image))
+        if values["end_image"] is not None:
+            check_image_file("end_image", values["end_image"])
+        for name in ("lora_weights", "extra_lora"):
+            check_lora_source(name, values[name])
     if values["seed"] is None:
         values["seed"] = secrets.randbelow(MAX_SEED + 1)
     return GenerationRequest(**values)

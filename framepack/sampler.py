@@ -17,6 +17,8 @@ import torch
 # x_0 prediction as a function of (x (B, C, T, H, W) float32, sigma (B,) float32).
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor], None]
+# (step i, x, stored x_0 predictions) -> the same, possibly edited, before step i's update.
+StateEdit = Callable[[int, torch.Tensor, list[torch.Tensor]], tuple[torch.Tensor, list[torch.Tensor]]]
 
 
 def flux_mu(sequence_length: int) -> float:
@@ -145,12 +147,14 @@ def _to_device(c: UniPCCoefficients, device: torch.device) -> UniPCCoefficients:
 
 
 def sample_unipc(
-    denoise: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, callback: StepCallback | None = None
+    denoise: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, callback: StepCallback | None = None,
+    edit_state: StateEdit | None = None,
 ) -> torch.Tensor:
     """Run len(sigmas) - 1 model evaluations and return the last x_0 prediction (B, C, T, H, W).
 
     As in the reference, the final sigma (0) is never stepped to: the result is the prediction made at
-    sigmas[-2]. `callback(i, x0)` runs after every step i.
+    sigmas[-2]. `callback(i, x0)` runs after every step i; `edit_state` may change the state before each
+    update (camera movement).
     """
     order = max(min(3, len(sigmas) - 2), 1)
     device = noise.device
@@ -164,6 +168,8 @@ def sample_unipc(
         if i == 0:
             model_outputs = [denoise(x, batch_sigmas[0])]
         else:
+            if edit_state is not None:
+                x, model_outputs = edit_state(i, x, model_outputs)
             x, m_t = unipc_update(x, model_outputs, schedule[i], ratios[i], batch_sigmas[i], denoise)
             model_outputs = (model_outputs + [m_t])[-order:]
         if callback is not None:

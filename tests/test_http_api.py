@@ -96,6 +96,14 @@ def webhooks():
     httpd.shutdown()
 
 
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def _terminal(received: list[dict]) -> list[dict]:
+    """Terminal webhooks; the receiver is threaded, so they need not be the last to arrive."""
+    return [hook for hook in received if hook["status"] in TERMINAL]
+
+
 def _wait_for(predicate, timeout: float = 120.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -135,7 +143,8 @@ def test_openapi_lists_every_input_with_its_constraints(server):
         if spec.choices:
             assert schema[name]["enum"] == list(spec.choices)
         elif not spec.required and spec.default is not None:
-            assert prop["default"] == spec.default, name
+            default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+            assert prop["default"] == default, name
     assert properties["input_image"]["format"] == "uri" and properties["seed"]["nullable"] is True
     assert schema["Output"] == {"title": "Output", "type": "string", "format": "uri"}
 
@@ -173,9 +182,10 @@ def test_async_prediction_delivers_webhooks(server, webhooks):
     response = requests.post(f"{server['url']}/predictions", timeout=30, headers={"Prefer": "respond-async"},
                              json={"input": TINY_REQUEST, "webhook": url})
     assert response.status_code == 202
-    _wait_for(lambda: received and received[-1]["status"] in ("succeeded", "failed", "canceled"))
-    assert received[-1]["status"] == "succeeded"
-    assert received[-1]["output"].startswith("data:video/mp4;base64,")
+    _wait_for(lambda: _terminal(received))
+    final = _terminal(received)[0]
+    assert final["status"] == "succeeded"
+    assert final["output"].startswith("data:video/mp4;base64,")
 
 
 def test_cancel_ends_canceled_and_the_next_prediction_succeeds(server, webhooks, tmp_path):
@@ -185,8 +195,8 @@ def test_cancel_ends_canceled_and_the_next_prediction_succeeds(server, webhooks,
     assert response.status_code == 202
     _wait_for(lambda: any("step 3/60" in (hook.get("logs") or "") for hook in received))
     assert requests.post(f"{server['url']}/predictions/cancel-me/cancel", timeout=30).status_code == 200
-    _wait_for(lambda: received[-1]["status"] in ("succeeded", "failed", "canceled"))
-    assert received[-1]["status"] == "canceled"
+    _wait_for(lambda: _terminal(received))
+    assert _terminal(received)[0]["status"] == "canceled"
     assert list(server["output_dir"].iterdir()) == []  # the partial output is gone
 
     assert requests.get(f"{server['url']}/health-check", timeout=10).json()["status"] == "READY"
@@ -229,3 +239,16 @@ def test_engine_validation_beyond_the_schema_fails_clearly(server):
     body = _predict(server, {**TINY_REQUEST, "width": 100}).json()
     assert body["status"] == "failed"
     assert "Invalid input 'width': 100 is not a multiple of 16" in body["error"]
+
+
+def test_controls_through_the_server(server, tmp_path):
+    end = _data_uri((START_IMAGE.parent / "end_100x140.png").read_bytes())
+    body = _predict(server, {**TINY_REQUEST, "section_prompts": "a calm sea\n\na storm", "section_images": [end, end],
+                             "section_image_indices": "1,2", "end_image": end, "end_image_strength": 0.5,
+                             "camera_movement": 0.1}).json()
+    assert body["status"] == "succeeded", body.get("error")
+    assert "section 1 covers 0.43 to 0.83 s: keyframe 0, prompt 'a calm sea'" in body["logs"]
+    assert "section 2 covers 0.83 to 1.23 s: keyframe 1, prompt 'a storm'" in body["logs"]
+    assert read_mp4_frames(_video(body, tmp_path))[0].shape[0] == 37
+    failed = _predict(server, {**TINY_REQUEST, "model_variant": "f1", "end_image": end}).json()
+    assert failed["status"] == "failed" and "Invalid input 'end_image'" in failed["error"]

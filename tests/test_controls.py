@@ -1,0 +1,170 @@
+"""Creative controls: section prompts, keyframes, end frame, camera movement (planning and generation)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaModel
+
+from conftest import IMAGES, START_IMAGE, TINY_INPUTS, predict_args
+from framepack import conditioning, controls
+from framepack.pipeline import TensorRecorder, generate
+from framepack.request import build_request
+
+END_IMAGE = IMAGES / "end_100x140.png"
+SMALL_IMAGE = IMAGES / "start_90x60.png"
+# 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.
+BASE = {"input_image": START_IMAGE, "prompt": "base prompt", "seed": 5, "total_video_length_seconds": 1.6,
+        "latent_window_size": 3, "steps": 2, "width": 96, "height": 64, "use_teacache": False}
+
+
+def run(tiny_models, **overrides):
+    recorder = TensorRecorder(True)
+    result = generate(build_request({**BASE, **overrides}), tiny_models, record=recorder)
+    return result, recorder.tensors
+
+
+def test_cascade_and_prompt_plan():
+    assert controls.cascade({1: "b", 3: "d"}, 5, "a") == ["a", "b", "b", "d", "d"]
+    plan = controls.plan_section_prompts("p0\n\np2\n\n\nextra", "base", 4)
+    assert plan.prompts == ["p0", "p0", "p2", "p2"] and plan.ignored == [6]
+    assert controls.plan_section_prompts("", "base", 3).prompts == ["base"] * 3
+    assert controls.plan_section_prompts("\nsecond", "base", 3).prompts == ["base", "second", "second"]
+
+
+def test_keyframe_plan_and_indices():
+    assert controls.parse_keyframe_indices("", 2, 4) == [0, 1]
+    assert controls.parse_keyframe_indices("1, 3", 2, 4) == [1, 3]
+    assert controls.plan_keyframes([1, 3], 4) == [None, 0, 0, 1]
+    with pytest.raises(controls.ControlError, match="section 4 is out of range; this video has sections 0 to 3"):
+        controls.parse_keyframe_indices("1,4", 2, 4)
+    with pytest.raises(controls.ControlError, match="3 indices for 2 section_images"):
+        controls.parse_keyframe_indices("0,1,2", 2, 4)
+
+
+def test_camera_shifts_and_grid():
+    assert controls.camera_step(25) == 5 and controls.camera_step(2) == 1
+    assert controls.camera_shifts(4, 12, 0.5) == [0, 6, 0, -6]
+    grid = controls.section_grid(2, 9)
+    assert grid == [(0.0, 37 / 30), (37 / 30, 73 / 30)]
+
+
+@pytest.mark.parametrize(("variant", "generation_order"), [("original", [3, 2, 1, 0]), ("f1", [0, 1, 2, 3])])
+def test_section_prompts_follow_video_order(tiny_models, variant, generation_order):
+    calls = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: calls.append(1) if isinstance(module, LlamaModel) else None)
+    try:
+        result, tensors = run(tiny_models, model_variant=variant, section_prompts="first\n\nthird")
+    finally:
+        handle.remove()
+    by_video = {"first": [0, 1], "third": [2, 3]}
+    assert [step["video_index"] for step in result.plan] == generation_order
+    for step in result.plan:
+        expected = next(p for p, sections in by_video.items() if step["video_index"] in sections)
+        assert step["prompt"] == expected
+    assert len(calls) == 3  # "base prompt", "first" and "third", each encoded once
+    baseline, _ = run(tiny_models, model_variant=variant)
+    assert not torch.equal(result.video_latents, baseline.video_latents)
+
+
+@pytest.mark.parametrize("variant", ["original", "f1"])
+def test_keyframes_fill_the_start_slot_of_their_sections(tiny_models, variant):
+    result, tensors = run(tiny_models, model_variant=variant, section_images=[END_IMAGE, SMALL_IMAGE],
+                          section_image_indices="1,3")
+    keyframe_latents = [
+        conditioning.vae_encode_mean(conditioning.resize_and_center_crop(
+            conditioning.load_rgb_image(path), 96, 64), tiny_models.vae) for path in (END_IMAGE, SMALL_IMAGE)]
+    expected_slot = {0: tensors["start_latent"], 1: keyframe_latents[0], 2: keyframe_latents[0],
+                     3: keyframe_latents[1]}
+    for step in result.plan:
+        slot = tensors[f"section_{step['generation_index']}_clean_latents"][:, :, :1]
+        assert torch.equal(slot, expected_slot[step["video_index"]]), step
+        assert step["keyframe"] == {0: None, 1: 0, 2: 0, 3: 1}[step["video_index"]]
+    # The video still begins with the input image.
+    assert torch.equal(result.video_latents[:, :, :1], tensors["start_latent"])
+
+
+def test_end_frame_reaches_only_the_first_generated_sections_1x_slot(tiny_models):
+    baseline, base_tensors = run(tiny_models)
+    result, tensors = run(tiny_models, end_image=END_IMAGE, end_image_strength=0.7)
+    end_latent = conditioning.vae_encode_mean(conditioning.resize_and_center_crop(
+        conditioning.load_rgb_image(END_IMAGE), 96, 64), tiny_models.vae)
+    assert torch.allclose(tensors["section_0_clean_latents"][:, :, 1:], end_latent * 0.7)
+    for g in (1, 2, 3):  # later sections read the generated history, as without an end frame
+        generated = tensors[f"section_{g - 1}_latents"][:, :, :1]
+        assert torch.equal(tensors[f"section_{g}_clean_latents"][:, :, 1:], generated)
+    assert not torch.equal(result.video_latents, baseline.video_latents)
+
+    zero, zero_tensors = run(tiny_models, end_image=END_IMAGE, end_image_strength=0.0)
+    assert torch.equal(zero.video_latents, baseline.video_latents)
+    assert torch.equal(zero_tensors["frames_uint8"], base_tensors["frames_uint8"])
+
+
+def test_camera_movement_changes_output_deterministically(tiny_models):
+    baseline, _ = run(tiny_models, steps=5)
+    still, _ = run(tiny_models, steps=5, camera_movement=0.0)
+    moved, _ = run(tiny_models, steps=5, camera_movement=0.3)
+    again, _ = run(tiny_models, steps=5, camera_movement=0.3)
+    assert torch.equal(still.video_latents, baseline.video_latents)
+    assert not torch.equal(moved.video_latents, baseline.video_latents)
+    assert torch.equal(moved.video_latents, again.video_latents)
+
+
+def test_camera_zero_keeps_a_golden_case(run_cli, tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import GOLDEN, load_golden_case
+
+    case = load_golden_case("inverted-basic")
+    dump = tmp_path / "dump.safetensors"
+    result = run_cli(*predict_args({**case["input"], "camera_movement": 0}, tmp_path / "o.mp4",
+                                   "--dump-tensors", str(dump)))
+    assert result.code == 0
+    expected = load_file(GOLDEN / "inverted-basic" / "expected.safetensors")
+    assert torch.equal(load_file(dump)["video_latents"], expected["video_latents"])
+
+
+def test_section_grid_and_plan_in_the_log_and_dump(run_cli, tmp_path):
+    from safetensors import safe_open
+    import json
+
+    dump = tmp_path / "dump.safetensors"
+    result = run_cli(*predict_args({**TINY_INPUTS, "section_prompts": "a\nb\nc\nd\ne"}, tmp_path / "o.mp4",
+                                   "--dump-tensors", str(dump)))
+    assert result.code == 0, result.stderr
+    assert "section 0 covers 0.00 to 0.43 s: start image, prompt 'a'" in result.stderr
+    assert "section 2 covers 0.83 to 1.23 s" in result.stderr
+    assert "section_prompts lines [4, 5] are past the last section (2); ignored" in result.stderr
+    with safe_open(str(dump), "pt") as handle:
+        plan = json.loads(handle.metadata()["plan"])
+    assert [(p["video_index"], p["prompt"]) for p in plan] == [(2, "c"), (1, "b"), (0, "a")]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"section_images": f"@{END_IMAGE}", "section_image_indices": "3"},
+         "Invalid input 'section_image_indices': section 3 is out of range; this video has sections 0 to 2"),
+        ({"section_images": f"@{END_IMAGE}", "section_image_indices": "0,1"},
+         "Invalid input 'section_image_indices': 2 indices for 1 section_images"),
+        ({"section_image_indices": "1"}, "Invalid input 'section_image_indices': given without section_images"),
+        ({"section_images": "@/nonexistent/key.png"}, "Invalid input 'section_images': file not found"),
+        ({"end_image": f"@{END_IMAGE}", "model_variant": "f1"},
+         "Invalid input 'end_image': is only supported by model_variant 'original'"),
+        ({"end_image_strength": "1.5"}, "Invalid input 'end_image_strength': 1.5 is out of range; allowed 0 to 1"),
+        ({"camera_movement": "0.6"}, "Invalid input 'camera_movement': 0.6 is out of range; allowed 0 to 0.5"),
+    ],
+)
+def test_bad_control_inputs(run_cli, tmp_path, override, message):
+    result = run_cli(*predict_args({**TINY_INPUTS, **override}, tmp_path / "out.mp4"))
+    assert result.code == 2
+    assert message in result.stderr
+    assert "loading" not in result.stderr and not (tmp_path / "out.mp4").exists()
+
+
+def test_unreadable_keyframe(run_cli, tmp_path):
+    broken = tmp_path / "key.png"
+    broken.write_text("not an image")
+    result = run_cli(*predict_args({**TINY_INPUTS, "section_images": f"@{broken}"}, tmp_path / "out.mp4"))
+    assert result.code == 2 and "Invalid input 'section_images': could not read key.png" in result.stderr
