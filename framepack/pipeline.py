@@ -234,6 +234,7 @@ def generate(
 
 def _generate(request: GenerationRequest, models: FramePackModels, progress: ProgressReporter,
               record: TensorRecorder, transformer: PackedTransformer, num_sections: int) -> GenerationResult:
+    """Conditioning, the section loop and frame assembly (LoRAs, if any, are already hooked in)."""
     variant, lws = request.model_variant, request.latent_window_size
     with progress.stage("encode"):
         cond = encode_conditioning(request, models, record, num_sections, progress.write)
