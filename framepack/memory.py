@@ -55,9 +55,23 @@ def detect_memory_plan(device: torch.device) -> MemoryPlan:
     return choose_memory_plan(device, total, os.environ.get(MEMORY_MODE_ENV, "auto").strip().lower() or "auto")
 
 
+def pin_in_place(module: torch.nn.Module) -> None:
+    """Page-lock a host-resident module's tensors, one at a time.
+
+    Group offloading with a CUDA stream copies every tensor into pinned memory while the parameter keeps its
+    pageable original: two host copies of the weights. Pinning in place first leaves one (diffusers'
+    pin_memory() returns an already pinned tensor as it is), and only one tensor is ever duplicated at a time.
+    """
+    with torch.no_grad():
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.device.type == "cpu" and not tensor.is_pinned():
+                tensor.data = tensor.data.pin_memory()
+
+
 def _stream(module: torch.nn.Module, device: torch.device, offload_type: str) -> None:
     from diffusers.hooks import apply_group_offloading
 
+    pin_in_place(module)
     kwargs = {"num_blocks_per_group": 1} if offload_type == "block_level" else {}
     apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"),
                            offload_type=offload_type, use_stream=True, **kwargs)
