@@ -59,14 +59,6 @@ class Predictor(BasePredictor):
         extra_lora: str = api_input("extra_lora"),
         extra_lora_scale: float = api_input("extra_lora_scale"),
     ) -> Path:
-        inputs = dict(
-            input_image=input_image, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
-            total_video_length_seconds=total_video_length_seconds, model_variant=model_variant,
-            resolution=resolution, width=width, height=height, latent_window_size=latent_window_size,
-            steps=steps, cfg_scale=cfg_scale, distilled_cfg_scale=distilled_cfg_scale, cfg_rescale=cfg_rescale,
-            use_teacache=use_teacache, mp4_crf=mp4_crf, section_prompts=section_prompts,
-            section_images=section_images, section_image_indices=section_image_indices, end_image=end_image,
-            end_image_strength=end_image_strength, camera_movement=camera_movement, lora_weights=lora_weights,
-            lora_scale=lora_scale, extra_lora=extra_lora, extra_lora_scale=extra_lora_scale,
-        )
+        # The parameters are exactly the API table's inputs (tests/test_predict.py checks it).
+        inputs = {name: value for name, value in locals().items() if name in INPUT_SPECS}
         return Path(self.service.predict(inputs, record_metric=current_scope().record_metric))

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from .weights import CheckpointMismatch, safetensors_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +176,6 @@ class LoraHooks:
 
 def read_safetensors(path: Path, name: str) -> dict[str, torch.Tensor]:
     """Load a LoRA file; anything that is not a valid safetensors file is refused (never unpickled)."""
-    from safetensors.torch import load_file
-
-    from .weights import CheckpointMismatch, safetensors_shapes
-
     try:
         safetensors_shapes(path)
         return load_file(str(path))

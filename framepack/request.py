@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .controls import ControlError, parse_keyframe_indices
+from .planner import section_count
+from .weights import CheckpointMismatch, safetensors_shapes
+
 MAX_SEED = 2**32 - 1
 MODEL_VARIANTS = ("original", "f1")
 
@@ -209,9 +213,6 @@ def check_image_file(name: str, path: Path) -> None:
 
 def _check_controls(values: dict[str, Any]) -> None:
     """Keyframe indices against the number of sections (computed from the request, no models needed)."""
-    from .controls import ControlError, parse_keyframe_indices
-    from .planner import section_count
-
     num_sections = section_count(values["total_video_length_seconds"], values["latent_window_size"])
     if values["section_image_indices"].strip() and not values["section_images"]:
         raise InvalidInput("section_image_indices", "given without section_images")
@@ -228,8 +229,6 @@ def check_lora_source(name: str, source: str) -> None:
         return
     if "://" in source:
         raise InvalidInput(name, f"only https URLs or local paths are accepted, got {source!r}")
-    from .weights import CheckpointMismatch, safetensors_shapes
-
     path = Path(source)
     if not path.is_file():
         raise InvalidInput(name, f"file not found: {path}")

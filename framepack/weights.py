@@ -6,8 +6,14 @@ HunyuanVideo repository also holds a 25 GB transformer that FramePack does not n
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 HUNYUAN_REPO = "hunyuanvideo-community/HunyuanVideo"
 REDUX_REPO = "lllyasviel/flux_redux_bfl"
@@ -98,10 +104,6 @@ def download_components(weights_dir: Path, components: list[Component]) -> None:
     Resumable (the hub client continues partial files) and with progress bars on stderr. Raises
     MissingWeights listing what is still absent when offline (HF_HUB_OFFLINE=1) or when a download fails.
     """
-    import logging
-    import os
-
-    logger = logging.getLogger(__name__)
     weights_dir = Path(weights_dir)
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise MissingWeights(weights_dir, find_missing(weights_dir, components),
@@ -137,9 +139,6 @@ class CheckpointMismatch(ValueError):
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """Tensor names and shapes from a safetensors header; raises CheckpointMismatch if the file is truncated."""
-    import json
-    import struct
-
     size = path.stat().st_size
     with open(path, "rb") as handle:
         header_length = struct.unpack("<Q", handle.read(8))[0]
@@ -159,8 +158,6 @@ def verify_transformer_checkpoint(folder: Path) -> int:
     Reads only safetensors headers and builds the model on the `meta` device, so it costs milliseconds even
     for the 26 GB checkpoint. Returns the number of tensors; raises CheckpointMismatch naming the differences.
     """
-    import json
-
     import torch
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 

@@ -1,6 +1,5 @@
 """Weights layout, checkpoint verification before loading, and the download/offline error paths."""
 
-import json
 import shutil
 import socket
 
