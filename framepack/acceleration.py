@@ -4,8 +4,9 @@ Half of a forward's 483 TFLOP is attention over about 18k tokens. On Hopper, SDP
 shape at about 587 TFLOP/s against flash's 363 (DESIGN.md), so it is tried first and kept only if it runs and
 agrees with the math reference on a probe. The token refiner keeps the default backend: it needs a boolean mask.
 Each block is compiled in place (one code object for all blocks of a kind, so one graph each); shapes are fixed
-within a generation, so nothing recompiles between steps or sections. Everything falls back to eager PyTorch
-when a backend or the compiler is missing.
+within a generation, so nothing recompiles between steps or sections. Optionally the blocks' Linear layers run
+in FP8 (`float8.py`) before compiling. Everything falls back to eager PyTorch (and bf16) when a backend, the
+compiler or FP8 support is missing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from .float8 import Float8Linear, float8_unsupported_reason, quantize_transformer_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ class Acceleration:
 
     attention: str = "native"
     compiled: bool = False
+    float8_layers: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -63,16 +67,42 @@ def set_block_attention(model, name: str) -> None:
         attention.processor._attention_backend = name
 
 
-def accelerate(model, device: torch.device, attention: str = "auto", compile_blocks: bool = True) -> Acceleration:
-    """Pick the fastest working attention backend and compile the blocks. A no-op off CUDA."""
+def _float8_works(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None if an FP8 layer runs on `device` and agrees with bf16 on a probe, else the reason it does not."""
+    reason = float8_unsupported_reason(device)
+    if reason is not None:
+        return reason
+    linear = torch.nn.Linear(256, 128, device=device, dtype=dtype)
+    x = torch.randn(37, 256, device=device, dtype=dtype)  # an odd token count, as in real sections
+    try:
+        out = Float8Linear(linear)(x)
+    except (RuntimeError, TypeError) as error:
+        return f"FP8 matrix product unavailable: {str(error).splitlines()[0]}"
+    ref = linear(x)
+    error = float((out.float() - ref.float()).norm() / ref.float().norm())
+    return None if error < 0.1 else f"FP8 probe disagrees with {dtype} (relative L2 {error:.3f})"
+
+
+def accelerate(model, device: torch.device, attention: str = "auto", compile_blocks: bool = True,
+               float8: bool = False) -> Acceleration:
+    """Pick the fastest working attention backend, optionally switch the blocks to FP8, compile the blocks.
+
+    A no-op off CUDA.
+    """
     result = Acceleration()
     if device.type != "cuda":
-        result.notes.append("not on CUDA: eager PyTorch")
+        result.notes.append("not on CUDA: eager PyTorch" + ("; FP8 mode needs a CUDA GPU" if float8 else ""))
         return result
     dtype = model.x_embedder.proj.weight.dtype
     candidates = ATTENTION_PREFERENCE if attention == "auto" else (attention,)
     result.attention = next((name for name in candidates if _backend_works(name, device, dtype)), "native")
     set_block_attention(model, result.attention)
+    if float8:
+        reason = _float8_works(device, dtype)
+        if reason is None:
+            result.float8_layers = quantize_transformer_blocks(model)
+        else:
+            result.notes.append(f"{reason}; staying in {dtype}")
     if compile_blocks:
         try:
             import triton  # noqa: F401  (inductor needs it on CUDA)
@@ -84,6 +114,6 @@ def accelerate(model, device: torch.device, attention: str = "auto", compile_blo
             result.compiled = True
         except ImportError as error:
             result.notes.append(f"torch.compile unavailable ({error}); running eager")
-    logger.info("transformer acceleration: attention %s, compiled %s %s", result.attention, result.compiled,
-                "; ".join(result.notes))
+    logger.info("transformer acceleration: attention %s, compiled %s, FP8 layers %d %s", result.attention,
+                result.compiled, result.float8_layers, "; ".join(result.notes))
     return result

@@ -1,17 +1,21 @@
 """GPU benchmark: our transformer path against diffusers' stock forward, side by side in one run.
 
-    python -m framepack.bench --out bench.json [--e2e] [--low-vram --vram-cap-gb 6] [--size full|tiny]
+    python -m framepack.bench --out bench.json [--e2e] [--fp8] [--decode] [--size full|tiny]
+    python -m framepack.bench --save-random-weights /tmp/w
+    python -m framepack.bench --low-vram --weights /tmp/w --vram-cap-gb 6 8 [--e2e-seconds 5 --steps 25]
 
 Models are the full-size architectures (DESIGN.md) with random weights, so no checkpoint is needed. Reports:
-seconds per transformer forward (stock, then ours) at 544x704 with window 9, the relative L2 difference of the
-two outputs, optionally end-to-end seconds of a 5-second 640-bucket generation per stage (stock loop and ours,
-TeaCache off and on), and peak GPU memory. Stock runs first: our acceleration compiles the blocks in place.
+seconds per transformer forward (stock, then ours, then ours in FP8) at 544x704 with window 9, the relative L2
+difference of the outputs, optionally end-to-end seconds of a 5-second 640-bucket generation per stage (stock
+loop and ours, TeaCache off and on), and peak GPU memory. Stock runs first: our acceleration compiles the blocks
+in place. The low-VRAM benchmark loads random weights saved in the hub layout, as the service loads real ones.
 `--size tiny` runs the same code on the tiny test architecture (for checking the script on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import resource
@@ -25,13 +29,15 @@ from PIL import Image
 
 from . import planner
 from .acceleration import accelerate, set_block_attention
-from .memory import MemoryPlan, place_models
-from .models import FramePackModels, encoder_dtype
-from .pipeline import generate
+from .float8 import quantize_transformer_blocks
+from .memory import MemoryPlan, place_models, prepare_for_speed
+from .models import FramePackModels, encoder_dtype, load_models
+from .pipeline import generate, vae_decode
 from .progress import ProgressReporter
 from .request import build_request
 from .transformer import PackedTransformer, SectionInputs, TextInputs
 from .video import write_mp4
+from .weights import ENCODER_COMPONENTS, transformer_component
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "fixtures" / "tiny-weights"
@@ -219,15 +225,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--e2e", action="store_true", help="also time 5-second generations")
+    parser.add_argument("--no-teacache-runs", action="store_true", help="with --e2e: skip the TeaCache-on pair")
     parser.add_argument("--e2e-seconds", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--low-vram", action="store_true", help="benchmark low-VRAM mode against high-VRAM")
+    parser.add_argument("--fp8", action="store_true", help="also time the FP8 mode (last: it replaces layers)")
+    parser.add_argument("--decode", action="store_true", help="also time one section's VAE decode, cuDNN "
+                                                               "autotuning off and on")
+    parser.add_argument("--low-vram", action="store_true", help="benchmark low-VRAM mode against high-VRAM "
+                                                                 "(needs --weights)")
     parser.add_argument("--vram-cap-gb", type=float, nargs="*", default=[6.0])
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="weights folder to load from (hub layout), e.g. written by --save-random-weights")
+    parser.add_argument("--save-random-weights", type=Path, default=None, metavar="DIR",
+                        help="write random weights of --size in the hub layout to DIR and exit")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.save_random_weights is not None:
+        save_random_weights(args.size, args.save_random_weights, device, dtype)
+        return 0
     size = BUCKET if args.size == "full" else (64, 96)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report: dict = {"gpu": gpu, "torch": torch.__version__, "size": args.size, "bucket": list(size),
@@ -236,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)).save(image)
 
     if args.low_vram:
-        report["low_vram"] = bench_low_vram(args, device, dtype, size, image)
+        if args.weights is None:
+            parser.error("--low-vram loads from disk like the service: pass --weights (see --save-random-weights)")
+        report["low_vram"] = bench_low_vram(args, device, dtype, size, image, report)
         return _finish(report, args.out)
 
     started = time.perf_counter()
@@ -251,50 +271,102 @@ def main(argv: list[str] | None = None) -> int:
     stock_times = time_call(lambda: stock.velocity(latents, timestep, guidance, text, inputs), device, 1, args.repeat)
     report["forward_stock_s"] = float(np.median(stock_times))
     print("stock forward", report["forward_stock_s"], flush=True)
+    fp32_out = None
     if device.type == "cuda":
         report["noise_floor"], fp32_out = noise_floor(model, stock, stock_out, inputs, text, latents, timestep,
                                                       guidance)
         print("noise floor", report["noise_floor"], flush=True)
+    if args.decode:
+        report["decode"] = bench_decode(models, device, size)
+        print("decode", report["decode"], flush=True)
     e2e = {}
+
     def run_e2e(name: str, runner, teacache: bool) -> None:
         e2e[name] = end_to_end(models, image, size, runner, teacache, args.e2e_seconds, args.steps, device)
         report.setdefault("e2e", {})[name] = {k: v for k, v in e2e[name].items() if k != "latents"}
         args.out.write_text(json.dumps(report, indent=2, default=str))  # partial results survive a timeout
         print(name, {k: v for k, v in report["e2e"][name].items()}, flush=True)
 
+    def warm_up_compiled(key: str) -> None:  # compile for this prompt's length once, outside the timed runs
+        warm = time.perf_counter()
+        end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device)
+        report[key] = time.perf_counter() - warm
+
     if args.e2e:
         run_e2e("stock_teacache_off", StockTransformer, False)
-        run_e2e("eager_teacache_on", PackedTransformer, True)
+        if not args.no_teacache_runs:
+            run_e2e("eager_teacache_on", PackedTransformer, True)
 
     applied = accelerate(model, device, compile_blocks=not args.no_compile)
     report["acceleration"] = {"attention": applied.attention, "compiled": applied.compiled, "notes": applied.notes}
-    ours = PackedTransformer(model, device)
-    prepared = ours.prepare_section(inputs, latents.shape[3], latents.shape[4])
-    compile_started = time.perf_counter()
-    ours_out = ours.velocity(latents, timestep, guidance, text, prepared)
-    report["first_call_s"] = time.perf_counter() - compile_started
-    ours_times = time_call(lambda: ours.velocity(latents, timestep, guidance, text, prepared), device, 2, args.repeat)
-    report["forward_ours_s"] = float(np.median(ours_times))
+    ours_out = time_ours(report, "", model, device, args.repeat, inputs, text, latents, timestep, guidance)
     report["forward_speedup"] = report["forward_stock_s"] / report["forward_ours_s"]
     report["forward_relative_l2"] = relative_l2(ours_out, stock_out)
-    if "noise_floor" in report:
+    if fp32_out is not None:
         report["noise_floor"]["ours_vs_fp32"] = relative_l2(ours_out, fp32_out)
     print({k: report[k] for k in ("forward_stock_s", "forward_ours_s", "forward_speedup", "forward_relative_l2")},
           flush=True)
     if args.e2e:
-        warm = time.perf_counter()  # compile for this prompt's length once, outside the timed runs
-        end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device)
-        report["e2e_warmup_s"] = time.perf_counter() - warm
+        warm_up_compiled("e2e_warmup_s")
         run_e2e("ours_teacache_off", PackedTransformer, False)
-        run_e2e("ours_teacache_on", PackedTransformer, True)
+        if not args.no_teacache_runs:
+            run_e2e("ours_teacache_on", PackedTransformer, True)
+            report["e2e_speedup_teacache_on"] = e2e["eager_teacache_on"]["total"] / e2e["ours_teacache_on"]["total"]
         report["e2e_latents_relative_l2"] = relative_l2(e2e["ours_teacache_off"]["latents"],
                                                         e2e["stock_teacache_off"]["latents"])
         report["e2e_speedup_teacache_off"] = e2e["stock_teacache_off"]["total"] / e2e["ours_teacache_off"]["total"]
-        report["e2e_speedup_teacache_on"] = e2e["eager_teacache_on"]["total"] / e2e["ours_teacache_on"]["total"]
+    if args.fp8:
+        # Compiled graphs hold the bf16 layers; drop them so the replaced weights are freed.
+        torch._dynamo.reset()
+        report["fp8_layers"] = quantize_transformer_blocks(model)
+        fp8_out = time_ours(report, "_fp8", model, device, args.repeat, inputs, text, latents, timestep, guidance)
+        report["forward_speedup_fp8"] = report["forward_stock_s"] / report["forward_ours_fp8_s"]
+        report["forward_fp8_relative_l2_vs_ours_bf16"] = relative_l2(fp8_out, ours_out)
+        report["forward_fp8_relative_l2_vs_stock"] = relative_l2(fp8_out, stock_out)
+        if fp32_out is not None:
+            report["noise_floor"]["ours_fp8_vs_fp32"] = relative_l2(fp8_out, fp32_out)
+        print({k: v for k, v in report.items() if "fp8" in k}, flush=True)
+        if args.e2e:
+            warm_up_compiled("e2e_warmup_fp8_s")
+            run_e2e("ours_fp8_teacache_off", PackedTransformer, False)
+            report["e2e_speedup_fp8_teacache_off"] = (e2e["stock_teacache_off"]["total"]
+                                                      / e2e["ours_fp8_teacache_off"]["total"])
+            report["e2e_fp8_latents_relative_l2_vs_stock"] = relative_l2(e2e["ours_fp8_teacache_off"]["latents"],
+                                                                         e2e["stock_teacache_off"]["latents"])
     if device.type == "cuda":
         report["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         report["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
     return _finish(report, args.out)
+
+
+def time_ours(report: dict, suffix: str, model, device, repeat: int, inputs, text, latents, timestep,
+              guidance) -> torch.Tensor:
+    """Time our staged forward (first call, which compiles, separately); returns its output."""
+    ours = PackedTransformer(model, device)
+    prepared = ours.prepare_section(inputs, latents.shape[3], latents.shape[4])
+    started = time.perf_counter()
+    out = ours.velocity(latents, timestep, guidance, text, prepared)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    report[f"first_call{suffix}_s"] = time.perf_counter() - started
+    times = time_call(lambda: ours.velocity(latents, timestep, guidance, text, prepared), device, 2, repeat)
+    report[f"forward_ours{suffix}_s"] = float(np.median(times))
+    return out
+
+
+def bench_decode(models, device, size: tuple[int, int]) -> dict:
+    """Seconds to decode one steady-state section (2 x window = 18 latents), cuDNN autotuning off then on."""
+    generator = torch.Generator(device="cpu").manual_seed(3)
+    latents = torch.randn(1, 16, 18, size[0] // 8, size[1] // 8, generator=generator)
+    result, outputs = {}, {}
+    for autotune in (False, True):
+        torch.backends.cudnn.benchmark = autotune
+        outputs[autotune] = vae_decode(latents, models.vae)
+        result[f"seconds_autotune_{'on' if autotune else 'off'}"] = float(np.median(
+            time_call(lambda: vae_decode(latents, models.vae), device, 1, 2)))
+    torch.backends.cudnn.benchmark = False
+    result["relative_l2_on_vs_off"] = relative_l2(outputs[True], outputs[False])
+    return result
 
 
 def noise_floor(model, stock, stock_out, inputs, text, latents, timestep, guidance) -> tuple[dict, torch.Tensor]:
@@ -323,48 +395,88 @@ def noise_floor(model, stock, stock_out, inputs, text, latents, timestep, guidan
     return floor, fp32_out
 
 
-def bench_low_vram(args, device, dtype, size, image) -> dict:
-    """High-VRAM then low-VRAM under each cap, same request; final latents compared with high-VRAM's."""
+def save_random_weights(size: str, weights_dir: Path, device: torch.device, dtype: torch.dtype) -> None:
+    """Write random models of `size` into `weights_dir` in the hub layout that `load_models` reads."""
+    models = random_models(size, device, dtype, device)
+    paths = {c.name: c.path(weights_dir) for c in ENCODER_COMPONENTS}
+    for name in ("text_encoder", "text_encoder_2", "image_encoder", "vae"):
+        getattr(models, name).to("cpu").save_pretrained(paths[name])
+        setattr(models, name, None)  # free host memory before the next component
+    for name in ("tokenizer", "tokenizer_2", "feature_extractor"):
+        getattr(models, name).save_pretrained(paths[name])
+    models.transformers["original"].to("cpu").save_pretrained(transformer_component("original").path(weights_dir))
+    print(f"random {size} weights written to {weights_dir}", flush=True)
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def bench_low_vram(args, device, dtype, size, image, report: dict) -> dict:
+    """Low-VRAM mode under each cap, then high-VRAM mode as the service runs it (compiled); same request.
+
+    Both load from `args.weights` the way the service does (`load_models`, `place_models`,
+    `prepare_for_speed`), low-VRAM first, so the host's peak resident memory covers loading and streaming.
+    """
     results: dict = {}
-    save = lambda: args.out.write_text(json.dumps({"low_vram": results}, indent=2, default=str))  # noqa: E731
-    # Random weights are made on the GPU (fast) and moved to the host for the low-VRAM runs.
-    models = random_models(args.size, device, dtype, device)
+    save = lambda: args.out.write_text(json.dumps({**report, "low_vram": results}, indent=2,  # noqa: E731
+                                                   default=str))
+    cuda = device.type == "cuda"
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30 if cuda else None
+    models = load_models(args.weights, ("original",), device, dtype)
     modules = [models.text_encoder, models.text_encoder_2, models.image_encoder, models.vae,
                *models.transformers.values()]
     results["weights_gib"] = sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**30
-    results["host_peak_rss_after_build_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    total = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
-    place_models(models, MemoryPlan("high" if device.type == "cuda" else "cpu", "benchmark"))
-    high = end_to_end(models, image, size, PackedTransformer, False, args.e2e_seconds, args.steps, device)
-    results["high"] = {k: v for k, v in high.items() if k != "latents"}
-    if device.type == "cuda":
-        results["high"]["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-    save()
-    print("high", results["high"], flush=True)
-    for module in (models.text_encoder, models.text_encoder_2, models.image_encoder, models.vae,
-                   *models.transformers.values()):
-        module.to("cpu")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    place_models(models, MemoryPlan("low" if device.type == "cuda" else "cpu", "benchmark"))
+    results["host_peak_rss_after_load_gib"] = _peak_rss_gib()
+    plan = MemoryPlan("low" if cuda else "cpu", "benchmark")
+    place_models(models, plan)
+    prepare_for_speed(models, plan)
+    results["host_peak_rss_after_placement_gib"] = _peak_rss_gib()
+    low_latents = {}
     for cap in args.vram_cap_gb:
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), torch.cuda.current_device())
         try:
             low = end_to_end(models, image, size, PackedTransformer, False, args.e2e_seconds, args.steps, device)
             run = {k: v for k, v in low.items() if k != "latents"}
-            run["relative_l2_vs_high"] = relative_l2(low["latents"], high["latents"])
-            run["time_ratio_vs_high"] = low["total"] / high["total"]
+            low_latents[cap] = low["latents"]
         except torch.OutOfMemoryError as error:
             run = {"error": f"out of memory: {str(error).splitlines()[0]}"}
-        if device.type == "cuda":
+        if cuda:
             run["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-        run["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        run["host_peak_rss_gib"] = _peak_rss_gib()
         results[f"cap_{cap:g}gib"] = run
         save()
-        print(f"cap {cap:g} GiB", run, flush=True)
+        print(f"low VRAM, cap {cap:g} GiB", run, flush=True)
+    results["host_peak_rss_low_gib"] = _peak_rss_gib()
+    results["host_rss_over_weights"] = results["host_peak_rss_low_gib"] / results["weights_gib"]
+
+    del models, modules
+    gc.collect()
+    if cuda:
+        torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    plan = MemoryPlan("high" if cuda else "cpu", "benchmark")
+    models = load_models(args.weights, ("original",), device, dtype)
+    place_models(models, plan)
+    prepare_for_speed(models, plan)
+    warm = time.perf_counter()  # compile for this prompt's length once, outside the timed run
+    end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device)
+    results["high_warmup_s"] = time.perf_counter() - warm
+    high = end_to_end(models, image, size, PackedTransformer, False, args.e2e_seconds, args.steps, device)
+    results["high"] = {k: v for k, v in high.items() if k != "latents"}
+    if cuda:
+        results["high"]["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+    print("high VRAM", results["high"], flush=True)
+    for cap, latents in low_latents.items():
+        run = results[f"cap_{cap:g}gib"]
+        run["relative_l2_vs_high"] = relative_l2(latents, high["latents"])
+        run["time_ratio_vs_high"] = run["total"] / results["high"]["total"]
+        run["sampling_ratio_vs_high"] = run["sampling"] / results["high"]["sampling"]
+    save()
     return results
 
 

@@ -3,7 +3,8 @@
 `python -m framepack download-weights [--weights DIR]` pre-fetches the weights (e.g. to bake into an image).
 
     python -m framepack predict -i prompt="..." -i input_image=@photo.jpg -i seed=42 [-i name=value ...]
-        [--weights DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [-o out.mp4] [--dump-tensors FILE]
+        [--weights DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [--fp8] [-o out.mp4]
+        [--dump-tensors FILE]
 
 Inputs are validated and the weights checked before any model is loaded; a failure exits non-zero and leaves
 no output file behind. Progress goes to stderr.
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="default: cuda when available")
     predict.add_argument("--dtype", choices=DTYPES, default=None,
                          help="transformer dtype (default: bfloat16 on cuda, float32 on cpu)")
+    predict.add_argument("--fp8", action="store_true",
+                         help="run the transformer blocks' Linear layers in FP8 (faster on Ada/Hopper GPUs, "
+                              "output differs by a few percent; high-VRAM mode only)")
     predict.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
     predict.add_argument("--dump-tensors", type=Path, default=None, metavar="FILE",
                          help="also write intermediate tensors to this safetensors file")
@@ -97,7 +101,7 @@ def run_predict(args: argparse.Namespace) -> Path:
     logging.info("memory mode: %s (%s)", plan.mode, plan.reason)
     models = load_models(weights_dir, (request.model_variant,), device, getattr(torch, dtype_name))
     place_models(models, plan)
-    prepare_for_speed(models, plan)
+    prepare_for_speed(models, plan, float8=args.fp8)
     recorder = TensorRecorder(args.dump_tensors is not None)
     result = generate(request, models, record=recorder)
     save_outputs(request, result, args.output, recorder, args.dump_tensors)

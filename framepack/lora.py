@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from .float8 import Float8Linear
 from .weights import CheckpointMismatch, safetensors_shapes
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ def _targets(base: str, linear_names: dict[str, str]) -> list[str] | None:
 
 def convert_lora(state: dict[str, torch.Tensor], model: torch.nn.Module, name: str) -> list[LoraLayer]:
     """Map a LoRA state dict onto `model`'s Linear layers; raises LoraError naming any key that matches nothing."""
-    linears = {path: module for path, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    linears = {path: module for path, module in model.named_modules()
+               if isinstance(module, (torch.nn.Linear, Float8Linear))}
     linear_names = {path.replace(".", "_"): path for path in linears}
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     keys_of: dict[str, list[str]] = {}
@@ -159,7 +161,7 @@ class LoraHooks:
         modules = dict(model.named_modules())
         for layer in layers:
             module = modules[layer.module]
-            dtype = module.weight.dtype
+            dtype = module.compute_dtype if isinstance(module, Float8Linear) else module.weight.dtype
             down = layer.down.to(device=device, dtype=dtype)
             up = (layer.up * (scale * layer.factor)).to(device=device, dtype=dtype)
 

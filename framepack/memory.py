@@ -108,15 +108,19 @@ def place_models(models, plan: MemoryPlan) -> None:
         model.to(device)
 
 
-def prepare_for_speed(models, plan: MemoryPlan) -> None:
-    """Fastest attention for every transformer; compiled blocks too when the weights stay resident.
+def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False) -> None:
+    """Fastest attention for every transformer; compiled blocks (and FP8 layers if asked) when resident.
 
-    Streaming hooks wrap the blocks' forward in low-VRAM mode, so there the blocks stay eager.
+    Streaming hooks wrap the blocks' forward in low-VRAM mode, so there the blocks stay eager; they also move
+    only the layer types diffusers knows, so FP8 layers are for high-VRAM mode.
     """
     from .acceleration import accelerate
 
+    if float8 and plan.mode != "high":
+        logger.warning("FP8 mode runs in high-VRAM mode only; %s mode keeps the transformer in %s",
+                       plan.mode, models.dtype)
     for model in models.transformers.values():
-        accelerate(model, models.device, compile_blocks=plan.mode == "high")
+        accelerate(model, models.device, compile_blocks=plan.mode == "high", float8=float8 and plan.mode == "high")
 
 
 def make_resident(models, variant: str, plan: MemoryPlan) -> None:

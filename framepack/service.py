@@ -33,11 +33,22 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "FRAMEPACK_WEIGHTS"
 OUTPUT_DIR_ENV = "FRAMEPACK_OUTPUT_DIR"
+FP8_ENV = "FRAMEPACK_FP8"
 MetricRecorder = Callable[[str, float], None]
 
 
 def _log(line: str) -> None:
     print(line, flush=True)
+
+
+def fp8_requested() -> bool:
+    """FRAMEPACK_FP8=1 (or true/yes/on) opts into the FP8 transformer layers; unset or 0 keeps bf16."""
+    value = os.environ.get(FP8_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{FP8_ENV} must be 1 or 0 (true/false, yes/no, on/off), got {value!r}")
 
 
 class FramePackService:
@@ -53,7 +64,8 @@ class FramePackService:
         weights_dir = Path(weights_dir or os.environ.get(WEIGHTS_ENV, "weights"))
         device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         plan = memory.detect_memory_plan(device)
-        _log(f"memory mode: {plan.mode} ({plan.reason})")
+        float8 = fp8_requested()
+        _log(f"memory mode: {plan.mode} ({plan.reason}); FP8 transformer layers: {'on' if float8 else 'off'}")
         ensure_weights(weights_dir, variants)
         for variant in variants:
             tensors = verify_transformer_checkpoint(transformer_component(variant).path(weights_dir))
@@ -62,7 +74,7 @@ class FramePackService:
         started = time.monotonic()
         models = load_models(weights_dir, variants, device, dtype)
         memory.place_models(models, plan)
-        memory.prepare_for_speed(models, plan)
+        memory.prepare_for_speed(models, plan, float8=float8)
         _log(f"loaded {', '.join(variants)} from {weights_dir} on {device} ({dtype}) in "
              f"{time.monotonic() - started:.1f} s")
         output_dir = os.environ.get(OUTPUT_DIR_ENV)

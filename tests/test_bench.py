@@ -23,3 +23,26 @@ def test_acceleration_is_a_no_op_off_cuda(tiny_models):
     applied = accelerate(tiny_models.transformers["original"], torch.device("cpu"))
     assert applied.attention == "native" and not applied.compiled
     assert applied.notes == ["not on CUDA: eager PyTorch"]
+
+
+def test_tiny_benchmark_fp8_and_decode(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--size", "tiny", "--out", str(out), "--repeat", "1", "--e2e", "--no-teacache-runs",
+                       "--fp8", "--decode", "--e2e-seconds", "0.8", "--steps", "2"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["e2e"]) == {"stock_teacache_off", "ours_teacache_off", "ours_fp8_teacache_off"}
+    assert report["fp8_layers"] == 34
+    assert 1e-4 < report["forward_fp8_relative_l2_vs_ours_bf16"] < 5e-2
+    assert report["decode"]["relative_l2_on_vs_off"] == 0.0  # autotuning is a no-op on the CPU
+
+
+def test_tiny_low_vram_benchmark_loads_saved_random_weights(tmp_path):
+    weights, out = tmp_path / "weights", tmp_path / "low.json"
+    assert bench.main(["--size", "tiny", "--save-random-weights", str(weights)]) == 0
+    assert bench.main(["--size", "tiny", "--out", str(out), "--low-vram", "--weights", str(weights),
+                       "--vram-cap-gb", "6", "8", "--e2e-seconds", "0.8", "--steps", "2"]) == 0
+    low = json.loads(out.read_text())["low_vram"]
+    assert low["weights_gib"] > 0 and low["host_peak_rss_low_gib"] >= low["host_peak_rss_after_load_gib"]
+    for cap in ("cap_6gib", "cap_8gib"):
+        # No GPU here: both runs are the CPU plan, so they reproduce the high-VRAM run exactly.
+        assert low[cap]["frames"] == low["high"]["frames"] and low[cap]["relative_l2_vs_high"] == 0.0
