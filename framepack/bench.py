@@ -15,6 +15,7 @@ in place. The low-VRAM benchmark loads random weights saved in the hub layout, a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -158,6 +159,9 @@ class StockTransformer:
     def dtype(self) -> torch.dtype:
         return self.model.x_embedder.proj.weight.dtype
 
+    def on_device(self):
+        return contextlib.nullcontext()
+
     def prepare_section(self, section: SectionInputs, latent_height: int, latent_width: int) -> SectionInputs:
         return section
 
@@ -235,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--low-vram", action="store_true", help="benchmark low-VRAM mode against high-VRAM "
                                                                  "(needs --weights)")
     parser.add_argument("--vram-cap-gb", type=float, nargs="*", default=[6.0])
+    parser.add_argument("--short-caps-gb", type=float, nargs="*", default=[],
+                        help="with --low-vram: more caps, each run at --short-seconds/--short-steps")
+    parser.add_argument("--short-seconds", type=float, default=1.2)
+    parser.add_argument("--short-steps", type=int, default=10)
     parser.add_argument("--weights", type=Path, default=None,
                         help="weights folder to load from (hub layout), e.g. written by --save-random-weights")
     parser.add_argument("--save-random-weights", type=Path, default=None, metavar="DIR",
@@ -432,24 +440,27 @@ def bench_low_vram(args, device, dtype, size, image, report: dict) -> dict:
     place_models(models, plan)
     prepare_for_speed(models, plan)
     results["host_peak_rss_after_placement_gib"] = _peak_rss_gib()
+    runs = [(cap, args.e2e_seconds, args.steps) for cap in args.vram_cap_gb]
+    runs += [(cap, args.short_seconds, args.short_steps) for cap in args.short_caps_gb]
     low_latents = {}
-    for cap in args.vram_cap_gb:
+    for cap, seconds, steps in runs:
+        key = _run_key(cap, seconds, steps)
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), torch.cuda.current_device())
         try:
-            low = end_to_end(models, image, size, PackedTransformer, False, args.e2e_seconds, args.steps, device)
+            low = end_to_end(models, image, size, PackedTransformer, False, seconds, steps, device)
             run = {k: v for k, v in low.items() if k != "latents"}
-            low_latents[cap] = low["latents"]
+            low_latents[key] = low["latents"]
         except torch.OutOfMemoryError as error:
             run = {"error": f"out of memory: {str(error).splitlines()[0]}"}
         if cuda:
             run["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
         run["host_peak_rss_gib"] = _peak_rss_gib()
-        results[f"cap_{cap:g}gib"] = run
+        results[key] = run
         save()
-        print(f"low VRAM, cap {cap:g} GiB", run, flush=True)
+        print(f"low VRAM, {key}", run, flush=True)
     results["host_peak_rss_low_gib"] = _peak_rss_gib()
     results["host_rss_over_weights"] = results["host_peak_rss_low_gib"] / results["weights_gib"]
 
@@ -463,21 +474,29 @@ def bench_low_vram(args, device, dtype, size, image, report: dict) -> dict:
     models = load_models(args.weights, ("original",), device, dtype)
     place_models(models, plan)
     prepare_for_speed(models, plan)
-    warm = time.perf_counter()  # compile for this prompt's length once, outside the timed run
+    warm = time.perf_counter()  # compile for this prompt's length once, outside the timed runs
     end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device)
     results["high_warmup_s"] = time.perf_counter() - warm
-    high = end_to_end(models, image, size, PackedTransformer, False, args.e2e_seconds, args.steps, device)
-    results["high"] = {k: v for k, v in high.items() if k != "latents"}
-    if cuda:
-        results["high"]["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-    print("high VRAM", results["high"], flush=True)
-    for cap, latents in low_latents.items():
-        run = results[f"cap_{cap:g}gib"]
-        run["relative_l2_vs_high"] = relative_l2(latents, high["latents"])
-        run["time_ratio_vs_high"] = run["total"] / results["high"]["total"]
-        run["sampling_ratio_vs_high"] = run["sampling"] / results["high"]["sampling"]
-    save()
+    for seconds, steps in dict.fromkeys((seconds, steps) for _, seconds, steps in runs):
+        high = end_to_end(models, image, size, PackedTransformer, False, seconds, steps, device)
+        baseline = {k: v for k, v in high.items() if k != "latents"}
+        if cuda:
+            baseline["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+        results[f"high_{seconds:g}s_{steps}steps"] = baseline
+        print("high VRAM", seconds, steps, baseline, flush=True)
+        for cap, run_seconds, run_steps in runs:
+            run = results[_run_key(cap, run_seconds, run_steps)]
+            if (run_seconds, run_steps) != (seconds, steps) or "error" in run:
+                continue
+            run["relative_l2_vs_high"] = relative_l2(low_latents[_run_key(cap, seconds, steps)], high["latents"])
+            run["time_ratio_vs_high"] = run["total"] / baseline["total"]
+            run["sampling_ratio_vs_high"] = run["sampling"] / baseline["sampling"]
+        save()
     return results
+
+
+def _run_key(cap: float, seconds: float, steps: int) -> str:
+    return f"cap_{cap:g}gib_{seconds:g}s_{steps}steps"
 
 
 def _finish(report: dict, out: Path) -> int:

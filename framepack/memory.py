@@ -1,9 +1,9 @@
 """Memory placement: high-VRAM (everything resident on the GPU) or low-VRAM (weights stream from host memory).
 
 The choice is a pure function of the GPU's size and an override (`FRAMEPACK_MEMORY_MODE=auto|high|low`); the
-placement itself is applied once after loading. In low-VRAM mode diffusers' group offloading keeps the weights
-in pinned host memory and moves each block (transformer, Llama) or leaf module (CLIP, SigLIP, VAE) to the GPU
-just before it runs, prefetching the next on a side CUDA stream so transfers overlap compute.
+placement itself is applied once after loading. In low-VRAM mode the weights stay in one page-locked host copy
+and visit the GPU only while used: the transformer's and the Llama's blocks stream with the next block
+prefetched on a side CUDA stream, so transfers overlap compute (`streaming.py`, diffusers group offloading).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+from . import streaming
 
 logger = logging.getLogger(__name__)
 
@@ -55,40 +57,33 @@ def detect_memory_plan(device: torch.device) -> MemoryPlan:
     return choose_memory_plan(device, total, os.environ.get(MEMORY_MODE_ENV, "auto").strip().lower() or "auto")
 
 
-def pin_in_place(module: torch.nn.Module) -> None:
-    """Page-lock a host-resident module's tensors, one at a time.
+def _stream_encoder(module: torch.nn.Module, device: torch.device) -> None:
+    """Pack `module` into page-locked host memory, then let diffusers stream it block by block.
 
-    Group offloading with a CUDA stream copies every tensor into pinned memory while the parameter keeps its
-    pageable original: two host copies of the weights. Pinning in place first leaves one (diffusers'
-    pin_memory() returns an already pinned tensor as it is), and only one tensor is ever duplicated at a time.
+    Its root forward is what the pipeline calls, so diffusers learns the block order on the first call and
+    prefetches the next block on a side stream from then on. diffusers' pin_memory() leaves the already
+    page-locked tensors as they are, so no second host copy appears.
     """
-    with torch.no_grad():
-        for tensor in (*module.parameters(), *module.buffers()):
-            if tensor.device.type == "cpu" and not tensor.is_pinned():
-                tensor.data = tensor.data.pin_memory()
-
-
-def _stream(module: torch.nn.Module, device: torch.device, offload_type: str) -> None:
     from diffusers.hooks import apply_group_offloading
 
-    pin_in_place(module)
-    kwargs = {"num_blocks_per_group": 1} if offload_type == "block_level" else {}
+    module._framepack_host_weights = streaming.HostWeights([module], pin=True)  # lives as long as the module
     apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"),
-                           offload_type=offload_type, use_stream=True, **kwargs)
+                           offload_type="block_level", num_blocks_per_group=1, use_stream=True)
 
 
 def apply_low_vram(models, device: torch.device) -> None:
-    """Install streaming on models loaded on the CPU.
+    """Install streaming on models loaded on the host; their weights stay in one page-locked copy there.
 
-    The Llama streams block by block; CLIP and SigLIP (small, called through their root forward) load whole
-    when called. The transformer and the VAE stream leaf by leaf: the staged forward and vae.encode/decode
-    call submodules directly, and block-level groups only load the top-level leftovers (embedders, output
-    head) from the root module's forward.
+    The Llama streams block by block, CLIP and SigLIP load whole per call (diffusers group offloading). The
+    transformer's blocks stream through two GPU slots (`streaming.BlockStreamer`): the staged forward calls
+    blocks directly, which diffusers' prefetching (it learns the order from the root forward) never sees.
+    The VAE is on the GPU only inside encode and decode.
     """
     for module in (models.text_encoder, models.text_encoder_2, models.image_encoder):
-        _stream(module, device, "block_level")
-    for module in (*models.transformers.values(), models.vae):
-        _stream(module, device, "leaf_level")
+        _stream_encoder(module, device)
+    for model in models.transformers.values():
+        streaming.stream_blocks(model, device, pin=True)
+    streaming.OnDeviceWhileCalled(models.vae, device, ("encode", "decode"), pin=True)
     # Spatial tiles bound the VAE's activation peak (the reference tiles in low-VRAM mode too, so the pixels
     # differ slightly from high-VRAM mode there as well).
     models.vae.enable_tiling()

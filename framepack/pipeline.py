@@ -184,23 +184,24 @@ def sample_section(
     """Denoise one section's window; returns the final x_0 prediction (1, 16, lws, h, w) float32."""
     device, dtype = transformer.device, transformer.dtype
     _, _, _, latent_height, latent_width = noise.shape
-    prepared = transformer.prepare_section(inputs, latent_height, latent_width)
     guidance = torch.tensor([request.distilled_cfg_scale * 1000.0]).to(device=device, dtype=dtype)
     teacache = {
         branch: TeaCacheState(num_steps=request.steps) if request.use_teacache else None
         for branch in ("positive", "negative")
     }
-
-    def velocity(x: torch.Tensor, timestep: torch.Tensor, branch: str) -> torch.Tensor:
-        return transformer.velocity(x, timestep, guidance, texts[branch], prepared, teacache[branch])
-
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return flow_x0(x, sigma, velocity, dtype, request.cfg_scale, request.cfg_rescale)
-
     sigmas = flux_sigmas(request.steps, flux_mu(noisy_token_count(tuple(noise.shape))))
     callback = (lambda i, _x0: on_step(i)) if on_step is not None else None
     edit = camera_roll(request.steps, request.camera_movement) if request.camera_movement > 0 else None
-    x0 = sample_unipc(denoise, noise.to(device=device, dtype=torch.float32), sigmas, callback, edit)
+    with transformer.on_device():
+        prepared = transformer.prepare_section(inputs, latent_height, latent_width)
+
+        def velocity(x: torch.Tensor, timestep: torch.Tensor, branch: str) -> torch.Tensor:
+            return transformer.velocity(x, timestep, guidance, texts[branch], prepared, teacache[branch])
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return flow_x0(x, sigma, velocity, dtype, request.cfg_scale, request.cfg_rescale)
+
+        x0 = sample_unipc(denoise, noise.to(device=device, dtype=torch.float32), sigmas, callback, edit)
     return x0.to("cpu")
 
 

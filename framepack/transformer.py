@@ -12,11 +12,13 @@ noisy latents (B, 16, T, H, W) -> N_noisy = T * H/2 * W/2 tokens; history tokens
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .streaming import streamer_for
 from .teacache import TeaCacheState
 
 
@@ -69,12 +71,15 @@ class PreparedSection:
 class PackedTransformer:
     """Runs a diffusers `HunyuanVideoFramepackTransformer3DModel` section by section (batch 1 per branch).
 
-    `device` is where the computation runs; with low-VRAM streaming the weights themselves sit on the host.
+    `device` is where the computation runs; with low-VRAM streaming the weights themselves sit on the host
+    and are on the device only inside `on_device()`, one block at a time for the blocks.
     """
 
     def __init__(self, model, device: torch.device | None = None):
         self.model = model
         self.device = device if device is not None else model.x_embedder.proj.weight.device
+        self.streamer = streamer_for(model)
+        self.blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
         # The reference runs the output head in float32 ("high quality fp32 output"); a float32 copy of this
         # small layer (D x 64) on the compute device also works when the weights stream from the host.
         self.head = (model.proj_out.weight.detach().float().to(self.device),
@@ -83,6 +88,21 @@ class PackedTransformer:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.x_embedder.proj.weight.dtype
+
+    def on_device(self):
+        """Context in which the weights are usable on the device (a no-op unless they stream)."""
+        return self.streamer.on_device() if self.streamer is not None else nullcontext()
+
+    @contextmanager
+    def _block_weights(self, index: int):
+        if self.streamer is None:
+            yield
+            return
+        self.streamer.activate(index)
+        try:
+            yield
+        finally:
+            self.streamer.release(index)
 
     @torch.no_grad()
     def prepare_section(self, section: SectionInputs, latent_height: int, latent_width: int) -> PreparedSection:
@@ -133,7 +153,8 @@ class PackedTransformer:
         context = torch.cat([section.image_tokens, context], dim=1)[:, : section.image_tokens.shape[1] + text.valid_tokens]
 
         if teacache is not None:
-            modulated = model.transformer_blocks[0].norm1(hidden, emb=temb)[0]
+            with self._block_weights(0):
+                modulated = model.transformer_blocks[0].norm1(hidden, emb=temb)[0]
             if not teacache.should_compute(modulated):
                 hidden = hidden + teacache.previous_residual
             else:
@@ -149,10 +170,9 @@ class PackedTransformer:
 
     def _run_blocks(self, hidden, context, temb, section, teacache):
         original = hidden
-        for block in self.model.transformer_blocks:
-            hidden, context = block(hidden, context, temb, None, section.rotary_emb)
-        for block in self.model.single_transformer_blocks:
-            hidden, context = block(hidden, context, temb, None, section.rotary_emb)
+        for index, block in enumerate(self.blocks):
+            with self._block_weights(index):
+                hidden, context = block(hidden, context, temb, None, section.rotary_emb)
         if teacache is not None:
             teacache.previous_residual = hidden - original
         return hidden

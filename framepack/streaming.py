@@ -1,0 +1,249 @@
+"""Weights that live in page-locked host memory and visit the GPU only while they are used (low-VRAM mode).
+
+`HostWeights` packs modules' parameters and buffers into one host buffer of exactly their size, each module a
+contiguous byte range, and page-locks it in place with cudaHostRegister. Two host copies never exist: not
+`tensor.pin_memory()`, whose caching allocator rounds each block up to a power of two (a 75 MB weight takes
+128 MB, about 1.5x over a whole model), and the memory-mapped safetensors pages of each source tensor are handed
+back to the kernel as soon as the tensor is copied (otherwise a file stays resident until its last tensor is
+released).
+
+`BlockStreamer` runs a transformer whose 60 blocks stream through two GPU slots: while block i computes on the
+current stream, block i+1 (wrapping to block 0 for the next step) is copied into the other slot on a side
+stream, one contiguous copy per block, so transfers overlap compute. Everything outside the blocks (embedders,
+token refiner, output head: about 0.8 GB) is on the GPU only between `begin()` and `end()`, i.e. while a section
+samples. `OnDeviceWhileCalled` does the same for a whole module around some of its methods (the VAE's encode and
+decode). On the CPU the same bookkeeping runs with plain copies, which is what the tests check.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import mmap
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_ALIGN = 512  # bytes; keeps every tensor's start aligned for any dtype and for DMA
+_MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages; contents stay valid (never discards data)
+_streamers: "weakref.WeakKeyDictionary[torch.nn.Module, BlockStreamer]" = weakref.WeakKeyDictionary()
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _module_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """A module's parameters and buffers, each once."""
+    seen, tensors = set(), []
+    for tensor in (*module.parameters(), *module.buffers()):
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            tensors.append(tensor)
+    return tensors
+
+
+def _release_source_pages(tensor: torch.Tensor) -> None:
+    """Ask the kernel to reclaim the whole pages under `tensor` (a copied, no longer needed source)."""
+    page = mmap.PAGESIZE
+    start = (tensor.data_ptr() + page - 1) // page * page
+    end = (tensor.data_ptr() + tensor.nbytes) // page * page
+    if end > start:
+        _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT)
+
+
+@functools.cache
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
+
+
+@dataclass
+class WeightGroup:
+    """One module's tensors, stored at byte `offset` of the host buffer; `offsets` are relative to the group."""
+
+    tensors: list[torch.Tensor]
+    host: list[torch.Tensor]
+    offsets: list[int]
+    offset: int
+    nbytes: int
+
+    def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        """Tensors shaped like the group's, over `buffer` (uint8, at least `nbytes`, group-relative)."""
+        return [buffer[o:o + h.nbytes].view(h.dtype).view(h.shape) for o, h in zip(self.offsets, self.host)]
+
+    def point_to(self, views: list[torch.Tensor]) -> None:
+        for tensor, view in zip(self.tensors, views):
+            tensor.data = view
+
+
+class HostWeights:
+    """The tensors of `modules`, moved into one host buffer (page-locked when `pin`), one group per module."""
+
+    def __init__(self, modules: list[torch.nn.Module], pin: bool):
+        tensors = [_module_tensors(module) for module in modules]
+        total = sum(_align(t.nbytes) for group in tensors for t in group)
+        self.buffer = torch.empty(total, dtype=torch.uint8)
+        self.groups: list[WeightGroup] = []
+        cursor = 0
+        for group_tensors in tensors:
+            start, offsets, host = cursor, [], []
+            for tensor in group_tensors:
+                view = self.buffer[cursor:cursor + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
+                view.copy_(tensor.data)
+                if tensor.device.type == "cpu":
+                    _release_source_pages(tensor.data)
+                tensor.data = view
+                offsets.append(cursor - start)
+                host.append(view)
+                cursor += _align(tensor.nbytes)
+            self.groups.append(WeightGroup(group_tensors, host, offsets, start, cursor - start))
+        self.pinned = pin and self._page_lock()
+
+    def _page_lock(self) -> bool:
+        cudart = torch.cuda.cudart()
+        pointer, size = self.buffer.data_ptr(), self.buffer.numel()
+        error = int(cudart.cudaHostRegister(pointer, size, 0))
+        if error != 0:
+            logger.warning("could not page-lock %.1f GiB of host weights (cudaError %d); copies will be slower",
+                           size / 2**30, error)
+            return False
+        weakref.finalize(self.buffer, cudart.cudaHostUnregister, pointer)
+        return True
+
+    def bytes_of(self, group: WeightGroup) -> torch.Tensor:
+        return self.buffer[group.offset:group.offset + group.nbytes]
+
+
+class OnDeviceWhileCalled:
+    """Keeps `module`'s weights on the host; copies them to `device` for the duration of each wrapped call."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, methods: tuple[str, ...], pin: bool):
+        self.device = device
+        self.host = HostWeights([module], pin)
+        for name in methods:
+            setattr(module, name, self._wrap(getattr(module, name)))
+
+    def _to_device(self, value):
+        return value.to(self.device) if isinstance(value, torch.Tensor) else value
+
+    def _wrap(self, method):
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            group = self.host.groups[0]
+            on_device = self.host.bytes_of(group).to(self.device, non_blocking=True)
+            group.point_to(group.views(on_device))
+            try:
+                return method(*map(self._to_device, args), **{k: self._to_device(v) for k, v in kwargs.items()})
+            finally:
+                group.point_to(group.host)
+        return call
+
+
+class BlockStreamer:
+    """Streams a packed transformer's blocks through two GPU slots (see the module docstring).
+
+    Use: `begin()`; for each step `activate(i)` / run block i / `release(i)` in block order; `end()`.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, pin: bool):
+        self.device = device
+        self.blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
+        block_lists = {"transformer_blocks", "single_transformer_blocks"}
+        self.resident_modules = [child for name, child in model.named_children() if name not in block_lists]
+        self.host = HostWeights(self.resident_modules + self.blocks, pin)
+        self.resident = self.host.groups[: len(self.resident_modules)]
+        self.block_groups = self.host.groups[len(self.resident_modules):]
+        self.slot_bytes = max(group.nbytes for group in self.block_groups)
+        self.cuda = device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        self._active = False
+
+    def begin(self) -> None:
+        """Put the non-block weights on the device, allocate the two slots and start loading block 0."""
+        if self._active:
+            return
+        self._resident_buffer = torch.empty(sum(g.nbytes for g in self.resident), dtype=torch.uint8,
+                                            device=self.device)
+        start = self.resident[0].offset
+        self._resident_buffer.copy_(self.host.buffer[start:start + self._resident_buffer.numel()],
+                                    non_blocking=True)
+        for group in self.resident:
+            group.point_to(group.views(self._resident_buffer[group.offset - start:]))
+        self.slots = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(2)]
+        self.slot_holds: list[int | None] = [None, None]
+        self.copied = [torch.cuda.Event() if self.cuda else None for _ in range(2)]
+        self.released = [torch.cuda.Event() if self.cuda else None for _ in range(2)]
+        self._active = True
+        self._load(0)
+
+    def end(self) -> None:
+        """Point every weight back at its host copy and free the device memory."""
+        if not self._active:
+            return
+        if self.cuda:  # nothing may still read or write the buffers when they return to the allocator
+            torch.cuda.current_stream(self.device).synchronize()
+            self.copy_stream.synchronize()
+        for group in self.host.groups:
+            group.point_to(group.host)
+        del self._resident_buffer, self.slots
+        self._active = False
+
+    def _load(self, index: int) -> None:
+        """Copy block `index` into its slot on the side stream, once the slot's previous block is done."""
+        slot = index % 2
+        if self.slot_holds[slot] == index:
+            return
+        group = self.block_groups[index]
+        source = self.host.bytes_of(group)
+        if self.cuda:
+            with torch.cuda.stream(self.copy_stream):
+                if self.slot_holds[slot] is not None:
+                    self.copy_stream.wait_event(self.released[slot])
+                self.slots[slot][: group.nbytes].copy_(source, non_blocking=True)
+                self.copied[slot].record(self.copy_stream)
+        else:
+            self.slots[slot][: group.nbytes].copy_(source)
+        self.slot_holds[slot] = index
+
+    def activate(self, index: int) -> None:
+        """Make block `index`'s weights usable on the current stream, and start prefetching the next block."""
+        slot = index % 2
+        self._load(index)
+        if self.cuda:
+            torch.cuda.current_stream(self.device).wait_event(self.copied[slot])
+        group = self.block_groups[index]
+        group.point_to(group.views(self.slots[slot]))
+        self._load((index + 1) % len(self.block_groups))
+
+    def release(self, index: int) -> None:
+        """Block `index` is queued; its slot may be overwritten once the queued work has run."""
+        if self.cuda:
+            self.released[index % 2].record(torch.cuda.current_stream(self.device))
+        group = self.block_groups[index]
+        group.point_to(group.host)
+
+    @contextmanager
+    def on_device(self):
+        self.begin()
+        try:
+            yield
+        finally:
+            self.end()
+
+
+def stream_blocks(model: torch.nn.Module, device: torch.device, pin: bool = True) -> BlockStreamer:
+    """Install block streaming on a host-resident packed transformer; `streamer_for(model)` finds it."""
+    streamer = BlockStreamer(model, device, pin)
+    _streamers[model] = streamer
+    return streamer
+
+
+def streamer_for(model: torch.nn.Module) -> BlockStreamer | None:
+    return _streamers.get(model)

@@ -1,0 +1,110 @@
+"""Low-VRAM streaming bookkeeping on the CPU: one host copy of the weights, and outputs bit-identical to resident.
+
+The CUDA side (page-locking, side-stream copies, events) is measured by the benchmark on a GPU; here the same
+slots, views and block order run with plain copies, so any mix-up of blocks, slots or offsets changes results.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import START_IMAGE
+from framepack import streaming
+from framepack.pipeline import generate
+from framepack.request import build_request
+from framepack.teacache import TeaCacheState
+from framepack.transformer import PackedTransformer
+from test_lora import peft_lora
+from test_transformer import _section_and_text
+
+CPU = torch.device("cpu")
+REQUEST = {"input_image": START_IMAGE, "prompt": "a dancer", "seed": 5, "total_video_length_seconds": 1.2,
+           "latent_window_size": 3, "steps": 3, "width": 96, "height": 64}
+
+
+def _in_buffer(tensor: torch.Tensor, buffer: torch.Tensor) -> bool:
+    start = buffer.data_ptr()
+    return start <= tensor.data_ptr() and tensor.data_ptr() + tensor.nbytes <= start + buffer.numel()
+
+
+def test_host_weights_hold_each_module_once_in_one_buffer(tiny_models):
+    model = copy.deepcopy(tiny_models.transformers["original"])
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    host = streaming.HostWeights([model.x_embedder, model.transformer_blocks[0]], pin=False)
+    assert not host.pinned
+    tensors = [*model.x_embedder.parameters(), *model.transformer_blocks[0].parameters()]
+    assert all(_in_buffer(t, host.buffer) for t in tensors)
+    # Exactly the tensors' bytes (each start aligned), groups back to back in module order.
+    assert host.buffer.numel() == sum(streaming._align(t.nbytes) for t in tensors)
+    first, second = host.groups
+    assert first.offset == 0 and second.offset == first.nbytes
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def _packed(module):
+    """A copy whose weights sit in a HostWeights buffer but stay put (the resident reference).
+
+    CPU kernels pick their code path by the weights' address alignment, so float32 results are only
+    bit-comparable between copies laid out alike: both sides use the same 512-byte aligned packing.
+    """
+    packed = copy.deepcopy(module)
+    packed._host = streaming.HostWeights([packed], pin=False)
+    return packed
+
+
+def _streamed(model):
+    streamed = copy.deepcopy(model)
+    streaming.stream_blocks(streamed, CPU, pin=False)
+    return streamed
+
+
+@pytest.mark.parametrize("use_teacache", [False, True])
+def test_streamed_blocks_give_bit_identical_velocities(tiny_models, use_teacache):
+    model = _packed(tiny_models.transformers["original"])
+    streamed = _streamed(tiny_models.transformers["original"])
+    inputs, text, latents = _section_and_text(model, torch.Generator().manual_seed(2))
+    guidance = torch.tensor([10000.0])
+    resident_runner, streamed_runner = PackedTransformer(model), PackedTransformer(streamed)
+    assert resident_runner.streamer is None and streamed_runner.streamer is not None
+    steps = 6
+    caches = [TeaCacheState(num_steps=steps, threshold=0.5) if use_teacache else None for _ in range(2)]
+    block_runs = []
+    streamed.transformer_blocks[0].register_forward_pre_hook(lambda *_: block_runs.append(1))
+    with streamed_runner.on_device():
+        prepared = [r.prepare_section(inputs, 8, 12) for r in (resident_runner, streamed_runner)]
+        x = latents
+        for step in range(steps):  # with TeaCache some steps skip the blocks: the slots must stay in step
+            timestep = torch.tensor([1000.0 - 150 * step])
+            outs = [r.velocity(x, timestep, guidance, text, p, c)
+                    for r, p, c in zip((resident_runner, streamed_runner), prepared, caches)]
+            assert torch.equal(outs[0], outs[1]), f"step {step}"
+            x = x - 0.1 * outs[0]
+    assert (len(block_runs) < steps) if use_teacache else (len(block_runs) == steps)
+    # Outside on_device every weight is back in the host buffer.
+    buffer = streaming.streamer_for(streamed).host.buffer
+    assert all(_in_buffer(t, buffer) for t in streamed.parameters())
+
+
+def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path):
+    from safetensors.torch import save_file
+
+    lora_file = tmp_path / "lora.safetensors"
+    save_file(peft_lora(tiny_models.transformers["original"]), str(lora_file))
+    request = build_request({**REQUEST, "lora_weights": str(lora_file), "use_teacache": True})
+    resident_models = dataclasses.replace(tiny_models, vae=_packed(tiny_models.vae),
+                                          transformers={"original": _packed(tiny_models.transformers["original"])})
+    resident = generate(request, resident_models)
+    vae = copy.deepcopy(tiny_models.vae)
+    streaming.OnDeviceWhileCalled(vae, CPU, ("encode", "decode"), pin=False)
+    models = dataclasses.replace(tiny_models, vae=vae,
+                                 transformers={"original": _streamed(tiny_models.transformers["original"])})
+    streamed = generate(request, models)
+    assert torch.equal(streamed.video_latents, resident.video_latents)
+    assert torch.equal(streamed.frames, resident.frames)
+    without_lora = generate(build_request({**REQUEST, "use_teacache": True}), models)
+    assert not torch.equal(without_lora.video_latents, streamed.video_latents)  # the LoRA acted when streamed
