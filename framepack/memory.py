@@ -74,7 +74,7 @@ def _stream_encoder(module: torch.nn.Module, device: torch.device) -> None:
 def apply_low_vram(models, device: torch.device) -> None:
     """Install streaming on models loaded on the host; their weights stay in one page-locked copy there.
 
-    The Llama streams block by block, CLIP and SigLIP load whole per call (diffusers group offloading). The
+    The Llama, CLIP and SigLIP stream block by block (diffusers group offloading). The
     transformer's blocks stream through two GPU slots (`streaming.BlockStreamer`): the staged forward calls
     blocks directly, which diffusers' prefetching (it learns the order from the root forward) never sees.
     The VAE is on the GPU only inside encode and decode.
