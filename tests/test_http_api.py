@@ -112,6 +112,9 @@ def _wait_for(predicate, timeout: float = 120.0):
 
 
 def _predict(server, inputs: dict) -> requests.Response:
+    # The server can answer a sync prediction a moment before it frees the slot; a client posting the next one
+    # at once is told "At capacity". Wait for READY (not BUSY), as a well-behaved client does.
+    _wait_for(lambda: requests.get(f"{server['url']}/health-check", timeout=10).json()["status"] == "READY", 60)
     return requests.post(f"{server['url']}/predictions", json={"input": inputs}, timeout=300)
 
 
