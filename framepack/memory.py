@@ -106,16 +106,17 @@ def place_models(models, plan: MemoryPlan) -> None:
 def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False) -> None:
     """Fastest attention for every transformer; compiled blocks (and FP8 layers if asked) when resident.
 
-    Streaming hooks wrap the blocks' forward in low-VRAM mode, so there the blocks stay eager; they also move
-    only the layer types diffusers knows, so FP8 layers are for high-VRAM mode.
+    In low-VRAM mode the blocks stay eager (their weights are swapped in per call), and the weights were
+    packed for streaming at placement, before FP8 layers could replace them, so FP8 is for high-VRAM mode.
     """
     from .acceleration import accelerate
 
-    if float8 and plan.mode != "high":
+    resident = plan.mode == "high"
+    if float8 and not resident:
         logger.warning("FP8 mode runs in high-VRAM mode only; %s mode keeps the transformer in %s",
                        plan.mode, models.dtype)
     for model in models.transformers.values():
-        accelerate(model, models.device, compile_blocks=plan.mode == "high", float8=float8 and plan.mode == "high")
+        accelerate(model, models.device, compile_blocks=resident, float8=float8 and resident)
 
 
 def make_resident(models, variant: str, plan: MemoryPlan) -> None:

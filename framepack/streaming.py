@@ -38,16 +38,6 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _module_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
-    """A module's parameters and buffers, each once."""
-    seen, tensors = set(), []
-    for tensor in (*module.parameters(), *module.buffers()):
-        if id(tensor) not in seen:
-            seen.add(id(tensor))
-            tensors.append(tensor)
-    return tensors
-
-
 def _release_source_pages(tensor: torch.Tensor) -> None:
     """Ask the kernel to reclaim the whole pages under `tensor` (a copied, no longer needed source)."""
     page = mmap.PAGESIZE
@@ -87,7 +77,7 @@ class HostWeights:
     """The tensors of `modules`, moved into one host buffer (page-locked when `pin`), one group per module."""
 
     def __init__(self, modules: list[torch.nn.Module], pin: bool):
-        tensors = [_module_tensors(module) for module in modules]
+        tensors = [[*module.parameters(), *module.buffers()] for module in modules]  # each listed once
         total = sum(_align(t.nbytes) for group in tensors for t in group)
         self.buffer = torch.empty(total, dtype=torch.uint8)
         self.groups: list[WeightGroup] = []
@@ -228,6 +218,15 @@ class BlockStreamer:
             self.released[index % 2].record(torch.cuda.current_stream(self.device))
         group = self.block_groups[index]
         group.point_to(group.host)
+
+    @contextmanager
+    def weights_of(self, index: int):
+        """Block `index`'s weights are on the device inside this context."""
+        self.activate(index)
+        try:
+            yield
+        finally:
+            self.release(index)
 
     @contextmanager
     def on_device(self):

@@ -12,7 +12,7 @@ noisy latents (B, 16, T, H, W) -> N_noisy = T * H/2 * W/2 tokens; history tokens
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from .streaming import streamer_for
 from .teacache import TeaCacheState
+
+_RESIDENT = nullcontext()  # reusable: entering it does nothing
 
 
 @dataclass
@@ -79,6 +81,8 @@ class PackedTransformer:
         self.model = model
         self.device = device if device is not None else model.x_embedder.proj.weight.device
         self.streamer = streamer_for(model)
+        # Per block and step: resident weights get one shared no-op context, not a new one each call.
+        self._block_weights = self.streamer.weights_of if self.streamer is not None else lambda _index: _RESIDENT
         self.blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
         # The reference runs the output head in float32 ("high quality fp32 output"); a float32 copy of this
         # small layer (D x 64) on the compute device also works when the weights stream from the host.
@@ -92,17 +96,6 @@ class PackedTransformer:
     def on_device(self):
         """Context in which the weights are usable on the device (a no-op unless they stream)."""
         return self.streamer.on_device() if self.streamer is not None else nullcontext()
-
-    @contextmanager
-    def _block_weights(self, index: int):
-        if self.streamer is None:
-            yield
-            return
-        self.streamer.activate(index)
-        try:
-            yield
-        finally:
-            self.streamer.release(index)
 
     @torch.no_grad()
     def prepare_section(self, section: SectionInputs, latent_height: int, latent_width: int) -> PreparedSection:
