@@ -83,6 +83,17 @@ def _float8_works(device: torch.device, dtype: torch.dtype) -> str | None:
     return None if error < 0.1 else f"FP8 probe disagrees with {dtype} (relative L2 {error:.3f})"
 
 
+def compiler_missing(device: torch.device) -> str | None:
+    """Why torch.compile cannot build kernels for `device` (inductor needs Triton on CUDA), or None."""
+    if device.type != "cuda":
+        return None
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return f"torch.compile unavailable ({error})"
+    return None
+
+
 def accelerate(model, device: torch.device, attention: str = "auto", compile_blocks: bool = True,
                float8: bool = False) -> Acceleration:
     """Pick the fastest working attention backend, optionally switch the blocks to FP8, compile the blocks.
@@ -103,17 +114,20 @@ def accelerate(model, device: torch.device, attention: str = "auto", compile_blo
             result.float8_layers = quantize_transformer_blocks(model)
         else:
             result.notes.append(f"{reason}; staying in {dtype}")
-    if compile_blocks:
-        try:
-            import triton  # noqa: F401  (inductor needs it on CUDA)
+    missing = compiler_missing(device) if compile_blocks else None
+    if missing is not None:
+        result.notes.append(f"{missing}; running eager")
+    elif compile_blocks:
+        import torch._inductor.config as inductor_config
 
-            # A graph the compiler cannot handle runs eagerly instead of failing the prediction.
-            torch._dynamo.config.suppress_errors = True
-            for block in (*model.transformer_blocks, *model.single_transformer_blocks):
-                block.compile(fullgraph=True)
-            result.compiled = True
-        except ImportError as error:
-            result.notes.append(f"torch.compile unavailable ({error}); running eager")
+        # A graph the compiler cannot handle runs eagerly instead of failing the prediction.
+        torch._dynamo.config.suppress_errors = True
+        # Round fused bf16 intermediates where eager PyTorch rounds them: a compiled single-stream block then
+        # differs from the eager one by 1.2e-4 instead of 1.5e-3 (relative L2, H200), at the same speed.
+        inductor_config.emulate_precision_casts = True
+        for block in (*model.transformer_blocks, *model.single_transformer_blocks):
+            block.compile(fullgraph=True)
+        result.compiled = True
     logger.info("transformer acceleration: attention %s, compiled %s, FP8 layers %d %s", result.attention,
                 result.compiled, result.float8_layers, "; ".join(result.notes))
     return result

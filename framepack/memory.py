@@ -108,10 +108,13 @@ def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False) -> None:
 
     In low-VRAM mode the blocks stay eager (their weights are swapped in per call), and the weights were
     packed for streaming at placement, before FP8 layers could replace them, so FP8 is for high-VRAM mode.
+    The VAE gets its exact padding everywhere and compiled GroupNorms when resident (`vae_acceleration.py`).
     """
     from .acceleration import accelerate
+    from .vae_acceleration import accelerate_vae
 
     resident = plan.mode == "high"
+    accelerate_vae(models.vae, compile_norms=resident)
     if float8 and not resident:
         logger.warning("FP8 mode runs in high-VRAM mode only; %s mode keeps the transformer in %s",
                        plan.mode, models.dtype)
