@@ -31,12 +31,14 @@ from PIL import Image
 from . import planner
 from .acceleration import accelerate, set_block_attention
 from .float8 import quantize_transformer_blocks
+from .frames import to_uint8_frames
 from .memory import MemoryPlan, place_models, prepare_for_speed
 from .models import FramePackModels, encoder_dtype, load_models
 from .pipeline import generate, vae_decode
 from .progress import ProgressReporter
 from .request import build_request
 from .transformer import PackedTransformer, SectionInputs, TextInputs
+from .vae_acceleration import accelerate_vae
 from .video import write_mp4
 from .weights import ENCODER_COMPONENTS, transformer_component
 
@@ -234,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--fp8", action="store_true", help="also time the FP8 mode (last: it replaces layers)")
-    parser.add_argument("--decode", action="store_true", help="also time one section's VAE decode, cuDNN "
-                                                               "autotuning off and on")
+    parser.add_argument("--decode", action="store_true", help="also time one section's VAE decode, diffusers' "
+                                                               "and ours")
     parser.add_argument("--low-vram", action="store_true", help="benchmark low-VRAM mode against high-VRAM "
                                                                  "(needs --weights)")
     parser.add_argument("--vram-cap-gb", type=float, nargs="*", default=[6.0])
@@ -284,9 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         report["noise_floor"], fp32_out = noise_floor(model, stock, stock_out, inputs, text, latents, timestep,
                                                       guidance)
         print("noise floor", report["noise_floor"], flush=True)
-    if args.decode:
-        report["decode"] = bench_decode(models, device, size)
-        print("decode", report["decode"], flush=True)
+    report["kernels_stock_s"] = kernel_time_split(
+        lambda: stock.velocity(latents, timestep, guidance, text, inputs), device)
     e2e = {}
 
     def run_e2e(name: str, runner, teacache: bool) -> None:
@@ -301,12 +302,22 @@ def main(argv: list[str] | None = None) -> int:
         report[key] = time.perf_counter() - warm
 
     if args.e2e:
+        # Untimed: the encoders' and the VAE's first use (kernel selection) is not charged to the stock loop.
+        warm = time.perf_counter()
+        end_to_end(models, image, size, StockTransformer, False, 1.0, 1, device)
+        report["stock_warmup_s"] = time.perf_counter() - warm
         run_e2e("stock_teacache_off", StockTransformer, False)
         if not args.no_teacache_runs:
             run_e2e("eager_teacache_on", PackedTransformer, True)
 
     applied = accelerate(model, device, compile_blocks=not args.no_compile)
     report["acceleration"] = {"attention": applied.attention, "compiled": applied.compiled, "notes": applied.notes}
+    compile_norms = device.type == "cuda" and not args.no_compile
+    if args.decode:
+        report["decode"] = bench_decode(models, device, size, compile_norms)
+        print("decode", report["decode"], flush=True)
+    else:
+        accelerate_vae(models.vae, compile_norms=compile_norms)
     ours_out = time_ours(report, "", model, device, args.repeat, inputs, text, latents, timestep, guidance)
     report["forward_speedup"] = report["forward_stock_s"] / report["forward_ours_s"]
     report["forward_relative_l2"] = relative_l2(ours_out, stock_out)
@@ -359,33 +370,66 @@ def time_ours(report: dict, suffix: str, model, device, repeat: int, inputs, tex
     report[f"first_call{suffix}_s"] = time.perf_counter() - started
     times = time_call(lambda: ours.velocity(latents, timestep, guidance, text, prepared), device, 2, repeat)
     report[f"forward_ours{suffix}_s"] = float(np.median(times))
+    report[f"kernels_ours{suffix}_s"] = kernel_time_split(
+        lambda: ours.velocity(latents, timestep, guidance, text, prepared), device)
     return out
 
 
-def bench_decode(models, device, size: tuple[int, int]) -> dict:
-    """Seconds to decode one steady-state section (2 x window = 18 latents), cuDNN autotuning off then on."""
+def bench_decode(models, device, size: tuple[int, int], compile_norms: bool) -> dict:
+    """Seconds to decode one steady-state section (2 x window = 18 latents): diffusers' VAE, then ours.
+
+    Switches the VAE to ours (`accelerate_vae`) in between and leaves it so; reports how far the pixels moved.
+    """
     generator = torch.Generator(device="cpu").manual_seed(3)
     latents = torch.randn(1, 16, 18, size[0] // 8, size[1] // 8, generator=generator)
-    result, outputs = {}, {}
-    for autotune in (False, True):
-        torch.backends.cudnn.benchmark = autotune
-        outputs[autotune] = vae_decode(latents, models.vae)
-        result[f"seconds_autotune_{'on' if autotune else 'off'}"] = float(np.median(
-            time_call(lambda: vae_decode(latents, models.vae), device, 1, 2)))
-    torch.backends.cudnn.benchmark = False
-    result["relative_l2_on_vs_off"] = relative_l2(outputs[True], outputs[False])
+    stock_pixels = vae_decode(latents, models.vae)
+    result = {"stock_s": float(np.median(time_call(lambda: vae_decode(latents, models.vae), device, 0, 2)))}
+    result["notes"] = accelerate_vae(models.vae, compile_norms=compile_norms)
+    started = time.perf_counter()
+    pixels = vae_decode(latents, models.vae)
+    result["ours_first_call_s"] = time.perf_counter() - started
+    result["ours_s"] = float(np.median(time_call(lambda: vae_decode(latents, models.vae), device, 0, 2)))
+    result["speedup"] = result["stock_s"] / result["ours_s"]
+    result["relative_l2"] = relative_l2(pixels, stock_pixels)
+    changed = to_uint8_frames(pixels).int() - to_uint8_frames(stock_pixels).int()
+    result["uint8_max_change"] = int(changed.abs().max())
+    result["uint8_fraction_changed"] = float((changed != 0).float().mean())
     return result
+
+
+def kernel_time_split(fn, device: torch.device) -> dict:
+    """GPU seconds of one call of `fn` by kernel kind (attention, matrix products, everything else)."""
+    if device.type != "cuda":
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+        fn()
+        torch.cuda.synchronize(device)
+    split = {"attention": 0.0, "matmul": 0.0, "other": 0.0}
+    for event in trace.key_averages():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = event.key.lower()
+        # Compiled element-wise kernels are named after the ops they feed ("triton_..._attention_..."): other.
+        kind = ("other" if name.startswith("triton") else
+                "attention" if any(k in name for k in ("fmha", "flash", "sdpa", "attention")) else
+                "matmul" if any(k in name for k in ("gemm", "nvjet", "xmma", "cutlass")) else "other")
+        split[kind] += event.self_device_time_total / 1e6
+    return split
 
 
 def noise_floor(model, stock, stock_out, inputs, text, latents, timestep, guidance) -> tuple[dict, torch.Tensor]:
     """How far bf16 results move for reasons unrelated to our changes, on these random weights.
 
-    Runs the stock forward with the cuDNN attention backend (eager), and the stock forward in float32 (the
-    ground truth for these weights); returns the relative L2 distances and the float32 output. Leaves the
+    Runs the stock forward with the cuDNN and with the flash attention backend (eager; two equally valid bf16
+    kernels), and the stock forward in float32 (the ground truth for these weights); returns the relative L2 distances and the float32 output. Leaves the
     model as it was.
     """
     set_block_attention(model, "_native_cudnn")
     cudnn_out = stock.velocity(latents, timestep, guidance, text, inputs)
+    set_block_attention(model, "_native_flash")
+    flash_out = stock.velocity(latents, timestep, guidance, text, inputs)
     set_block_attention(model, None)
     dtype = model.x_embedder.proj.weight.dtype
     model.float()
@@ -397,6 +441,7 @@ def noise_floor(model, stock, stock_out, inputs, text, latents, timestep, guidan
     torch.cuda.empty_cache()
     floor = {
         "stock_cudnn_vs_stock": relative_l2(cudnn_out, stock_out),
+        "stock_flash_vs_stock": relative_l2(flash_out, stock_out),
         "stock_vs_fp32": relative_l2(stock_out, fp32_out),
         "stock_cudnn_vs_fp32": relative_l2(cudnn_out, fp32_out),
     }

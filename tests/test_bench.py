@@ -33,7 +33,9 @@ def test_tiny_benchmark_fp8_and_decode(tmp_path):
     assert set(report["e2e"]) == {"stock_teacache_off", "ours_teacache_off", "ours_fp8_teacache_off"}
     assert report["fp8_layers"] == 34
     assert 1e-4 < report["forward_fp8_relative_l2_vs_ours_bf16"] < 5e-2
-    assert report["decode"]["relative_l2_on_vs_off"] == 0.0  # autotuning is a no-op on the CPU
+    # On the CPU only the exact padding applies (GroupNorm compiles on CUDA): the pixels are bit-identical.
+    assert report["decode"]["relative_l2"] == 0.0 and report["decode"]["uint8_max_change"] == 0
+    assert report["kernels_stock_s"] == {}  # kernel timing needs a GPU
 
 
 def test_tiny_low_vram_benchmark_loads_saved_random_weights(tmp_path):
