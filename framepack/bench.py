@@ -423,8 +423,8 @@ def noise_floor(model, stock, stock_out, inputs, text, latents, timestep, guidan
     """How far bf16 results move for reasons unrelated to our changes, on these random weights.
 
     Runs the stock forward with the cuDNN and with the flash attention backend (eager; two equally valid bf16
-    kernels), and the stock forward in float32 (the ground truth for these weights); returns the relative L2 distances and the float32 output. Leaves the
-    model as it was.
+    kernels), and the stock forward in float32 (the ground truth for these weights); returns the relative L2
+    distances and the float32 output. Leaves the model as it was.
     """
     set_block_attention(model, "_native_cudnn")
     cudnn_out = stock.velocity(latents, timestep, guidance, text, inputs)

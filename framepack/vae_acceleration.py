@@ -58,18 +58,14 @@ def _causal_conv_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     return self.conv(replicate_pad(hidden_states, self.time_causal_padding))
 
 
-def _group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float) -> torch.Tensor:
-    return F.group_norm(x, groups, weight, bias, eps)
-
-
 @functools.cache
 def _compiled_group_norm():
     # Dynamic shapes: one graph serves every channel count, section length and resolution.
-    return torch.compile(_group_norm, dynamic=True)
+    return torch.compile(F.group_norm, dynamic=True)
 
 
 def _compiled_group_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return _compiled_group_norm()(x, self.weight, self.bias, self.num_groups, self.eps)
+    return _compiled_group_norm()(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 def accelerate_vae(vae: torch.nn.Module, compile_norms: bool = False) -> list[str]:
