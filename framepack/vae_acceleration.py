@@ -4,10 +4,10 @@ A steady-state section decode (18 latents at 544x704) took 3.66 s on an H200. It
 statistics kernel, which reduces each of the 32 groups in one thread block (32 blocks on a GPU of 132 SMs),
 0.64 s in `F.pad(mode="replicate")`'s generic 3-D kernel, 0.82 s in the convolutions.
 - Every causal convolution pads with plain slice copies instead (`replicate_pad`). Copies are exact, so the
-  pixels stay bit-identical; this applies in every mode. 3.66 s -> 3.26 s.
-- In high-VRAM mode the decoder's GroupNorms also run compiled (dynamic shapes, one graph for every section
-  length and resolution). The statistics then reduce in parallel, with float32 accumulation in another order,
-  so a few pixels move by one uint8 level. 3.26 s -> 2.71 s.
+  pixels stay bit-identical; this applies in every mode. 3.66 s -> 3.22 s.
+- In high-VRAM mode the decoder's GroupNorms also run compiled, as `group_norm_scale_shift`: one graph with
+  dynamic shapes serves every section length and resolution. The statistics then reduce in parallel, with
+  float32 accumulation in another order, so a few pixels move by one uint8 level. 3.22 s -> 2.17 s.
 """
 
 from __future__ import annotations
@@ -58,10 +58,27 @@ def _causal_conv_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     return self.conv(replicate_pad(hidden_states, self.time_causal_padding))
 
 
+def group_norm_scale_shift(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                           eps: float) -> torch.Tensor:
+    """`F.group_norm` for (N, C, *) `x`, written as statistics per group then one scale and shift per channel.
+
+    Statistics in float32 over the (N, G, C/G * L) view; then y = x * scale + shift with (N, C, 1) float32 scale
+    = gamma * rstd and shift = beta - mean * scale, rounded once to x's dtype. Compiled with N-D tiling, the
+    second pass indexes scale and shift by its row, not by a division per element: 0.20 s for one decode's 180
+    GroupNorms on an H200, against 0.90 s for compiled `F.group_norm` and 1.34 s eager (probe).
+    """
+    batch, channels = x.shape[0], x.shape[1]
+    var, mean = torch.var_mean(x.reshape(batch, num_groups, -1).float(), dim=-1, correction=0, keepdim=True)
+    per_group = channels // num_groups
+    scale = torch.rsqrt(var + eps).repeat_interleave(per_group, dim=1) * weight.float().view(1, channels, 1)
+    shift = bias.float().view(1, channels, 1) - mean.repeat_interleave(per_group, dim=1) * scale
+    return (x.reshape(batch, channels, -1).float() * scale + shift).to(x.dtype).view(x.shape)
+
+
 @functools.cache
 def _compiled_group_norm():
-    # Dynamic shapes: one graph serves every channel count, section length and resolution.
-    return torch.compile(F.group_norm, dynamic=True)
+    # Dynamic shapes: one graph for every channel count, section length and resolution.
+    return torch.compile(group_norm_scale_shift, dynamic=True, options={"triton.prefer_nd_tiling": True})
 
 
 def _compiled_group_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +100,7 @@ def accelerate_vae(vae: torch.nn.Module, compile_norms: bool = False) -> list[st
     if missing is not None:
         notes.append(f"{missing}: GroupNorm stays eager")
     elif compile_norms:
-        norms = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.GroupNorm)]
+        norms = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.GroupNorm) and m.affine]
         for norm in norms:
             norm.forward = types.MethodType(_compiled_group_norm_forward, norm)
         notes.append(f"{len(norms)} decoder GroupNorms compiled")

@@ -10,13 +10,29 @@ from torch._dynamo.utils import counters
 
 from framepack import vae_acceleration
 from framepack.pipeline import vae_decode
-from framepack.vae_acceleration import accelerate_vae, replicate_pad
+from framepack.vae_acceleration import accelerate_vae, group_norm_scale_shift, replicate_pad
 
 
 @pytest.mark.parametrize("pad", [(1, 1, 1, 1, 2, 0), (0, 0, 0, 0, 2, 0), (0, 0, 0, 0, 0, 0), (2, 1, 0, 3, 1, 1)])
 def test_replicate_pad_equals_f_pad(pad):
     x = torch.randn(2, 3, 5, 6, 7, generator=torch.Generator().manual_seed(0))
     assert torch.equal(replicate_pad(x, pad), F.pad(x, pad, mode="replicate"))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 3, 5, 7), (1, 8, 30)])
+def test_group_norm_scale_shift_equals_f_group_norm(shape):
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64) * 3 + 1
+    weight, bias = torch.rand(8, generator=generator) + 0.5, torch.randn(8, generator=generator)
+    expected = F.group_norm(x, 4, weight.double(), bias.double(), 1e-6)
+    assert relative_l2(group_norm_scale_shift(x.float(), 4, weight, bias, 1e-6), expected) < 1e-6
+    # A transposed view (the mid-block attention's norm) and a half-precision input, rounded once at the end.
+    view = x.float().transpose(1, 2).contiguous().transpose(1, 2)
+    assert relative_l2(group_norm_scale_shift(view, 4, weight, bias, 1e-6), expected) < 1e-6
+    half = group_norm_scale_shift(x.half(), 4, weight.half(), bias.half(), 1e-6)
+    assert half.dtype == torch.float16
+    assert relative_l2(half, F.group_norm(x.half().double(), 4, weight.half().double(), bias.half().double(),
+                                          1e-6)) < 1e-3
 
 
 def _decode_latents(vae) -> torch.Tensor:
