@@ -1,6 +1,6 @@
 """GPU benchmark: our transformer path against diffusers' stock forward, side by side in one run.
 
-    python -m framepack.bench --out bench.json [--e2e] [--fp8] [--decode] [--size full|tiny]
+    python -m framepack.bench --out bench.json [--e2e] [--fp8] [--decode] [--cfg-batch] [--size full|tiny]
     python -m framepack.bench --save-random-weights /tmp/w
     python -m framepack.bench --low-vram --weights /tmp/w --vram-cap-gb 6 8 [--e2e-seconds 5 --steps 25]
 
@@ -20,7 +20,9 @@ import gc
 import json
 import math
 import resource
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from .models import FramePackModels, encoder_dtype, load_models
 from .pipeline import generate, vae_decode
 from .progress import ProgressReporter
 from .request import build_request
-from .transformer import PackedTransformer, SectionInputs, TextInputs
+from .transformer import PackedTransformer, PreparedSection, SectionInputs, TextInputs
 from .vae_acceleration import accelerate_vae
 from .video import write_mp4
 from .weights import ENCODER_COMPONENTS, transformer_component
@@ -238,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp8", action="store_true", help="also time the FP8 mode (last: it replaces layers)")
     parser.add_argument("--decode", action="store_true", help="also time one section's VAE decode, diffusers' "
                                                                "and ours")
+    parser.add_argument("--cfg-batch", action="store_true", help="also time both CFG branches as one batch-2 call "
+                                                                  "against two batch-1 calls")
     parser.add_argument("--low-vram", action="store_true", help="benchmark low-VRAM mode against high-VRAM "
                                                                  "(needs --weights)")
     parser.add_argument("--vram-cap-gb", type=float, nargs="*", default=[6.0])
@@ -278,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
 
     stock = StockTransformer(model, device)
     stock_out = stock.velocity(latents, timestep, guidance, text, inputs)
-    stock_times = time_call(lambda: stock.velocity(latents, timestep, guidance, text, inputs), device, 1, args.repeat)
+    with GpuClocks(device) as clocks:
+        stock_times = time_call(lambda: stock.velocity(latents, timestep, guidance, text, inputs), device, 1,
+                                args.repeat)
     report["forward_stock_s"] = float(np.median(stock_times))
+    report["clocks_stock"] = clocks.summary()
     print("stock forward", report["forward_stock_s"], flush=True)
     fp32_out = None
     if device.type == "cuda":
@@ -321,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     ours_out = time_ours(report, "", model, device, args.repeat, inputs, text, latents, timestep, guidance)
     report["forward_speedup"] = report["forward_stock_s"] / report["forward_ours_s"]
     report["forward_relative_l2"] = relative_l2(ours_out, stock_out)
+    if args.cfg_batch:
+        report["cfg_batch"] = bench_cfg_batch(model, device, args.repeat, inputs, text, latents, timestep, guidance)
+        print("cfg batch", report["cfg_batch"], flush=True)
     if fp32_out is not None:
         report["noise_floor"]["ours_vs_fp32"] = relative_l2(ours_out, fp32_out)
     print({k: report[k] for k in ("forward_stock_s", "forward_ours_s", "forward_speedup", "forward_relative_l2")},
@@ -368,11 +378,91 @@ def time_ours(report: dict, suffix: str, model, device, repeat: int, inputs, tex
     if device.type == "cuda":
         torch.cuda.synchronize()
     report[f"first_call{suffix}_s"] = time.perf_counter() - started
-    times = time_call(lambda: ours.velocity(latents, timestep, guidance, text, prepared), device, 2, repeat)
+    with GpuClocks(device) as clocks:
+        times = time_call(lambda: ours.velocity(latents, timestep, guidance, text, prepared), device, 2, repeat)
     report[f"forward_ours{suffix}_s"] = float(np.median(times))
+    report[f"clocks_ours{suffix}"] = clocks.summary()
     report[f"kernels_ours{suffix}_s"] = kernel_time_split(
         lambda: ours.velocity(latents, timestep, guidance, text, prepared), device)
     return out
+
+
+def bench_cfg_batch(model, device, repeat: int, inputs, text: TextInputs, latents, timestep, guidance) -> dict:
+    """Seconds per sampler step with real CFG: two batch-1 calls (what we run) against one batch-2 call.
+
+    The negative branch gets other random text of the same length, so the batch needs no padding mask; the
+    batched call's first (compiling) run is untimed. Relative L2 compares the positive branch's two outputs.
+    """
+    ours = PackedTransformer(model, device)
+    prepared = ours.prepare_section(inputs, latents.shape[3], latents.shape[4])
+    generator = torch.Generator(device=device).manual_seed(11)
+    negative = TextInputs(torch.randn(text.embeds.shape, generator=generator, device=device,
+                                      dtype=text.embeds.dtype) * text.mask[..., None],
+                          text.mask, torch.randn(text.pooled.shape, generator=generator, device=device,
+                                                 dtype=text.pooled.dtype))
+    both = TextInputs(torch.cat([text.embeds, negative.embeds]), torch.cat([text.mask, negative.mask]),
+                      torch.cat([text.pooled, negative.pooled]), valid_tokens=text.valid_tokens)
+    batched = PreparedSection(prepared.history_tokens.expand(2, -1, -1), prepared.rotary_emb,
+                              prepared.image_tokens.expand(2, -1, -1), prepared.latent_height, prepared.latent_width)
+    pair = lambda t: t.expand(2, *t.shape[1:])  # noqa: E731
+
+    def two_calls() -> torch.Tensor:
+        positive = ours.velocity(latents, timestep, guidance, text, prepared)
+        ours.velocity(latents, timestep, guidance, negative, prepared)
+        return positive
+
+    def one_call() -> torch.Tensor:
+        return ours.velocity(pair(latents), pair(timestep), pair(guidance), both, batched)
+
+    result = {"two_calls_s": float(np.median(time_call(two_calls, device, 1, repeat))),
+              "batched_s": float(np.median(time_call(one_call, device, 1, repeat)))}
+    result["speedup"] = result["two_calls_s"] / result["batched_s"]
+    result["relative_l2"] = relative_l2(one_call()[:1], two_calls())
+    return result
+
+
+class GpuClocks:
+    """Mean SM clock (MHz) and board power (W) while the block runs, from `nvidia-smi` every 100 ms.
+
+    The same kernels can run slower when the GPU lowers its clock at its power limit; this shows whether it did.
+    Empty off CUDA or without nvidia-smi.
+    """
+
+    def __init__(self, device: torch.device):
+        self.index = device.index if device.index is not None else (
+            torch.cuda.current_device() if device.type == "cuda" else None)
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        command = ["nvidia-smi", f"--id={self.index}", "--query-gpu=clocks.sm,power.draw",
+                   "--format=csv,noheader,nounits"]
+        while not self._stop.is_set():
+            try:
+                line = subprocess.run(command, capture_output=True, text=True, timeout=5).stdout.strip()
+                clock, power = (float(value) for value in line.split(","))
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                return
+            self.samples.append((clock, power))
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> "GpuClocks":
+        if self.index is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        clocks, powers = zip(*self.samples)
+        return {"sm_clock_mhz": float(np.mean(clocks)), "power_w": float(np.mean(powers)),
+                "samples": len(self.samples)}
 
 
 def bench_decode(models, device, size: tuple[int, int], compile_norms: bool) -> dict:

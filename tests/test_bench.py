@@ -28,14 +28,16 @@ def test_acceleration_is_a_no_op_off_cuda(tiny_models):
 def test_tiny_benchmark_fp8_and_decode(tmp_path):
     out = tmp_path / "bench.json"
     assert bench.main(["--size", "tiny", "--out", str(out), "--repeat", "1", "--e2e", "--no-teacache-runs",
-                       "--fp8", "--decode", "--e2e-seconds", "0.8", "--steps", "2"]) == 0
+                       "--fp8", "--decode", "--cfg-batch", "--e2e-seconds", "0.8", "--steps", "2"]) == 0
     report = json.loads(out.read_text())
     assert set(report["e2e"]) == {"stock_teacache_off", "ours_teacache_off", "ours_fp8_teacache_off"}
     assert report["fp8_layers"] == 34
     assert 1e-4 < report["forward_fp8_relative_l2_vs_ours_bf16"] < 5e-2
     # On the CPU only the exact padding applies (GroupNorm compiles on CUDA): the pixels are bit-identical.
     assert report["decode"]["relative_l2"] == 0.0 and report["decode"]["uint8_max_change"] == 0
-    assert report["kernels_stock_s"] == {}  # kernel timing needs a GPU
+    assert report["kernels_stock_s"] == {} and report["clocks_stock"] == {}  # both need a GPU
+    # Both CFG branches in one batch-2 call give the positive branch's batch-1 output (float32, CPU).
+    assert report["cfg_batch"]["two_calls_s"] > 0 and report["cfg_batch"]["relative_l2"] < 1e-6
 
 
 def test_tiny_low_vram_benchmark_loads_saved_random_weights(tmp_path):
