@@ -2,7 +2,8 @@
 
 Half of a forward's 483 TFLOP is attention over about 18k tokens. On Hopper, SDPA's cuDNN backend runs this
 shape at about 587 TFLOP/s against flash's 363 (DESIGN.md), so it is tried first and kept only if it runs and
-agrees with the math reference on a probe. The token refiner keeps the default backend: it needs a boolean mask.
+agrees with the math reference on a probe. SageAttention 1.0.6 (Triton, the version on PyPI) ran the same shape
+at 419 TFLOP/s with six times cuDNN's error from float32 (H200 probe), so it is not a candidate. The token refiner keeps the default backend: it needs a boolean mask.
 Each block is compiled in place (one code object for all blocks of a kind, so one graph each); shapes are fixed
 within a generation, so nothing recompiles between steps or sections. Optionally the blocks' Linear layers run
 in FP8 (`float8.py`) before compiling. Everything falls back to eager PyTorch (and bf16) when a backend, the
