@@ -1,6 +1,7 @@
 """GPU benchmark: our transformer path against diffusers' stock forward, side by side in one run.
 
-    python -m framepack.bench --out bench.json [--e2e] [--fp8] [--decode] [--cfg-batch] [--size full|tiny]
+    python -m framepack.bench --out bench.json [--e2e [--no-teacache-runs | --teacache-runs-only]] [--fp8] [--decode]
+                              [--cfg-batch] [--size full|tiny]
     python -m framepack.bench --save-random-weights /tmp/w
     python -m framepack.bench --low-vram --weights /tmp/w --vram-cap-gb 6 8 [--e2e-seconds 5 --steps 25]
 
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--e2e", action="store_true", help="also time 5-second generations")
     parser.add_argument("--no-teacache-runs", action="store_true", help="with --e2e: skip the TeaCache-on pair")
+    parser.add_argument("--teacache-runs-only", action="store_true", help="with --e2e: skip the TeaCache-off pair")
     parser.add_argument("--e2e-seconds", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--no-compile", action="store_true")
@@ -254,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-random-weights", type=Path, default=None, metavar="DIR",
                         help="write random weights of --size in the hub layout to DIR and exit")
     args = parser.parse_args(argv)
+    if args.no_teacache_runs and args.teacache_runs_only:
+        parser.error("--no-teacache-runs and --teacache-runs-only leave no end-to-end run")
+    teacache_off_runs, teacache_on_runs = not args.teacache_runs_only, not args.no_teacache_runs
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -313,8 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         warm = time.perf_counter()
         end_to_end(models, image, size, StockTransformer, False, 1.0, 1, device)
         report["stock_warmup_s"] = time.perf_counter() - warm
-        run_e2e("stock_teacache_off", StockTransformer, False)
-        if not args.no_teacache_runs:
+        if teacache_off_runs:
+            run_e2e("stock_teacache_off", StockTransformer, False)
+        if teacache_on_runs:
             run_e2e("eager_teacache_on", PackedTransformer, True)
 
     applied = accelerate(model, device, compile_blocks=not args.no_compile)
@@ -337,13 +343,17 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     if args.e2e:
         warm_up_compiled("e2e_warmup_s")
-        run_e2e("ours_teacache_off", PackedTransformer, False)
-        if not args.no_teacache_runs:
+        if teacache_off_runs:
+            run_e2e("ours_teacache_off", PackedTransformer, False)
+            report["e2e_latents_relative_l2"] = relative_l2(e2e["ours_teacache_off"]["latents"],
+                                                            e2e["stock_teacache_off"]["latents"])
+            report["e2e_speedup_teacache_off"] = (e2e["stock_teacache_off"]["total"]
+                                                  / e2e["ours_teacache_off"]["total"])
+        if teacache_on_runs:
             run_e2e("ours_teacache_on", PackedTransformer, True)
             report["e2e_speedup_teacache_on"] = e2e["eager_teacache_on"]["total"] / e2e["ours_teacache_on"]["total"]
-        report["e2e_latents_relative_l2"] = relative_l2(e2e["ours_teacache_off"]["latents"],
-                                                        e2e["stock_teacache_off"]["latents"])
-        report["e2e_speedup_teacache_off"] = e2e["stock_teacache_off"]["total"] / e2e["ours_teacache_off"]["total"]
+            report["e2e_teacache_on_latents_relative_l2"] = relative_l2(e2e["ours_teacache_on"]["latents"],
+                                                                        e2e["eager_teacache_on"]["latents"])
     if args.fp8:
         # Compiled graphs hold the bf16 layers; drop them so the replaced weights are freed.
         torch._dynamo.reset()
@@ -355,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         if fp32_out is not None:
             report["noise_floor"]["ours_fp8_vs_fp32"] = relative_l2(fp8_out, fp32_out)
         print({k: v for k, v in report.items() if "fp8" in k}, flush=True)
-        if args.e2e:
+        if args.e2e and teacache_off_runs:
             warm_up_compiled("e2e_warmup_fp8_s")
             run_e2e("ours_fp8_teacache_off", PackedTransformer, False)
             report["e2e_speedup_fp8_teacache_off"] = (e2e["stock_teacache_off"]["total"]

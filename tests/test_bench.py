@@ -17,6 +17,15 @@ def test_tiny_benchmark_runs_and_paths_agree(tmp_path):
     assert report["forward_relative_l2"] == 0.0 and report["e2e_latents_relative_l2"] == 0.0
     assert set(report["e2e"]) == {"stock_teacache_off", "eager_teacache_on", "ours_teacache_off",
                                   "ours_teacache_on"}
+    assert report["e2e_teacache_on_latents_relative_l2"] == 0.0
+
+
+def test_tiny_benchmark_teacache_runs_only(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--size", "tiny", "--out", str(out), "--repeat", "1", "--e2e", "--teacache-runs-only",
+                       "--e2e-seconds", "0.8", "--steps", "2"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["e2e"]) == {"eager_teacache_on", "ours_teacache_on"} and "e2e_speedup_teacache_on" in report
 
 
 def test_acceleration_is_a_no_op_off_cuda(tiny_models):
