@@ -111,17 +111,14 @@ def run_predict(args: argparse.Namespace) -> Path:
 def run_download(args: argparse.Namespace) -> Path:
     """Fetch whatever is missing for the chosen variants, then check the transformer checkpoints."""
     from .request import MODEL_VARIANTS
-    from .weights import ensure_weights, transformer_component, verify_transformer_checkpoint
+    from .weights import prepare_weights
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     for variant in variants:
         if variant not in MODEL_VARIANTS:
             raise InvalidInput("--variants", f"{variant!r} is not one of {', '.join(MODEL_VARIANTS)}")
     weights_dir = args.weights or default_weights_dir()
-    ensure_weights(weights_dir, variants)
-    for variant in variants:
-        tensors = verify_transformer_checkpoint(transformer_component(variant).path(weights_dir))
-        logging.info("%s transformer: %d tensors match its config", variant, tensors)
+    prepare_weights(weights_dir, variants)
     return weights_dir
 
 

@@ -227,8 +227,9 @@ def apply_request_loras(model: torch.nn.Module, loras: list[tuple[str, str, floa
     """Fetch, check and hook every (input name, source, scale) LoRA; all checks happen before any hook."""
     converted = []
     for name, source, scale in loras:
-        if source.strip():
-            converted.append((convert_lora(read_safetensors(fetch(source.strip(), name), name), model, name), scale))
+        source = source.strip()
+        if source:
+            converted.append((convert_lora(read_safetensors(fetch(source, name), name), model, name), scale))
     hooks = LoraHooks()
     for layers, scale in converted:
         hooks.add(model, layers, scale, device)

@@ -54,7 +54,7 @@ def load_models(
     paths = {c.name: c.path(weights_dir) for c in ENCODER_COMPONENTS}
     side_dtype = encoder_dtype(device, dtype)
 
-    def place(module: torch.nn.Module) -> torch.nn.Module:
+    def frozen(module: torch.nn.Module) -> torch.nn.Module:
         return module.eval().requires_grad_(False)
 
     logger.info("loading encoders and VAE from %s (%s)", weights_dir, side_dtype)
@@ -64,12 +64,12 @@ def load_models(
     models = FramePackModels(
         tokenizer=tokenizer,
         tokenizer_2=CLIPTokenizer.from_pretrained(paths["tokenizer_2"]),
-        text_encoder=place(LlamaModel.from_pretrained(paths["text_encoder"], dtype=side_dtype)),
-        text_encoder_2=place(CLIPTextModel.from_pretrained(paths["text_encoder_2"], dtype=side_dtype)),
+        text_encoder=frozen(LlamaModel.from_pretrained(paths["text_encoder"], dtype=side_dtype)),
+        text_encoder_2=frozen(CLIPTextModel.from_pretrained(paths["text_encoder_2"], dtype=side_dtype)),
         # The PIL processor is what the reference used; the torchvision one resizes slightly differently.
         feature_extractor=SiglipImageProcessorPil.from_pretrained(paths["feature_extractor"]),
-        image_encoder=place(SiglipVisionModel.from_pretrained(paths["image_encoder"], dtype=side_dtype)),
-        vae=place(AutoencoderKLHunyuanVideo.from_pretrained(paths["vae"], torch_dtype=side_dtype)),
+        image_encoder=frozen(SiglipVisionModel.from_pretrained(paths["image_encoder"], dtype=side_dtype)),
+        vae=frozen(AutoencoderKLHunyuanVideo.from_pretrained(paths["vae"], torch_dtype=side_dtype)),
         device=device,
         dtype=dtype,
     )
@@ -77,5 +77,5 @@ def load_models(
         path = transformer_component(variant).path(weights_dir)
         logger.info("loading the %s transformer from %s (%s)", variant, path, dtype)
         model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype)
-        models.transformers[variant] = place(model)
+        models.transformers[variant] = frozen(model)
     return models

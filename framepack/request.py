@@ -164,11 +164,15 @@ def parse_text_value(spec: InputSpec, text: str) -> Any:
         except ValueError:
             raise InvalidInput(spec.name, f"expected a number, got {text!r}") from None
     if spec.type is Path:
-        return Path(text[1:] if text.startswith("@") else text)
+        return _file_path(text)
     if spec.type is list:
-        return [Path(part.strip()[1:] if part.strip().startswith("@") else part.strip())
-                for part in text.split(",") if part.strip()]
+        return [_file_path(part.strip()) for part in text.split(",") if part.strip()]
     return text
+
+
+def _file_path(text: str) -> Path:
+    """A file argument as `cog predict` writes it: `@photo.jpg` or `photo.jpg`."""
+    return Path(text[1:] if text.startswith("@") else text)
 
 
 def _number(value: float) -> str:

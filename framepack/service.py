@@ -27,7 +27,7 @@ from .pipeline import generate
 from .progress import ProgressReporter
 from .request import MODEL_VARIANTS, build_request
 from .planner import section_count
-from .weights import ensure_weights, transformer_component, verify_transformer_checkpoint
+from .weights import prepare_weights
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,7 @@ class FramePackService:
         plan = memory.detect_memory_plan(device)
         float8 = fp8_requested()
         _log(f"memory mode: {plan.mode} ({plan.reason}); FP8 transformer layers: {'on' if float8 else 'off'}")
-        ensure_weights(weights_dir, variants)
-        for variant in variants:
-            tensors = verify_transformer_checkpoint(transformer_component(variant).path(weights_dir))
-            _log(f"{variant} transformer checkpoint: {tensors} tensors match its config")
+        prepare_weights(weights_dir, variants, log=_log)
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         started = time.monotonic()
         models = load_models(weights_dir, variants, device, dtype)
