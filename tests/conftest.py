@@ -84,3 +84,30 @@ def tiny_models():
     from framepack.models import load_models
 
     return load_models(TINY_WEIGHTS, ("original", "f1"), torch.device("cpu"), torch.float32)
+
+
+def section_and_text(model, generator):
+    """Random tiny section inputs (3-frame window on an 8x12 latent), 11-token text, and noisy latents."""
+    from framepack import planner
+    from framepack.transformer import SectionInputs, TextInputs
+
+    lws, h, w = 3, 8, 12
+    section = planner.plan_sections("original", 3, lws)[0]
+    idx = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    inputs = SectionInputs(
+        latent_indices=idx(section.latent_indices),
+        clean_latents=torch.randn(1, 16, 2, h, w, generator=generator),
+        clean_latent_indices=idx(section.clean_latent_indices),
+        clean_latents_2x=torch.randn(1, 16, 2, h, w, generator=generator),
+        clean_latent_2x_indices=idx(section.clean_latent_2x_indices),
+        clean_latents_4x=torch.randn(1, 16, 16, h, w, generator=generator),
+        clean_latent_4x_indices=idx(section.clean_latent_4x_indices),
+        image_embeds=torch.randn(1, 16, model.config.image_proj_dim, generator=generator),
+    )
+    mask = torch.zeros(1, 512, dtype=torch.bool)
+    mask[:, :11] = True
+    embeds = torch.randn(1, 512, model.config.text_embed_dim, generator=generator) * mask[..., None]
+    text = TextInputs(embeds=embeds, mask=mask,
+                      pooled=torch.randn(1, model.config.pooled_projection_dim, generator=generator))
+    latents = torch.randn(1, 16, lws, h, w, generator=generator)
+    return inputs, text, latents

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from conftest import relative_l2
+from conftest import relative_l2, section_and_text
 from framepack import lora
 from framepack.acceleration import accelerate
 from framepack.float8 import (FP8_DTYPE, FP8_MAX, Float8Linear, float8_unsupported_reason, quantize_rows,
@@ -15,7 +15,6 @@ from framepack.float8 import (FP8_DTYPE, FP8_MAX, Float8Linear, float8_unsupport
 from framepack.service import FP8_ENV, fp8_requested
 from framepack.transformer import PackedTransformer
 from test_lora import peft_lora
-from test_transformer import _section_and_text
 
 
 def test_quantize_rows_scales_each_row_to_the_e4m3_range():
@@ -63,7 +62,7 @@ def test_fp8_forward_stays_close_to_the_float_forward(tiny_models):
     base = tiny_models.transformers["original"]
     model = copy.deepcopy(base)
     quantize_transformer_blocks(model)
-    inputs, text, latents = _section_and_text(base, torch.Generator().manual_seed(4))
+    inputs, text, latents = section_and_text(base, torch.Generator().manual_seed(4))
     timestep, guidance = torch.tensor([700.0]), torch.tensor([10000.0])
 
     def velocity(m):
@@ -77,7 +76,7 @@ def test_fp8_forward_stays_close_to_the_float_forward(tiny_models):
 def test_lora_hooks_work_on_fp8_layers_and_remove_exactly(tiny_models):
     model = copy.deepcopy(tiny_models.transformers["original"])
     quantize_transformer_blocks(model)
-    inputs, text, latents = _section_and_text(model, torch.Generator().manual_seed(5))
+    inputs, text, latents = section_and_text(model, torch.Generator().manual_seed(5))
     runner = PackedTransformer(model)
     prepared = runner.prepare_section(inputs, 8, 12)
     run = lambda: runner.velocity(latents, torch.tensor([700.0]), torch.tensor([10000.0]), text, prepared)  # noqa

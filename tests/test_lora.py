@@ -12,12 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import START_IMAGE
+from conftest import START_IMAGE, section_and_text
 from framepack import lora
 from framepack.pipeline import generate
 from framepack.request import InvalidInput, build_request
 from framepack.transformer import PackedTransformer
-from test_transformer import _section_and_text
 
 BASE = {"input_image": START_IMAGE, "prompt": "a dancer", "seed": 9, "total_video_length_seconds": 0.8,
         "latent_window_size": 3, "steps": 2, "width": 96, "height": 64, "use_teacache": False}
@@ -110,7 +109,7 @@ def test_hooks_equal_merged_weights_including_fused_splits(tiny_models):
     with torch.no_grad():
         for layer in layers:
             merged.get_submodule(layer.module).weight += 0.8 * layer.factor * layer.up @ layer.down
-    inputs, text, latents = _section_and_text(model, torch.Generator().manual_seed(4))
+    inputs, text, latents = section_and_text(model, torch.Generator().manual_seed(4))
     timestep, guidance = torch.tensor([700.0]), torch.tensor([10000.0])
     hooks = lora.LoraHooks()
     hooks.add(model, layers, 0.8, torch.device("cpu"))

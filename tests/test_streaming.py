@@ -12,14 +12,13 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import START_IMAGE
+from conftest import START_IMAGE, section_and_text
 from framepack import streaming
 from framepack.pipeline import generate
 from framepack.request import build_request
 from framepack.teacache import TeaCacheState
 from framepack.transformer import PackedTransformer
 from test_lora import peft_lora
-from test_transformer import _section_and_text
 
 CPU = torch.device("cpu")
 REQUEST = {"input_image": START_IMAGE, "prompt": "a dancer", "seed": 5, "total_video_length_seconds": 1.2,
@@ -67,7 +66,7 @@ def _streamed(model):
 def test_streamed_blocks_give_bit_identical_velocities(tiny_models, use_teacache):
     model = _packed(tiny_models.transformers["original"])
     streamed = _streamed(tiny_models.transformers["original"])
-    inputs, text, latents = _section_and_text(model, torch.Generator().manual_seed(2))
+    inputs, text, latents = section_and_text(model, torch.Generator().manual_seed(2))
     guidance = torch.tensor([10000.0])
     resident_runner, streamed_runner = PackedTransformer(model), PackedTransformer(streamed)
     assert resident_runner.streamer is None and streamed_runner.streamer is not None

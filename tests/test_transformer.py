@@ -6,33 +6,9 @@ import pytest
 import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-from conftest import FIXTURES
-from framepack import planner
+from conftest import FIXTURES, section_and_text
 from framepack.teacache import TeaCacheState
-from framepack.transformer import PackedTransformer, SectionInputs, TextInputs
-
-
-def _section_and_text(model, generator):
-    lws, h, w = 3, 8, 12
-    section = planner.plan_sections("original", 3, lws)[0]
-    idx = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
-    inputs = SectionInputs(
-        latent_indices=idx(section.latent_indices),
-        clean_latents=torch.randn(1, 16, 2, h, w, generator=generator),
-        clean_latent_indices=idx(section.clean_latent_indices),
-        clean_latents_2x=torch.randn(1, 16, 2, h, w, generator=generator),
-        clean_latent_2x_indices=idx(section.clean_latent_2x_indices),
-        clean_latents_4x=torch.randn(1, 16, 16, h, w, generator=generator),
-        clean_latent_4x_indices=idx(section.clean_latent_4x_indices),
-        image_embeds=torch.randn(1, 16, model.config.image_proj_dim, generator=generator),
-    )
-    mask = torch.zeros(1, 512, dtype=torch.bool)
-    mask[:, :11] = True
-    embeds = torch.randn(1, 512, model.config.text_embed_dim, generator=generator) * mask[..., None]
-    text = TextInputs(embeds=embeds, mask=mask,
-                      pooled=torch.randn(1, model.config.pooled_projection_dim, generator=generator))
-    latents = torch.randn(1, 16, lws, h, w, generator=generator)
-    return inputs, text, latents
+from framepack.transformer import PackedTransformer
 
 
 def _stock_forward(model, inputs, text, latents, timestep, guidance):
@@ -50,7 +26,7 @@ def _stock_forward(model, inputs, text, latents, timestep, guidance):
 def test_staged_forward_is_bit_identical_to_stock_forward(tiny_models, variant):
     model = tiny_models.transformers[variant]
     generator = torch.Generator().manual_seed(0)
-    inputs, text, latents = _section_and_text(model, generator)
+    inputs, text, latents = section_and_text(model, generator)
     packed = PackedTransformer(model)
     prepared = packed.prepare_section(inputs, latents.shape[3], latents.shape[4])
     guidance = torch.tensor([10000.0])
@@ -65,7 +41,7 @@ def test_staged_forward_is_bit_identical_to_stock_forward(tiny_models, variant):
 
 def test_teacache_skip_reuses_the_last_residual(tiny_models):
     model = tiny_models.transformers["original"]
-    inputs, text, latents = _section_and_text(model, torch.Generator().manual_seed(1))
+    inputs, text, latents = section_and_text(model, torch.Generator().manual_seed(1))
     packed = PackedTransformer(model)
     prepared = packed.prepare_section(inputs, latents.shape[3], latents.shape[4])
     guidance, timestep = torch.tensor([10000.0]), torch.tensor([500.0])
