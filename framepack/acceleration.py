@@ -1,9 +1,11 @@
-"""Speed: the attention backend of the 60 joint-attention blocks and regional compilation of those blocks.
+"""Speed: the attention kernel of the 60 joint-attention blocks and regional compilation of those blocks.
 
-Half of a forward's 483 TFLOP is attention over about 18k tokens. On Hopper, SDPA's cuDNN backend runs this
-shape at about 587 TFLOP/s against flash's 363 (DESIGN.md), so it is tried first and kept only if it runs and
-agrees with the math reference on a probe. SageAttention 1.0.6 (Triton, the version on PyPI) ran the same shape
-at 419 TFLOP/s with six times cuDNN's error from float32 (H200 probe), so it is not a candidate. The token refiner keeps the default backend: it needs a boolean mask.
+Half of a forward's 483 TFLOP is attention over about 18k tokens. Kernels are tried fastest first, and one is
+kept only if it runs and agrees with the math reference on a probe. FlashAttention 4 (`attention.py`, 699
+TFLOP/s on an H100) comes first, then SDPA's cuDNN backend (about 590), then its flash backend (363).
+SageAttention 1.0.6 (Triton, the version on PyPI) ran the same shape at 419 TFLOP/s with six times cuDNN's
+error from float32 (H200 probe), so it is not a candidate. The token refiner keeps the default backend: it needs
+a boolean mask.
 Each block is compiled in place (one code object for all blocks of a kind, so one graph each); shapes are fixed
 within a generation, so nothing recompiles between steps or sections. Optionally the blocks' Linear layers run
 in FP8 (`float8.py`) before compiling. Everything falls back to eager PyTorch (and bf16) when a backend, the
@@ -17,13 +19,16 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
+from .attention import JointAttnProcessor, flash_attention4, flash_attention4_unavailable
 from .float8 import Float8Linear, float8_unsupported_reason, quantize_transformer_blocks
 
 logger = logging.getLogger(__name__)
 
-# diffusers' attention-dispatch names, best first for Hopper.
-ATTENTION_PREFERENCE = ("_native_cudnn", "_native_flash", "native")
+FLASH_ATTENTION_4 = "flash_attention_4"
+# Best first for Hopper: our FA4 processor, then diffusers' attention-dispatch names.
+ATTENTION_PREFERENCE = (FLASH_ATTENTION_4, "_native_cudnn", "_native_flash", "native")
 _SDPA_BACKENDS = {
     "_native_cudnn": "CUDNN_ATTENTION",
     "_native_flash": "FLASH_ATTENTION",
@@ -48,11 +53,19 @@ def _backend_works(name: str, device: torch.device, dtype: torch.dtype) -> bool:
 
     q, k, v = (torch.randn(1, 24, 256, 128, device=device, dtype=dtype) for _ in range(3))
     try:
-        with sdpa_kernel(getattr(SDPBackend, _SDPA_BACKENDS[name])):
-            out = F.scaled_dot_product_attention(q, k, v)
+        if name == FLASH_ATTENTION_4:
+            reason = flash_attention4_unavailable(device)
+            if reason is not None:
+                logger.info("attention backend %s unavailable: %s", name, reason)
+                return False
+            out = flash_attention4(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        else:
+            with sdpa_kernel(getattr(SDPBackend, _SDPA_BACKENDS[name])):
+                out = F.scaled_dot_product_attention(q, k, v)
         with sdpa_kernel(SDPBackend.MATH):
             ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
-    except (RuntimeError, AttributeError) as error:
+    # Broad on purpose: FA4's just-in-time compiler raises its own error types.
+    except Exception as error:  # noqa: BLE001
         logger.info("attention backend %s unavailable: %s", name, str(error).splitlines()[0])
         return False
     return float((out.float() - ref).norm() / ref.norm()) < 2e-2
@@ -62,10 +75,17 @@ def block_attention_modules(model) -> list[torch.nn.Module]:
     return [block.attn for block in (*model.transformer_blocks, *model.single_transformer_blocks)]
 
 
-def set_block_attention(model, name: str) -> None:
-    """Route the joint-attention blocks through diffusers' dispatcher backend `name`."""
+def set_block_attention(model, name: str | None) -> None:
+    """Route the joint-attention blocks through FA4 or through diffusers' dispatcher backend `name`.
+
+    None restores diffusers' processor with its default backend.
+    """
     for attention in block_attention_modules(model):
-        attention.processor._attention_backend = name
+        if name == FLASH_ATTENTION_4:
+            attention.processor = JointAttnProcessor(flash_attention4)
+        else:
+            attention.processor = HunyuanVideoAttnProcessor2_0()
+            attention.processor._attention_backend = name
 
 
 def _float8_works(device: torch.device, dtype: torch.dtype) -> str | None:

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from . import planner
-from .acceleration import accelerate, set_block_attention
+from .acceleration import ATTENTION_PREFERENCE, accelerate, set_block_attention
 from .float8 import quantize_transformer_blocks
 from .frames import to_uint8_frames
 from .memory import MemoryPlan, place_models, prepare_for_speed
@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-seconds", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--attention", choices=("auto", *ATTENTION_PREFERENCE), default="auto",
+                        help="our path's attention kernel (default: the fastest that works)")
     parser.add_argument("--fp8", action="store_true", help="also time the FP8 mode (last: it replaces layers)")
     parser.add_argument("--decode", action="store_true", help="also time one section's VAE decode, diffusers' "
                                                                "and ours")
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         if teacache_on_runs:
             run_e2e("eager_teacache_on", PackedTransformer, True)
 
-    applied = accelerate(model, device, compile_blocks=not args.no_compile)
+    applied = accelerate(model, device, attention=args.attention, compile_blocks=not args.no_compile)
     report["acceleration"] = {"attention": applied.attention, "compiled": applied.compiled, "notes": applied.notes}
     compile_norms = device.type == "cuda" and not args.no_compile
     if args.decode:

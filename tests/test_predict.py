@@ -36,4 +36,6 @@ def test_image_requirements_match_the_tested_ones():
     image = _pins(ROOT / "requirements-cog.txt")
     tested = _pins(ROOT / "requirements.txt")
     assert image.pop("torch") == "2.11.0"
+    gpu_only = {name: image.pop(name) for name in ("flash-attn-4", "nvidia-cutlass-dsl", "cuda-bindings")}
+    assert all(gpu_only.values())
     assert image == tested
