@@ -44,11 +44,19 @@ class Acceleration:
     float8_layers: int = 0
     notes: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One log line: 'attention X, compiled Y, FP8 layers N' and the notes (skipped kernels, fallbacks)."""
+        line = f"attention {self.attention}, compiled {self.compiled}, FP8 layers {self.float8_layers}"
+        return "; ".join([line, *self.notes])
 
-def _backend_works(name: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Run a small attention through backend `name` and compare it with the math backend."""
+
+def attention_unavailable(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why attention kernel `name` cannot serve the blocks on `device`, or None.
+
+    Runs a small attention through it and compares it with the math backend in float32.
+    """
     if name == "native":
-        return True
+        return None
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     q, k, v = (torch.randn(1, 24, 256, 128, device=device, dtype=dtype) for _ in range(3))
@@ -56,8 +64,7 @@ def _backend_works(name: str, device: torch.device, dtype: torch.dtype) -> bool:
         if name == FLASH_ATTENTION_4:
             reason = flash_attention4_unavailable(device)
             if reason is not None:
-                logger.info("attention backend %s unavailable: %s", name, reason)
-                return False
+                return reason
             out = flash_attention4(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
         else:
             with sdpa_kernel(getattr(SDPBackend, _SDPA_BACKENDS[name])):
@@ -66,9 +73,9 @@ def _backend_works(name: str, device: torch.device, dtype: torch.dtype) -> bool:
             ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     # Broad on purpose: FA4's just-in-time compiler raises its own error types.
     except Exception as error:  # noqa: BLE001
-        logger.info("attention backend %s unavailable: %s", name, str(error).splitlines()[0])
-        return False
-    return float((out.float() - ref).norm() / ref.norm()) < 2e-2
+        return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    error = float((out.float() - ref).norm() / ref.norm())
+    return None if error < 2e-2 else f"relative L2 {error:.2e} from the math backend on a probe"
 
 
 def block_attention_modules(model) -> list[torch.nn.Module]:
@@ -126,8 +133,13 @@ def accelerate(model, device: torch.device, attention: str = "auto", compile_blo
         result.notes.append("not on CUDA: eager PyTorch" + ("; FP8 mode needs a CUDA GPU" if float8 else ""))
         return result
     dtype = model.x_embedder.proj.weight.dtype
-    candidates = ATTENTION_PREFERENCE if attention == "auto" else (attention,)
-    result.attention = next((name for name in candidates if _backend_works(name, device, dtype)), "native")
+    candidates = ATTENTION_PREFERENCE if attention == "auto" else (attention, "native")
+    for name in candidates:
+        reason = attention_unavailable(name, device, dtype)
+        if reason is None:
+            result.attention = name
+            break
+        result.notes.append(f"attention {name} skipped: {reason}")
     set_block_attention(model, result.attention)
     if float8:
         reason = _float8_works(device, dtype)
@@ -149,6 +161,5 @@ def accelerate(model, device: torch.device, attention: str = "auto", compile_blo
         for block in (*model.transformer_blocks, *model.single_transformer_blocks):
             block.compile(fullgraph=True)
         result.compiled = True
-    logger.info("transformer acceleration: attention %s, compiled %s, FP8 layers %d %s", result.attention,
-                result.compiled, result.float8_layers, "; ".join(result.notes))
+    logger.info("transformer acceleration: %s", result.summary())
     return result

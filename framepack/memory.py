@@ -103,8 +103,10 @@ def place_models(models, plan: MemoryPlan) -> None:
         model.to(device)
 
 
-def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False) -> None:
+def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False) -> dict:
     """Fastest attention for every transformer; compiled blocks (and FP8 layers if asked) when resident.
+
+    Returns what was applied to each variant (`acceleration.Acceleration`, keyed by variant name).
 
     In low-VRAM mode the blocks stay eager (their weights are swapped in per call), and the weights were
     packed for streaming at placement, before FP8 layers could replace them, so FP8 is for high-VRAM mode.
@@ -118,8 +120,8 @@ def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False) -> None:
     if float8 and not resident:
         logger.warning("FP8 mode runs in high-VRAM mode only; %s mode keeps the transformer in %s",
                        plan.mode, models.dtype)
-    for model in models.transformers.values():
-        accelerate(model, models.device, compile_blocks=resident, float8=float8 and resident)
+    return {variant: accelerate(model, models.device, compile_blocks=resident, float8=float8 and resident)
+            for variant, model in models.transformers.items()}
 
 
 def make_resident(models, variant: str, plan: MemoryPlan) -> None:

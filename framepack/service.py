@@ -71,7 +71,8 @@ class FramePackService:
         started = time.monotonic()
         models = load_models(weights_dir, variants, device, dtype)
         memory.place_models(models, plan)
-        memory.prepare_for_speed(models, plan, float8=float8)
+        for variant, applied in memory.prepare_for_speed(models, plan, float8=float8).items():
+            _log(f"{variant} transformer: {applied.summary()}")
         _log(f"loaded {', '.join(variants)} from {weights_dir} on {device} ({dtype}) in "
              f"{time.monotonic() - started:.1f} s")
         output_dir = os.environ.get(OUTPUT_DIR_ENV)

@@ -8,8 +8,8 @@ from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideo
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from conftest import section_and_text
-from framepack.acceleration import (FLASH_ATTENTION_4, _backend_works, block_attention_modules,
-                                    set_block_attention)
+from framepack.acceleration import (FLASH_ATTENTION_4, Acceleration, attention_unavailable,
+                                    block_attention_modules, set_block_attention)
 from framepack.attention import JointAttnProcessor, flash_attention4, flash_attention4_unavailable, sdpa_kernel
 from framepack.transformer import PackedTransformer
 
@@ -60,7 +60,8 @@ def test_flash_attention4_has_a_shape_function_for_the_compiler():
 
 def test_flash_attention4_falls_back_off_a_supported_gpu():
     assert flash_attention4_unavailable(torch.device("cpu")) == "FlashAttention 4 needs a CUDA GPU"
-    assert not _backend_works(FLASH_ATTENTION_4, torch.device("cpu"), torch.float32)
+    assert attention_unavailable(FLASH_ATTENTION_4, torch.device("cpu"), torch.float32) == \
+        "FlashAttention 4 needs a CUDA GPU"
 
 
 def test_set_block_attention_installs_and_removes_the_fa4_processor(tiny_models):
@@ -90,3 +91,10 @@ def test_joint_processor_traces_as_one_graph_per_block(tiny_models):
         assert torch.equal(_velocity(model, seed=6), expected)
     finally:
         torch._dynamo.reset()
+
+
+def test_acceleration_summary_names_skipped_kernels():
+    applied = Acceleration(attention="_native_cudnn", compiled=True,
+                           notes=["attention flash_attention_4 skipped: flash-attn-4 is not installed"])
+    assert applied.summary() == ("attention _native_cudnn, compiled True, FP8 layers 0; "
+                                 "attention flash_attention_4 skipped: flash-attn-4 is not installed")

@@ -131,6 +131,8 @@ def test_health_is_ready(server):
     assert body["status"] == "READY"
     assert "loaded original, f1" in body["setup"]["logs"]
     assert "memory mode: cpu" in body["setup"]["logs"]
+    # What acceleration each transformer got (on a GPU: the attention kernel and any kernel skipped, and why).
+    assert "f1 transformer: attention native, compiled False, FP8 layers 0; not on CUDA" in body["setup"]["logs"]
 
 
 def test_openapi_lists_every_input_with_its_constraints(server):
