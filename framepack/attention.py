@@ -29,7 +29,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def sdpa_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """PyTorch's SDPA on (B, S, H, D) tensors, with the backend that PyTorch picks. Runs on any device."""
     out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
     return out.transpose(1, 2)
@@ -81,7 +81,7 @@ class JointAttnProcessor:
     RoPE covers the video tokens only. Returns (video tokens, context tokens), the context None when none is given.
     """
 
-    def __init__(self, kernel: AttentionKernel = flash_attention4):
+    def __init__(self, kernel: AttentionKernel):
         self.kernel = kernel
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,

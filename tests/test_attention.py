@@ -10,7 +10,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from conftest import section_and_text
 from framepack.acceleration import (FLASH_ATTENTION_4, Acceleration, attention_unavailable,
                                     block_attention_modules, set_block_attention)
-from framepack.attention import JointAttnProcessor, flash_attention4, flash_attention4_unavailable, sdpa_kernel
+from framepack.attention import JointAttnProcessor, flash_attention4, flash_attention4_unavailable, sdpa_attention
 from framepack.transformer import PackedTransformer
 
 
@@ -32,7 +32,7 @@ def test_joint_processor_matches_diffusers_processor_in_every_block(tiny_models,
     assert {type(attention.processor) for attention in attentions} == {HunyuanVideoAttnProcessor2_0}
     try:
         for attention in attentions:
-            attention.processor = JointAttnProcessor(sdpa_kernel)
+            attention.processor = JointAttnProcessor(sdpa_attention)
         actual = _velocity(model, seed=3)
     finally:
         set_block_attention(model, None)
@@ -46,7 +46,7 @@ def test_joint_processor_refuses_an_attention_mask(tiny_models):
     hidden = torch.randn(1, 6, attention.to_q.in_features)
     context = torch.randn(1, 4, attention.add_q_proj.in_features)
     with pytest.raises(ValueError, match="no attention mask"):
-        JointAttnProcessor(sdpa_kernel)(attention, hidden, context, attention_mask=torch.ones(1, 10, dtype=bool))
+        JointAttnProcessor(sdpa_attention)(attention, hidden, context, attention_mask=torch.ones(1, 10, dtype=bool))
 
 
 def test_flash_attention4_has_a_shape_function_for_the_compiler():
@@ -83,7 +83,7 @@ def test_joint_processor_traces_as_one_graph_per_block(tiny_models):
     model = copy.deepcopy(tiny_models.transformers["original"])
     expected = _velocity(model, seed=6)
     for attention in block_attention_modules(model):
-        attention.processor = JointAttnProcessor(sdpa_kernel)
+        attention.processor = JointAttnProcessor(sdpa_attention)
     torch._dynamo.reset()
     try:
         for block in (*model.transformer_blocks, *model.single_transformer_blocks):
