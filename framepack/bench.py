@@ -1,7 +1,8 @@
 """GPU benchmark: our transformer path against diffusers' stock forward, side by side in one run.
 
-    python -m framepack.bench --out bench.json [--e2e [--no-teacache-runs | --teacache-runs-only]] [--fp8] [--decode]
-                              [--cfg-batch] [--size full|tiny]
+    python -m framepack.bench --out bench.json [--e2e [--no-teacache-runs | --teacache-runs-only]
+                              [--compare-in-line-decode | --in-line-decode]] [--fp8] [--decode] [--cfg-batch]
+                              [--size full|tiny]
     python -m framepack.bench --save-random-weights /tmp/w
     python -m framepack.bench --low-vram --weights /tmp/w --vram-cap-gb 6 8 [--e2e-seconds 5 --steps 25]
 
@@ -33,11 +34,12 @@ from PIL import Image
 
 from . import planner
 from .acceleration import ATTENTION_PREFERENCE, accelerate, set_block_attention
+from .decoding import vae_decode
 from .float8 import quantize_transformer_blocks
 from .frames import to_uint8_frames
 from .memory import MemoryPlan, place_models, prepare_for_speed
 from .models import FramePackModels, encoder_dtype, load_models
-from .pipeline import generate, vae_decode
+from .pipeline import generate
 from .progress import ProgressReporter
 from .request import build_request
 from .transformer import PackedTransformer, PreparedSection, SectionInputs, TextInputs
@@ -212,20 +214,29 @@ def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def end_to_end(models, image: Path, size: tuple[int, int], runner, teacache: bool, seconds: float, steps: int,
-               device: torch.device) -> dict:
+               device: torch.device, background_decode: bool | None = False) -> dict:
+    """One generation and its MP4, timed per stage. `background_decode`: as `generate` takes it (False: in line,
+    as the reference decodes; None: ours, decided by the free memory). Reports the run's peak GPU memory."""
     request = build_request({"input_image": image, "prompt": "A person dances in a sunlit room.", "seed": 1,
                              "total_video_length_seconds": seconds, "steps": steps, "use_teacache": teacache,
                              "height": size[0], "width": size[1]})
-    progress = ProgressReporter(planner.section_count(seconds, 9), steps, write=lambda line: None)
+    decode_lines: list[str] = []
+    progress = ProgressReporter(planner.section_count(seconds, 9), steps,
+                                write=lambda line: decode_lines.append(line) if line.startswith("VAE decode") else None)
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    result = generate(request, models, progress=progress, runner=runner)
+    result = generate(request, models, progress=progress, runner=runner, background_decode=background_decode)
     with progress.stage("mp4"):
         write_mp4(result.frames, Path("/tmp/framepack-bench.mp4"), 16)
     total = time.perf_counter() - started
-    return {"total": total, **progress.timings, "frames": int(result.frames.shape[0]),
-            "latents": result.video_latents}
+    memory = {}
+    if device.type == "cuda":
+        memory = {"peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+                  "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
+    return {"total": total, **progress.timings, **memory, "decode_plan": decode_lines,
+            "frames": int(result.frames.shape[0]), "latents": result.video_latents, "pixels": result.frames}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-seconds", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--in-line-decode", dest="background_decode", action="store_const", const=False,
+                        default=None, help="with --e2e: our loop decodes in line too, as the stock loop does "
+                                           "(default: in the background where memory allows)")
+    parser.add_argument("--compare-in-line-decode", action="store_true",
+                        help="with --e2e: also run our loop with the decode in line")
     parser.add_argument("--attention", choices=("auto", *ATTENTION_PREFERENCE), default="auto",
                         help="our path's attention kernel (default: the fastest that works)")
     parser.add_argument("--fp8", action="store_true", help="also time the FP8 mode (last: it replaces layers)")
@@ -284,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     models = random_models(args.size, device, dtype, device)
     place_models(models, MemoryPlan("high" if device.type == "cuda" else "cpu", "benchmark"))
     report["build_seconds"] = time.perf_counter() - started
+    if device.type == "cuda":
+        report["models_allocated_gib"] = torch.cuda.memory_allocated(device) / 2**30
     model = models.transformers["original"]
     inputs, text, latents, timestep, guidance = forward_inputs(model, device, dtype, *size)
 
@@ -304,15 +322,26 @@ def main(argv: list[str] | None = None) -> int:
         lambda: stock.velocity(latents, timestep, guidance, text, inputs), device)
     e2e = {}
 
-    def run_e2e(name: str, runner, teacache: bool) -> None:
-        e2e[name] = end_to_end(models, image, size, runner, teacache, args.e2e_seconds, args.steps, device)
-        report.setdefault("e2e", {})[name] = {k: v for k, v in e2e[name].items() if k != "latents"}
+    def run_e2e(name: str, runner, teacache: bool, background_decode: bool | None = False) -> None:
+        e2e[name] = end_to_end(models, image, size, runner, teacache, args.e2e_seconds, args.steps, device,
+                               background_decode)
+        report.setdefault("e2e", {})[name] = {k: v for k, v in e2e[name].items() if k not in ("latents", "pixels")}
         args.out.write_text(json.dumps(report, indent=2, default=str))  # partial results survive a timeout
         print(name, {k: v for k, v in report["e2e"][name].items()}, flush=True)
 
+    def compare_in_line_decode(suffix: str, teacache: bool) -> None:
+        """Our loop again with the decode in line: the time it saves, and whether the video is the same."""
+        run_e2e(f"ours_in_line_decode_{suffix}", PackedTransformer, teacache, background_decode=False)
+        background, in_line = e2e[f"ours_{suffix}"]["pixels"], e2e[f"ours_in_line_decode_{suffix}"]["pixels"]
+        report[f"e2e_background_decode_{suffix}"] = {
+            "seconds_saved": e2e[f"ours_in_line_decode_{suffix}"]["total"] - e2e[f"ours_{suffix}"]["total"],
+            "frames_equal": bool(torch.equal(background, in_line)),
+            "frames_max_difference": int((background.int() - in_line.int()).abs().max()),
+        }
+
     def warm_up_compiled(key: str) -> None:  # compile for this prompt's length once, outside the timed runs
         warm = time.perf_counter()
-        end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device)
+        end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device, background_decode=None)
         report[key] = time.perf_counter() - warm
 
     if args.e2e:
@@ -346,13 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.e2e:
         warm_up_compiled("e2e_warmup_s")
         if teacache_off_runs:
-            run_e2e("ours_teacache_off", PackedTransformer, False)
+            run_e2e("ours_teacache_off", PackedTransformer, False, background_decode=args.background_decode)
+            if args.compare_in_line_decode:
+                compare_in_line_decode("teacache_off", False)
             report["e2e_latents_relative_l2"] = relative_l2(e2e["ours_teacache_off"]["latents"],
                                                             e2e["stock_teacache_off"]["latents"])
             report["e2e_speedup_teacache_off"] = (e2e["stock_teacache_off"]["total"]
                                                   / e2e["ours_teacache_off"]["total"])
         if teacache_on_runs:
-            run_e2e("ours_teacache_on", PackedTransformer, True)
+            run_e2e("ours_teacache_on", PackedTransformer, True, background_decode=args.background_decode)
+            if args.compare_in_line_decode:
+                compare_in_line_decode("teacache_on", True)
             report["e2e_speedup_teacache_on"] = e2e["eager_teacache_on"]["total"] / e2e["ours_teacache_on"]["total"]
             report["e2e_teacache_on_latents_relative_l2"] = relative_l2(e2e["ours_teacache_on"]["latents"],
                                                                         e2e["eager_teacache_on"]["latents"])
@@ -369,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         print({k: v for k, v in report.items() if "fp8" in k}, flush=True)
         if args.e2e and teacache_off_runs:
             warm_up_compiled("e2e_warmup_fp8_s")
-            run_e2e("ours_fp8_teacache_off", PackedTransformer, False)
+            run_e2e("ours_fp8_teacache_off", PackedTransformer, False, background_decode=args.background_decode)
             report["e2e_speedup_fp8_teacache_off"] = (e2e["stock_teacache_off"]["total"]
                                                       / e2e["ours_fp8_teacache_off"]["total"])
             report["e2e_fp8_latents_relative_l2_vs_stock"] = relative_l2(e2e["ours_fp8_teacache_off"]["latents"],

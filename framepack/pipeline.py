@@ -2,7 +2,8 @@
 
 REFERENCE.md §6. For the "original" variant sections are generated from the end of the video backwards and
 prepended to the history; for "f1" forwards and appended. The history latents stay float32 on the CPU, as in
-the reference; the transformer and the sampler math run on `models.device`.
+the reference; the transformer and the sampler math run on `models.device`. Where GPU memory allows, each
+section's decode runs while the next section samples (`decoding.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import conditioning, controls, lora, planner
+from .decoding import SectionDecoder, background_decode_plan
 from .frames import FrameAssembler
 from .models import FramePackModels
 from .progress import ProgressReporter
@@ -166,13 +168,6 @@ def camera_roll(steps: int, amount: float):
     return roll
 
 
-@torch.no_grad()
-def vae_decode(latents: torch.Tensor, vae) -> torch.Tensor:
-    """(1, 16, T, h, w) scaled latents -> (1, 3, 4T - 3, 8h, 8w) pixels in about [-1, 1], on the CPU."""
-    scaled = (latents / vae.config.scaling_factor).to(device=vae.device, dtype=vae.dtype)
-    return vae.decode(scaled).sample.cpu()
-
-
 def sample_section(
     transformer: PackedTransformer,
     request: GenerationRequest,
@@ -211,10 +206,13 @@ def generate(
     progress: ProgressReporter | None = None,
     record: TensorRecorder | None = None,
     runner: type = PackedTransformer,
+    background_decode: bool | None = None,
 ) -> GenerationResult:
     """Run the whole FramePack generation for a validated request and return the video's frames.
 
     `runner` wraps the transformer (PackedTransformer; the benchmark swaps in the stock forward).
+    `background_decode`: decode each section while the next one samples (`decoding.py`); None decides by the
+    GPU memory free, False decodes in line as the reference does. The frames are the same either way.
     """
     record = record or TensorRecorder(False)
     variant, lws = request.model_variant, request.latent_window_size
@@ -228,13 +226,14 @@ def generate(
         models.device,
     )
     try:
-        return _generate(request, models, progress, record, transformer, num_sections)
+        return _generate(request, models, progress, record, transformer, num_sections, background_decode)
     finally:
         loras.remove()
 
 
 def _generate(request: GenerationRequest, models: FramePackModels, progress: ProgressReporter,
-              record: TensorRecorder, transformer: PackedTransformer, num_sections: int) -> GenerationResult:
+              record: TensorRecorder, transformer: PackedTransformer, num_sections: int,
+              background_decode: bool | None) -> GenerationResult:
     """Conditioning, the section loop and frame assembly (LoRAs, if any, are already hooked in)."""
     variant, lws = request.model_variant, request.latent_window_size
     with progress.stage("encode"):
@@ -252,38 +251,42 @@ def _generate(request: GenerationRequest, models: FramePackModels, progress: Pro
         history = torch.cat([history, start_latent], dim=2)
         generated_frames = 1
     assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant == "original")
+    if background_decode is None:
+        background_decode, reason = background_decode_plan(models.vae, 8 * latent_height, 8 * latent_width)
+        progress.write(f"VAE decode: {reason}")
 
     plan = []
-    for section in planner.plan_sections(variant, num_sections, lws):
-        progress.section_started(section.generation_index, f"video section {section.video_index}")
-        noise = torch.randn((1, LATENT_CHANNELS, lws, latent_height, latent_width), generator=generator)
-        inputs = section_inputs(section, history, cond, variant)
-        prompt = cond.prompts[section.video_index]
-        texts = {"positive": cond.texts[prompt], "negative": cond.negative}
-        plan.append({"generation_index": section.generation_index, "video_index": section.video_index,
-                     "prompt": prompt, "keyframe": cond.keyframes[section.video_index]})
-        with progress.stage("sampling"):
-            latents = sample_section(transformer, request, texts, inputs, noise, progress.step_done)
-        record(f"section_{section.generation_index}_latents", latents)
-        record(f"section_{section.generation_index}_clean_latents", inputs.clean_latents)
+    with SectionDecoder(models.vae, assembler, progress, background_decode) as decoder:
+        for section in planner.plan_sections(variant, num_sections, lws):
+            progress.section_started(section.generation_index, f"video section {section.video_index}")
+            noise = torch.randn((1, LATENT_CHANNELS, lws, latent_height, latent_width), generator=generator)
+            inputs = section_inputs(section, history, cond, variant)
+            prompt = cond.prompts[section.video_index]
+            texts = {"positive": cond.texts[prompt], "negative": cond.negative}
+            plan.append({"generation_index": section.generation_index, "video_index": section.video_index,
+                         "prompt": prompt, "keyframe": cond.keyframes[section.video_index]})
+            with progress.stage("sampling"):
+                latents = sample_section(transformer, request, texts, inputs, noise, progress.step_done)
+            record(f"section_{section.generation_index}_latents", latents)
+            record(f"section_{section.generation_index}_clean_latents", inputs.clean_latents)
 
-        if variant == "original":
-            if section.is_last:
-                latents = torch.cat([start_latent, latents], dim=2)
-            history = torch.cat([latents, history], dim=2)
-            generated_frames += latents.shape[2]
-            newest = history[:, :, :generated_frames]
-            to_decode = newest if section.decode_latents is None else newest[:, :, :section.decode_latents]
-        else:
-            history = torch.cat([history, latents], dim=2)
-            generated_frames += latents.shape[2]
-            newest = history[:, :, -generated_frames:]
-            to_decode = newest if section.decode_latents is None else newest[:, :, -section.decode_latents:]
-        with progress.stage("decode"):
-            assembler.add(vae_decode(to_decode, models.vae))
+            # torch.cat makes a new history each time, so the slice handed to the decoder never changes.
+            if variant == "original":
+                if section.is_last:
+                    latents = torch.cat([start_latent, latents], dim=2)
+                history = torch.cat([latents, history], dim=2)
+                generated_frames += latents.shape[2]
+                newest = history[:, :, :generated_frames]
+                to_decode = newest if section.decode_latents is None else newest[:, :, :section.decode_latents]
+            else:
+                history = torch.cat([history, latents], dim=2)
+                generated_frames += latents.shape[2]
+                newest = history[:, :, -generated_frames:]
+                to_decode = newest if section.decode_latents is None else newest[:, :, -section.decode_latents:]
+            decoder.submit(to_decode)
+        frames = decoder.finish()
 
     video_latents = newest
-    frames = assembler.frames()
     record("video_latents", video_latents)
     record("frames_uint8", frames)
     return GenerationResult(frames=frames, video_latents=video_latents, num_sections=num_sections,

@@ -9,7 +9,7 @@ from conftest import relative_l2
 from torch._dynamo.utils import counters
 
 from framepack import vae_acceleration
-from framepack.pipeline import vae_decode
+from framepack.decoding import vae_decode
 from framepack.vae_acceleration import accelerate_vae, group_norm_scale_shift, replicate_pad
 
 

@@ -1,0 +1,128 @@
+"""Section decoding: in the background it overlaps the next section's sampling and gives the same video."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from conftest import START_IMAGE
+from framepack import decoding
+from framepack.decoding import background_decode_bytes, background_decode_fits, background_decode_plan
+from framepack.pipeline import generate
+from framepack.progress import ProgressReporter
+from framepack.request import build_request
+
+# 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.
+REQUEST = {"input_image": START_IMAGE, "prompt": "a cat", "seed": 7, "total_video_length_seconds": 1.6,
+           "latent_window_size": 3, "steps": 2, "width": 96, "height": 64, "use_teacache": False}
+SECTIONS, STEPS = 4, 2
+
+
+def _progress(lines: list[str] | None = None, on_write=None) -> ProgressReporter:
+    def write(line: str) -> None:
+        if lines is not None:
+            lines.append(line)
+        if on_write is not None:
+            on_write(line)
+
+    return ProgressReporter(SECTIONS, STEPS, write=write)
+
+
+def _decode_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("framepack-decode")]
+
+
+def test_background_decode_needs_room_for_the_decode_and_the_sampling():
+    needed = background_decode_bytes(544, 704)
+    assert needed == int((decoding.DECODE_GIB_640 + decoding.SAMPLING_GIB_640) * 2**30 * 1.15)
+    assert background_decode_bytes(272, 352) == pytest.approx(needed / 4, rel=1e-6)  # scales with the area
+    assert background_decode_fits(needed, 544, 704)
+    assert not background_decode_fits(needed - 1, 544, 704)
+    # An 80 GB H100 in high-VRAM mode has about 37 GiB left beside the models; 1080p-sized frames do not fit.
+    assert background_decode_fits(37 * 2**30, 544, 704)
+    assert not background_decode_fits(37 * 2**30, 1088, 1920)
+
+
+def test_a_vae_off_the_gpu_decodes_in_line(tiny_models):
+    background, how = background_decode_plan(tiny_models.vae, 64, 96)
+    assert not background and how == "after each section (the VAE is not resident on a GPU)"
+
+
+@pytest.mark.parametrize("variant", ["original", "f1"])
+def test_background_decode_gives_the_same_video(tiny_models, variant):
+    request = build_request({**REQUEST, "model_variant": variant})
+    lines: list[str] = []
+    in_line = generate(request, tiny_models, progress=_progress(lines))
+    assert "VAE decode: after each section (the VAE is not resident on a GPU)" in lines
+    background = generate(request, tiny_models, progress=_progress(), background_decode=True)
+    assert torch.equal(background.frames, in_line.frames)
+    assert torch.equal(background.video_latents, in_line.video_latents)
+    assert background.frames.shape[0] == in_line.frames.shape[0] > 0
+    assert "decode_in_background" in background.timings and "decode_in_background" not in in_line.timings
+    assert not _decode_threads()
+
+
+def test_a_section_decodes_while_the_next_one_samples(tiny_models, monkeypatch):
+    progress = _progress()
+    real_decode = decoding.vae_decode
+    decodes: list[dict] = []
+
+    def decode_waiting_for_sampling(latents, vae):
+        # Hold the decode until the main thread has finished a step of the next section (at most 60 s).
+        started_at = progress.steps_done
+        record = {"thread": threading.current_thread().name, "overlapped": False}
+        decodes.append(record)
+        if len(decodes) < SECTIONS:
+            deadline = time.monotonic() + 60
+            while progress.steps_done == started_at and time.monotonic() < deadline:
+                time.sleep(0.01)
+            record["overlapped"] = progress.steps_done > started_at
+        return real_decode(latents, vae)
+
+    monkeypatch.setattr(decoding, "vae_decode", decode_waiting_for_sampling)
+    result = generate(build_request(REQUEST), tiny_models, progress=progress, background_decode=True)
+    assert [d["overlapped"] for d in decodes] == [True] * (SECTIONS - 1) + [False]
+    assert all(d["thread"].startswith("framepack-decode") for d in decodes)
+    assert result.frames.shape[0] == 4 * (SECTIONS * 3 + 1) - 3
+
+
+def test_a_failed_background_decode_fails_the_generation(tiny_models, monkeypatch):
+    def broken_decode(latents, vae):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(decoding, "vae_decode", broken_decode)
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match="decoder exploded"):
+        generate(build_request(REQUEST), tiny_models, progress=_progress(lines), background_decode=True)
+    # It surfaces when the next section is handed over, not after sampling every section.
+    assert not any(line.startswith("section 3/") for line in lines)
+    assert not _decode_threads()
+
+
+class Cancelled(BaseException):
+    """Like Cog's CancelationException: a BaseException raised in the prediction's thread."""
+
+
+def test_cancelling_waits_for_the_decode_in_flight(tiny_models, monkeypatch):
+    real_decode = decoding.vae_decode
+    finished: list[int] = []
+
+    def slow_decode(latents, vae):
+        time.sleep(0.5)  # still running when the cancellation arrives
+        pixels = real_decode(latents, vae)
+        finished.append(latents.shape[2])
+        return pixels
+
+    def cancel_in_second_section(line: str) -> None:
+        if line.startswith("section 2/4, step 1/"):
+            raise Cancelled()
+
+    monkeypatch.setattr(decoding, "vae_decode", slow_decode)
+    with pytest.raises(Cancelled):
+        generate(build_request(REQUEST), tiny_models, progress=_progress(on_write=cancel_in_second_section),
+                 background_decode=True)
+    assert len(finished) == 1  # the first section's decode ran to its end before generate returned
+    assert not _decode_threads()
