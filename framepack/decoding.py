@@ -45,9 +45,22 @@ def vae_decode(latents: torch.Tensor, vae) -> torch.Tensor:
     return torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True).copy_(pixels)
 
 
+def mid_block_mask_bytes(height: int, width: int) -> int:
+    """Peak bytes of the dense causal mask diffusers builds for the decoder's mid-block attention.
+
+    It covers one 5-latent tile's L = 5 * (height / 8) * (width / 8) tokens, and a bool, a float32 and a float16
+    (L, L) copy exist at once (read from diffusers' code). Below 3.5x the 640 bucket's area the convolutions'
+    activations need more.
+    """
+    tokens = 5 * (height // 8) * (width // 8)
+    return (1 + 4 + 2) * tokens**2
+
+
 def background_decode_bytes(height: int, width: int) -> int:
     """GPU bytes a background decode at `height` x `width` pixels needs beyond what is allocated before sampling."""
-    return int((DECODE_GIB_640 + SAMPLING_GIB_640) * 2**30 * height * width / _PIXELS_640 * _MARGIN)
+    area = height * width / _PIXELS_640
+    decode = max(DECODE_GIB_640 * 2**30 * area, mid_block_mask_bytes(height, width))
+    return int((decode + SAMPLING_GIB_640 * 2**30 * area) * _MARGIN)
 
 
 def background_decode_fits(available_bytes: int, height: int, width: int) -> bool:

@@ -10,7 +10,12 @@ import torch
 
 from conftest import START_IMAGE
 from framepack import decoding
-from framepack.decoding import background_decode_bytes, background_decode_fits, background_decode_plan
+from framepack.decoding import (
+    background_decode_bytes,
+    background_decode_fits,
+    background_decode_plan,
+    mid_block_mask_bytes,
+)
 from framepack.pipeline import generate
 from framepack.progress import ProgressReporter
 from framepack.request import build_request
@@ -44,6 +49,13 @@ def test_background_decode_needs_room_for_the_decode_and_the_sampling():
     # An 80 GB H100 in high-VRAM mode has about 37 GiB left beside the models; 1080p-sized frames do not fit.
     assert background_decode_fits(37 * 2**30, 544, 704)
     assert not background_decode_fits(37 * 2**30, 1088, 1920)
+    # At large sizes the mid-block's dense mask, quadratic in the tokens, outgrows the activations.
+    assert mid_block_mask_bytes(544, 704) < decoding.DECODE_GIB_640 * 2**30
+    area = 1536 * 1536 / (544 * 704)
+    linear = (decoding.DECODE_GIB_640 + decoding.SAMPLING_GIB_640) * 2**30 * area * 1.15
+    assert background_decode_bytes(1536, 1536) > linear
+    assert background_decode_bytes(1536, 1536) == int(
+        (mid_block_mask_bytes(1536, 1536) + decoding.SAMPLING_GIB_640 * 2**30 * area) * 1.15)
 
 
 def test_a_vae_off_the_gpu_decodes_in_line(tiny_models):
