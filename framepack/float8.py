@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .models import all_blocks
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
 _MIN_SCALE = 1e-12
@@ -76,7 +78,7 @@ def quantize_transformer_blocks(model: torch.nn.Module) -> int:
     Works block by block, so only one block's layers exist in both precisions at a time.
     """
     replaced = 0
-    for block in (*model.transformer_blocks, *model.single_transformer_blocks):
+    for block in all_blocks(model):
         for parent, name, linear in _token_linears(block):
             setattr(parent, name, Float8Linear(linear))
             replaced += 1

@@ -29,6 +29,11 @@ class FramePackModels:
     dtype: torch.dtype = torch.float32
 
 
+def all_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    """A packed transformer's blocks in forward order: the dual-stream ones, then the single-stream ones."""
+    return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+
+
 def encoder_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     """The encoders and the VAE run in float16 on a GPU when the transformer is not float32 (as the reference)."""
     if device.type == "cuda" and dtype != torch.float32:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .models import all_blocks
+
 logger = logging.getLogger(__name__)
 
 _ALIGN = 512  # bytes; keeps every tensor's start aligned for any dtype and for DMA
@@ -144,7 +146,7 @@ class BlockStreamer:
 
     def __init__(self, model: torch.nn.Module, device: torch.device, pin: bool):
         self.device = device
-        self.blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
+        self.blocks = all_blocks(model)
         block_lists = {"transformer_blocks", "single_transformer_blocks"}
         self.resident_modules = [child for name, child in model.named_children() if name not in block_lists]
         self.host = HostWeights(self.resident_modules + self.blocks, pin)

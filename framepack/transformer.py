@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .models import all_blocks
 from .streaming import streamer_for
 from .teacache import TeaCacheState
 
@@ -83,7 +84,7 @@ class PackedTransformer:
         self.streamer = streamer_for(model)
         # Per block and step: resident weights get one shared no-op context, not a new one each call.
         self._block_weights = self.streamer.weights_of if self.streamer is not None else lambda _index: _RESIDENT
-        self.blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
+        self.blocks = all_blocks(model)
         # The reference runs the output head in float32 ("high quality fp32 output"); a float32 copy of this
         # small layer (D x 64) on the compute device also works when the weights stream from the host.
         self.head = (model.proj_out.weight.detach().float().to(self.device),

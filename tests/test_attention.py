@@ -11,6 +11,7 @@ from conftest import section_and_text
 from framepack.acceleration import (FLASH_ATTENTION_4, Acceleration, attention_unavailable,
                                     block_attention_modules, set_block_attention)
 from framepack.attention import JointAttnProcessor, flash_attention4, flash_attention4_unavailable, sdpa_attention
+from framepack.models import all_blocks
 from framepack.transformer import PackedTransformer
 
 
@@ -86,7 +87,7 @@ def test_joint_processor_traces_as_one_graph_per_block(tiny_models):
         attention.processor = JointAttnProcessor(sdpa_attention)
     torch._dynamo.reset()
     try:
-        for block in (*model.transformer_blocks, *model.single_transformer_blocks):
+        for block in all_blocks(model):
             block.compile(fullgraph=True, backend="eager")
         assert torch.equal(_velocity(model, seed=6), expected)
     finally:

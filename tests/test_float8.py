@@ -12,6 +12,7 @@ from framepack import lora
 from framepack.acceleration import accelerate
 from framepack.float8 import (FP8_DTYPE, FP8_MAX, Float8Linear, float8_unsupported_reason, quantize_rows,
                               quantize_transformer_blocks)
+from framepack.models import all_blocks
 from framepack.service import FP8_ENV, fp8_requested
 from framepack.transformer import PackedTransformer
 from test_lora import peft_lora
@@ -51,7 +52,7 @@ def test_blocks_switch_to_fp8_except_the_adaln_layers(tiny_models):
     replaced = quantize_transformer_blocks(model)
     # 12 token-wise layers per double block, 5 per single block (tiny model: 2 of each).
     assert replaced == 12 * len(model.transformer_blocks) + 5 * len(model.single_transformer_blocks)
-    for block in (*model.transformer_blocks, *model.single_transformer_blocks):
+    for block in all_blocks(model):
         remaining = [name for name, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
         assert remaining and all(name.split(".")[0].startswith("norm") for name in remaining)
     assert quantize_transformer_blocks(model) == 0  # idempotent
