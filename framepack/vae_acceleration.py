@@ -1,4 +1,4 @@
-"""Speed for the HunyuanVideo VAE decode: exact copy-based causal padding, optionally compiled GroupNorm.
+"""Speed for the HunyuanVideo VAE decode: exact copy-based padding and upsampling, optionally compiled GroupNorm.
 
 A steady-state section decode (18 latents at 544x704) took 3.66 s on an H200. Its profile: 1.23 s in GroupNorm's
 statistics kernel, which reduces each of the 32 groups in one thread block (32 blocks on a GPU of 132 SMs),
@@ -8,6 +8,9 @@ statistics kernel, which reduces each of the 32 groups in one thread block (32 b
 - In high-VRAM mode the decoder's GroupNorms also run compiled, as `group_norm_scale_shift`: one graph with
   dynamic shapes serves every section length and resolution. The statistics then reduce in parallel, with
   float32 accumulation in another order, so a few pixels move by one uint8 level. 3.22 s -> 2.17 s.
+- Each upsampler writes its nearest-neighbour upsampling straight into its convolution's padded input
+  (`upsample_replicate_pad`), one copy instead of interpolation, concatenation and padding; bit-identical, in
+  every mode. On an H100: 2.12 s -> 1.98 s per 18-latent decode.
 """
 
 from __future__ import annotations
@@ -30,15 +33,51 @@ def replicate_pad(x: torch.Tensor, pad: tuple[int, int, int, int, int, int]) -> 
     `pad` is (left, right, top, bottom, front, back) as F.pad takes it, last dimension first. Returns
     (B, C, T + front + back, H + top + bottom, W + left + right).
     """
-    left, right, top, bottom, front, back = pad
+    out, interior = _padded_empty(x, x.shape[2:], pad)
+    interior.copy_(x)
+    _replicate_edges(out, pad, *x.shape[2:])
+    return out
+
+
+def upsample_replicate_pad(x: torch.Tensor, factors: tuple[int, int, int],
+                           pad: tuple[int, int, int, int, int, int]) -> torch.Tensor:
+    """The causal upsampler's nearest upsampling, written straight into its convolution's replicate padding.
+
+    (B, C, T, H, W) -> `replicate_pad` of (B, C, 1 + (T - 1) ft, H fh, W fw): the first frame is upsampled in
+    space only, the others in time and space, as diffusers' HunyuanVideoUpsampleCausal3D does with
+    F.interpolate, torch.cat and F.pad. Every element is a copy, so the result is bit-identical; one pass
+    replaces four (the interpolation kernel alone took 9 ms per call at 544x704 on an H100).
+    """
+    ft, fh, fw = factors
     batch, channels, frames, height, width = x.shape
-    out = x.new_empty(batch, channels, frames + front + back, height + top + bottom, width + left + right)
+    out, interior = _padded_empty(x, (1 + (frames - 1) * ft, height * fh, width * fw), pad)
+    first = interior[:, :, :1].unflatten(3, (height, fh)).unflatten(5, (width, fw))
+    first.copy_(x[:, :, :1, :, None, :, None].expand(first.shape))
+    if frames > 1:
+        others = interior[:, :, 1:].unflatten(2, (frames - 1, ft))
+        others = others.unflatten(4, (height, fh)).unflatten(6, (width, fw))
+        others.copy_(x[:, :, 1:, None, :, None, :, None].expand(others.shape))
+    _replicate_edges(out, pad, *interior.shape[2:])
+    return out
+
+
+def _padded_empty(x: torch.Tensor, size: tuple[int, int, int], pad: tuple[int, int, int, int, int, int]):
+    """An empty padded (B, C, *size + pad) buffer like `x`, and the view of its interior."""
+    left, right, top, bottom, front, back = pad
+    frames, height, width = size
+    out = x.new_empty(x.shape[0], x.shape[1], frames + front + back, height + top + bottom, width + left + right)
+    return out, out[:, :, front:front + frames, top:top + height, left:left + width]
+
+
+def _replicate_edges(out: torch.Tensor, pad: tuple[int, int, int, int, int, int], frames: int, height: int,
+                     width: int) -> None:
+    """Fill the padding of `out` from its written interior: columns, then rows, then frames."""
+    left, right, top, bottom, front, back = pad
     rows = out[:, :, front:front + frames, top:top + height]
-    rows[..., left:left + width] = x
     if left:
-        rows[..., :left] = x[..., :1]
+        rows[..., :left] = rows[..., left:left + 1]
     if right:
-        rows[..., left + width:] = x[..., -1:]
+        rows[..., left + width:] = rows[..., left + width - 1:left + width]
     frames_view = out[:, :, front:front + frames]  # rows are complete now: replicate them upwards and down
     if top:
         frames_view[:, :, :, :top] = frames_view[:, :, :, top:top + 1]
@@ -48,7 +87,6 @@ def replicate_pad(x: torch.Tensor, pad: tuple[int, int, int, int, int, int]) -> 
         out[:, :, :front] = out[:, :, front:front + 1]
     if back:
         out[:, :, front + frames:] = out[:, :, front + frames - 1:front + frames]
-    return out
 
 
 def _causal_conv_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -56,6 +94,12 @@ def _causal_conv_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     if self.pad_mode != "replicate":
         return self.conv(F.pad(hidden_states, self.time_causal_padding, mode=self.pad_mode))
     return self.conv(replicate_pad(hidden_states, self.time_causal_padding))
+
+
+def _upsample_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """HunyuanVideoUpsampleCausal3D.forward as one `upsample_replicate_pad` and its convolution."""
+    factors = tuple(int(f) for f in self.upsample_factor)
+    return self.conv.conv(upsample_replicate_pad(hidden_states, factors, self.conv.time_causal_padding))
 
 
 def group_norm_scale_shift(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
@@ -86,16 +130,25 @@ def _compiled_group_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def accelerate_vae(vae: torch.nn.Module, compile_norms: bool = False) -> list[str]:
-    """Install the exact padding on every causal convolution of `vae`; compile the decoder's GroupNorms if asked.
+    """Install the exact padding on every causal convolution of `vae` and the exact one-pass upsampling on its
+    upsamplers; compile the decoder's GroupNorms if asked.
 
     Idempotent. Returns notes for the log.
     """
-    from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import HunyuanVideoCausalConv3d
+    from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import (
+        HunyuanVideoCausalConv3d,
+        HunyuanVideoUpsampleCausal3D,
+    )
 
     convs = [m for m in vae.modules() if isinstance(m, HunyuanVideoCausalConv3d)]
     for conv in convs:
         conv.forward = types.MethodType(_causal_conv_forward, conv)
-    notes = [f"copy-based causal padding on {len(convs)} convolutions"]
+    upsamplers = [m for m in vae.modules() if isinstance(m, HunyuanVideoUpsampleCausal3D)
+                  and m.conv.pad_mode == "replicate" and all(float(f).is_integer() for f in m.upsample_factor)]
+    for upsampler in upsamplers:
+        upsampler.forward = types.MethodType(_upsample_forward, upsampler)
+    notes = [f"copy-based causal padding on {len(convs)} convolutions",
+             f"one-pass upsampling and padding on {len(upsamplers)} upsamplers"]
     missing = compiler_missing(next(vae.parameters()).device) if compile_norms else None
     if missing is not None:
         notes.append(f"{missing}: GroupNorm stays eager")

@@ -10,13 +10,31 @@ from torch._dynamo.utils import counters
 
 from framepack import vae_acceleration
 from framepack.decoding import vae_decode
-from framepack.vae_acceleration import accelerate_vae, group_norm_scale_shift, replicate_pad
+from framepack.vae_acceleration import accelerate_vae, group_norm_scale_shift, replicate_pad, upsample_replicate_pad
 
 
 @pytest.mark.parametrize("pad", [(1, 1, 1, 1, 2, 0), (0, 0, 0, 0, 2, 0), (0, 0, 0, 0, 0, 0), (2, 1, 0, 3, 1, 1)])
 def test_replicate_pad_equals_f_pad(pad):
     x = torch.randn(2, 3, 5, 6, 7, generator=torch.Generator().manual_seed(0))
     assert torch.equal(replicate_pad(x, pad), F.pad(x, pad, mode="replicate"))
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2), (2, 3, 1)])
+@pytest.mark.parametrize("frames", [1, 4])
+def test_one_pass_upsampling_equals_the_upsampler(factors, frames):
+    from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import HunyuanVideoUpsampleCausal3D
+
+    upsampler = HunyuanVideoUpsampleCausal3D(3, upsample_factor=tuple(float(f) for f in factors)).eval()
+    x = torch.randn(2, 3, frames, 5, 6, generator=torch.Generator().manual_seed(frames))
+    pad = upsampler.conv.time_causal_padding
+    with torch.no_grad():
+        captured = []
+        upsampler.conv.conv.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        expected = upsampler(x)
+        assert torch.equal(upsample_replicate_pad(x, factors, pad), captured[0])
+        accelerate_vae(torch.nn.Sequential(upsampler))
+        assert torch.equal(upsampler(x), expected)
+    assert expected.shape[2:] == (1 + (frames - 1) * factors[0], 5 * factors[1], 6 * factors[2])
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 3, 5, 7), (1, 8, 30)])
