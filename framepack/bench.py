@@ -1,7 +1,7 @@
 """GPU benchmark: our transformer path against diffusers' stock forward, side by side in one run.
 
     python -m framepack.bench --out bench.json [--e2e [--no-teacache-runs | --teacache-runs-only]
-                              [--compare-in-line-decode | --in-line-decode]] [--fp8] [--decode] [--cfg-batch]
+                              [--compare-reference-decode | --reference-decode]] [--fp8] [--decode] [--cfg-batch]
                               [--size full|tiny]
     python -m framepack.bench --save-random-weights /tmp/w
     python -m framepack.bench --low-vram --weights /tmp/w --vram-cap-gb 6 8 [--e2e-seconds 5 --steps 25]
@@ -214,9 +214,11 @@ def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def end_to_end(models, image: Path, size: tuple[int, int], runner, teacache: bool, seconds: float, steps: int,
-               device: torch.device, background_decode: bool | None = False) -> dict:
-    """One generation and its MP4, timed per stage. `background_decode`: as `generate` takes it (False: in line,
-    as the reference decodes; None: ours, decided by the free memory). Reports the run's peak GPU memory."""
+               device: torch.device, our_decode: bool = False) -> dict:
+    """One generation and its MP4, timed per stage; reports the run's peak GPU memory.
+
+    `our_decode`: in the background where memory allows, shared tiles decoded once; else as the reference
+    decodes (in line, each section whole)."""
     request = build_request({"input_image": image, "prompt": "A person dances in a sunlit room.", "seed": 1,
                              "total_video_length_seconds": seconds, "steps": steps, "use_teacache": teacache,
                              "height": size[0], "width": size[1]})
@@ -227,7 +229,8 @@ def end_to_end(models, image: Path, size: tuple[int, int], runner, teacache: boo
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    result = generate(request, models, progress=progress, runner=runner, background_decode=background_decode)
+    result = generate(request, models, progress=progress, runner=runner,
+                      background_decode=None if our_decode else False, reuse_decoded_tiles=our_decode)
     with progress.stage("mp4"):
         write_mp4(result.frames, Path("/tmp/framepack-bench.mp4"), 16)
     total = time.perf_counter() - started
@@ -250,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-seconds", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--in-line-decode", dest="background_decode", action="store_const", const=False,
-                        default=None, help="with --e2e: our loop decodes in line too, as the stock loop does "
-                                           "(default: in the background where memory allows)")
-    parser.add_argument("--compare-in-line-decode", action="store_true",
-                        help="with --e2e: also run our loop with the decode in line")
+    parser.add_argument("--reference-decode", dest="our_decode", action="store_false",
+                        help="with --e2e: our loop decodes as the stock loop does, in line and each section "
+                             "whole (default: in the background where memory allows, shared tiles once)")
+    parser.add_argument("--compare-reference-decode", action="store_true",
+                        help="with --e2e: also run our loop with the reference's decode")
     parser.add_argument("--attention", choices=("auto", *ATTENTION_PREFERENCE), default="auto",
                         help="our path's attention kernel (default: the fastest that works)")
     parser.add_argument("--fp8", action="store_true", help="also time the FP8 mode (last: it replaces layers)")
@@ -322,26 +325,26 @@ def main(argv: list[str] | None = None) -> int:
         lambda: stock.velocity(latents, timestep, guidance, text, inputs), device)
     e2e = {}
 
-    def run_e2e(name: str, runner, teacache: bool, background_decode: bool | None = False) -> None:
+    def run_e2e(name: str, runner, teacache: bool, our_decode: bool = False) -> None:
         e2e[name] = end_to_end(models, image, size, runner, teacache, args.e2e_seconds, args.steps, device,
-                               background_decode)
+                               our_decode)
         report.setdefault("e2e", {})[name] = {k: v for k, v in e2e[name].items() if k not in ("latents", "pixels")}
         args.out.write_text(json.dumps(report, indent=2, default=str))  # partial results survive a timeout
         print(name, {k: v for k, v in report["e2e"][name].items()}, flush=True)
 
-    def compare_in_line_decode(suffix: str, teacache: bool) -> None:
-        """Our loop again with the decode in line: the time it saves, and whether the video is the same."""
-        run_e2e(f"ours_in_line_decode_{suffix}", PackedTransformer, teacache, background_decode=False)
-        background, in_line = e2e[f"ours_{suffix}"]["pixels"], e2e[f"ours_in_line_decode_{suffix}"]["pixels"]
-        report[f"e2e_background_decode_{suffix}"] = {
-            "seconds_saved": e2e[f"ours_in_line_decode_{suffix}"]["total"] - e2e[f"ours_{suffix}"]["total"],
-            "frames_equal": bool(torch.equal(background, in_line)),
-            "frames_max_difference": int((background.int() - in_line.int()).abs().max()),
+    def compare_reference_decode(suffix: str, teacache: bool) -> None:
+        """Our loop again with the reference's decode: the time ours saves, and whether the video is the same."""
+        run_e2e(f"ours_reference_decode_{suffix}", PackedTransformer, teacache, our_decode=False)
+        ours, reference = e2e[f"ours_{suffix}"]["pixels"], e2e[f"ours_reference_decode_{suffix}"]["pixels"]
+        report[f"e2e_our_decode_{suffix}"] = {
+            "seconds_saved": e2e[f"ours_reference_decode_{suffix}"]["total"] - e2e[f"ours_{suffix}"]["total"],
+            "frames_equal": bool(torch.equal(ours, reference)),
+            "frames_max_difference": int((ours.int() - reference.int()).abs().max()),
         }
 
     def warm_up_compiled(key: str) -> None:  # compile for this prompt's length once, outside the timed runs
         warm = time.perf_counter()
-        end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device, background_decode=None)
+        end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device, our_decode=True)
         report[key] = time.perf_counter() - warm
 
     if args.e2e:
@@ -375,17 +378,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.e2e:
         warm_up_compiled("e2e_warmup_s")
         if teacache_off_runs:
-            run_e2e("ours_teacache_off", PackedTransformer, False, background_decode=args.background_decode)
-            if args.compare_in_line_decode:
-                compare_in_line_decode("teacache_off", False)
+            run_e2e("ours_teacache_off", PackedTransformer, False, our_decode=args.our_decode)
+            if args.compare_reference_decode:
+                compare_reference_decode("teacache_off", False)
             report["e2e_latents_relative_l2"] = relative_l2(e2e["ours_teacache_off"]["latents"],
                                                             e2e["stock_teacache_off"]["latents"])
             report["e2e_speedup_teacache_off"] = (e2e["stock_teacache_off"]["total"]
                                                   / e2e["ours_teacache_off"]["total"])
         if teacache_on_runs:
-            run_e2e("ours_teacache_on", PackedTransformer, True, background_decode=args.background_decode)
-            if args.compare_in_line_decode:
-                compare_in_line_decode("teacache_on", True)
+            run_e2e("ours_teacache_on", PackedTransformer, True, our_decode=args.our_decode)
+            if args.compare_reference_decode:
+                compare_reference_decode("teacache_on", True)
             report["e2e_speedup_teacache_on"] = e2e["eager_teacache_on"]["total"] / e2e["ours_teacache_on"]["total"]
             report["e2e_teacache_on_latents_relative_l2"] = relative_l2(e2e["ours_teacache_on"]["latents"],
                                                                         e2e["eager_teacache_on"]["latents"])
@@ -402,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         print({k: v for k, v in report.items() if "fp8" in k}, flush=True)
         if args.e2e and teacache_off_runs:
             warm_up_compiled("e2e_warmup_fp8_s")
-            run_e2e("ours_fp8_teacache_off", PackedTransformer, False, background_decode=args.background_decode)
+            run_e2e("ours_fp8_teacache_off", PackedTransformer, False, our_decode=args.our_decode)
             report["e2e_speedup_fp8_teacache_off"] = (e2e["stock_teacache_off"]["total"]
                                                       / e2e["ours_fp8_teacache_off"]["total"])
             report["e2e_fp8_latents_relative_l2_vs_stock"] = relative_l2(e2e["ours_fp8_teacache_off"]["latents"],

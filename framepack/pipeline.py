@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import conditioning, controls, lora, planner
-from .decoding import SectionDecoder, background_decode_plan
+from .decoding import SectionDecoder, UpcomingDecode, background_decode_plan
 from .frames import FrameAssembler
 from .models import FramePackModels
 from .progress import ProgressReporter
@@ -207,12 +207,15 @@ def generate(
     record: TensorRecorder | None = None,
     runner: type = PackedTransformer,
     background_decode: bool | None = None,
+    reuse_decoded_tiles: bool = True,
 ) -> GenerationResult:
     """Run the whole FramePack generation for a validated request and return the video's frames.
 
     `runner` wraps the transformer (PackedTransformer; the benchmark swaps in the stock forward).
     `background_decode`: decode each section while the next one samples (`decoding.py`); None decides by the
-    GPU memory free, False decodes in line as the reference does. The frames are the same either way.
+    GPU memory free, False decodes in line as the reference does. `reuse_decoded_tiles`: do not decode again
+    the VAE tiles two sections share, where the VAE is resident (`tiled_decode.py`); False decodes each section
+    whole, as the reference does. The frames are the same either way.
     """
     record = record or TensorRecorder(False)
     variant, lws = request.model_variant, request.latent_window_size
@@ -226,14 +229,30 @@ def generate(
         models.device,
     )
     try:
-        return _generate(request, models, progress, record, transformer, num_sections, background_decode)
+        return _generate(request, models, progress, record, transformer, num_sections, background_decode,
+                         reuse_decoded_tiles)
     finally:
         loras.remove()
 
 
+def _newest_latents(history: torch.Tensor, count: int, variant: str) -> torch.Tensor:
+    """The `count` most recently generated latents of a (1, 16, T, h, w) history, in time order."""
+    return history[:, :, :count] if variant == "original" else history[:, :, history.shape[2] - count:]
+
+
+def _upcoming_decode(variant: str, section: planner.SectionPlan | None, lws: int,
+                     newest: torch.Tensor) -> UpcomingDecode | None:
+    """What is known of `section`'s decode window before it samples, from the history's `newest` latents."""
+    layout = planner.decode_window_history(variant, section, lws) if section is not None else None
+    if layout is None:
+        return None
+    offset, count = layout
+    return UpcomingDecode(section.decode_latents, offset, _newest_latents(newest, count, variant))
+
+
 def _generate(request: GenerationRequest, models: FramePackModels, progress: ProgressReporter,
               record: TensorRecorder, transformer: PackedTransformer, num_sections: int,
-              background_decode: bool | None) -> GenerationResult:
+              background_decode: bool | None, reuse_decoded_tiles: bool) -> GenerationResult:
     """Conditioning, the section loop and frame assembly (LoRAs, if any, are already hooked in)."""
     variant, lws = request.model_variant, request.latent_window_size
     with progress.stage("encode"):
@@ -255,9 +274,13 @@ def _generate(request: GenerationRequest, models: FramePackModels, progress: Pro
         background_decode, reason = background_decode_plan(models.vae, 8 * latent_height, 8 * latent_width)
         progress.write(f"VAE decode: {reason}")
 
+    # The VAE's own weights on the execution device: low-VRAM mode copies them in per `vae.decode` call only.
+    # (Compare types: the VAE says "cuda:0" where the models say "cuda".)
+    reuse_tiles = reuse_decoded_tiles and models.vae.device.type == models.device.type
+    sections = planner.plan_sections(variant, num_sections, lws)
     plan = []
-    with SectionDecoder(models.vae, assembler, progress, background_decode) as decoder:
-        for section in planner.plan_sections(variant, num_sections, lws):
+    with SectionDecoder(models.vae, assembler, progress, background_decode, reuse_tiles) as decoder:
+        for section, upcoming in zip(sections, sections[1:] + [None]):
             progress.section_started(section.generation_index, f"video section {section.video_index}")
             noise = torch.randn((1, LATENT_CHANNELS, lws, latent_height, latent_width), generator=generator)
             inputs = section_inputs(section, history, cond, variant)
@@ -270,21 +293,22 @@ def _generate(request: GenerationRequest, models: FramePackModels, progress: Pro
             record(f"section_{section.generation_index}_latents", latents)
             record(f"section_{section.generation_index}_clean_latents", inputs.clean_latents)
 
-            # torch.cat makes a new history each time, so the slice handed to the decoder never changes.
+            # torch.cat makes a new history each time, so the slices handed to the decoder never change.
             if variant == "original":
                 if section.is_last:
                     latents = torch.cat([start_latent, latents], dim=2)
                 history = torch.cat([latents, history], dim=2)
-                generated_frames += latents.shape[2]
-                newest = history[:, :, :generated_frames]
-                to_decode = newest if section.decode_latents is None else newest[:, :, :section.decode_latents]
             else:
                 history = torch.cat([history, latents], dim=2)
-                generated_frames += latents.shape[2]
-                newest = history[:, :, -generated_frames:]
-                to_decode = newest if section.decode_latents is None else newest[:, :, -section.decode_latents:]
-            decoder.submit(to_decode)
+            generated_frames += latents.shape[2]
+            newest = _newest_latents(history, generated_frames, variant)
+            decoder.submit(_newest_latents(newest, section.decode_latents or generated_frames, variant),
+                           _upcoming_decode(variant, upcoming, lws, newest))
         frames = decoder.finish()
+        if decoder.tiles is not None:
+            tiles = decoder.tiles
+            progress.write(f"VAE decode: {tiles.decoded} tiles decoded ({tiles.prefetched} ahead of their "
+                           f"section), {tiles.reused} reused")
 
     video_latents = newest
     record("video_latents", video_latents)

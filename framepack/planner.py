@@ -127,6 +127,20 @@ def plan_sections(variant: str, num_sections: int, latent_window_size: int) -> l
     raise ValueError(f"unknown model variant {variant!r}")
 
 
+def decode_window_history(variant: str, section: SectionPlan, latent_window_size: int) -> tuple[int, int] | None:
+    """The part of `section`'s decode window that is in the history before it samples: (offset, count).
+
+    The window is the section's new latents (lws, plus the start latent on the original variant's last section)
+    and the newest history latents before them in time order: after them for the original variant, which
+    prepends, before them for F1. Those `count` history latents sit at `offset` in the window. None for the
+    first section, which decodes only what it generated.
+    """
+    if section.decode_latents is None:
+        return None
+    new = latent_window_size + (1 if variant == "original" and section.is_last else 0)
+    return (new if variant == "original" else 0), section.decode_latents - new
+
+
 def history_context_slices(variant: str) -> tuple[slice, slice, slice]:
     """Where the 1x, 2x and 4x context latents sit in the history tensor's time axis.
 

@@ -20,18 +20,20 @@ def test_tiny_benchmark_runs_and_paths_agree(tmp_path):
     assert report["e2e_teacache_on_latents_relative_l2"] == 0.0
 
 
-def test_tiny_benchmark_teacache_runs_only_against_the_in_line_decode(tmp_path):
+def test_tiny_benchmark_teacache_runs_only_against_the_reference_decode(tmp_path):
     out = tmp_path / "bench.json"
     assert bench.main(["--size", "tiny", "--out", str(out), "--repeat", "1", "--e2e", "--teacache-runs-only",
-                       "--compare-in-line-decode", "--e2e-seconds", "1.2", "--steps", "2"]) == 0
+                       "--compare-reference-decode", "--e2e-seconds", "1.2", "--steps", "2"]) == 0
     report = json.loads(out.read_text())
-    assert set(report["e2e"]) == {"eager_teacache_on", "ours_teacache_on", "ours_in_line_decode_teacache_on"}
+    assert set(report["e2e"]) == {"eager_teacache_on", "ours_teacache_on", "ours_reference_decode_teacache_on"}
     assert "e2e_speedup_teacache_on" in report
-    comparison = report["e2e_background_decode_teacache_on"]
+    comparison = report["e2e_our_decode_teacache_on"]
     assert comparison["frames_equal"] and comparison["frames_max_difference"] == 0
-    # Off the GPU our loop decides to decode in line, and says so.
+    # Off the GPU our loop decides to decode in line, and says so; its one section (10 latents) is 4 tiles.
     assert report["e2e"]["ours_teacache_on"]["decode_plan"] == [
-        "VAE decode: after each section (the VAE is not resident on a GPU)"]
+        "VAE decode: after each section (the VAE is not resident on a GPU)",
+        "VAE decode: 4 tiles decoded (0 ahead of their section), 0 reused"]
+    assert report["e2e"]["ours_reference_decode_teacache_on"]["decode_plan"] == []  # told, not decided
 
 
 def test_acceleration_is_a_no_op_off_cuda(tiny_models):

@@ -82,7 +82,7 @@ def test_a_section_decodes_while_the_next_one_samples(tiny_models, monkeypatch):
     real_decode = decoding.vae_decode
     decodes: list[dict] = []
 
-    def decode_waiting_for_sampling(latents, vae):
+    def decode_waiting_for_sampling(latents, vae, tiles=None):
         # Hold the decode until the main thread has finished a step of the next section (at most 60 s).
         started_at = progress.steps_done
         record = {"thread": threading.current_thread().name, "overlapped": False}
@@ -92,7 +92,7 @@ def test_a_section_decodes_while_the_next_one_samples(tiny_models, monkeypatch):
             while progress.steps_done == started_at and time.monotonic() < deadline:
                 time.sleep(0.01)
             record["overlapped"] = progress.steps_done > started_at
-        return real_decode(latents, vae)
+        return real_decode(latents, vae, tiles)
 
     monkeypatch.setattr(decoding, "vae_decode", decode_waiting_for_sampling)
     result = generate(build_request(REQUEST), tiny_models, progress=progress, background_decode=True)
@@ -102,7 +102,7 @@ def test_a_section_decodes_while_the_next_one_samples(tiny_models, monkeypatch):
 
 
 def test_a_failed_background_decode_fails_the_generation(tiny_models, monkeypatch):
-    def broken_decode(latents, vae):
+    def broken_decode(latents, vae, tiles=None):
         raise RuntimeError("decoder exploded")
 
     monkeypatch.setattr(decoding, "vae_decode", broken_decode)
@@ -122,9 +122,9 @@ def test_cancelling_waits_for_the_decode_in_flight(tiny_models, monkeypatch):
     real_decode = decoding.vae_decode
     finished: list[int] = []
 
-    def slow_decode(latents, vae):
+    def slow_decode(latents, vae, tiles=None):
         time.sleep(0.5)  # still running when the cancellation arrives
-        pixels = real_decode(latents, vae)
+        pixels = real_decode(latents, vae, tiles)
         finished.append(latents.shape[2])
         return pixels
 
@@ -138,3 +138,22 @@ def test_cancelling_waits_for_the_decode_in_flight(tiny_models, monkeypatch):
                  background_decode=True)
     assert len(finished) == 1  # the first section's decode ran to its end before generate returned
     assert not _decode_threads()
+
+
+@pytest.mark.parametrize("variant, background, tile_line", [
+    ("original", True, "VAE decode: 13 tiles decoded (3 ahead of their section), 6 reused"),
+    ("original", False, "VAE decode: 13 tiles decoded (0 ahead of their section), 3 reused"),
+    ("f1", True, "VAE decode: 14 tiles decoded (2 ahead of their section), 4 reused"),
+])
+def test_shared_tiles_are_decoded_once_and_the_video_is_the_same(tiny_models, variant, background, tile_line):
+    # A window of 9, the default: a multiple of the VAE's tile stride of 3, so whole tiles recur.
+    request = build_request({**REQUEST, "model_variant": variant, "latent_window_size": 9,
+                             "total_video_length_seconds": 3.6})
+    reference = generate(request, tiny_models, progress=_progress(), background_decode=False,
+                         reuse_decoded_tiles=False)
+    lines: list[str] = []
+    ours = generate(request, tiny_models, progress=_progress(lines), background_decode=background)
+    assert torch.equal(ours.frames, reference.frames)
+    assert ours.frames.shape[0] == 4 * (3 * 9 + 1) - 3
+    # Decoding each of the 3 sections whole takes 3 + 6 + 7 tiles (original) or 4 + 6 + 6 (F1).
+    assert tile_line in lines

@@ -62,6 +62,14 @@ def test_f1_index_layout():
     assert sections[-1].is_last and not sections[0].is_last
 
 
+def test_decode_windows_start_with_the_history_known_before_sampling():
+    original = planner.plan_sections("original", 4, 9)
+    # New latents first (the start latent joins the last section's), then the previous section's 9.
+    assert [planner.decode_window_history("original", s, 9) for s in original] == [None, (9, 9), (9, 9), (10, 9)]
+    f1 = planner.plan_sections("f1", 3, 7)
+    assert [planner.decode_window_history("f1", s, 7) for s in f1] == [None, (0, 7), (0, 7)]
+
+
 def test_history_slices_point_at_newest_latents():
     import torch
 
