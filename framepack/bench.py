@@ -1,7 +1,8 @@
 """GPU benchmark: our transformer path against diffusers' stock forward, side by side in one run.
 
     python -m framepack.bench --out bench.json [--e2e [--no-teacache-runs | --teacache-runs-only]
-                              [--compare-reference-decode | --reference-decode]] [--fp8] [--decode] [--cfg-batch]
+                              [--compare-reference-decode | --reference-decode] [--variant original|f1]]
+                              [--fp8] [--decode] [--cfg-batch]
                               [--size full|tiny]
     python -m framepack.bench --save-random-weights /tmp/w
     python -m framepack.bench --low-vram --weights /tmp/w --vram-cap-gb 6 8 [--e2e-seconds 5 --steps 25]
@@ -39,12 +40,11 @@ from .float8 import quantize_transformer_blocks
 from .frames import to_uint8_frames
 from .memory import MemoryPlan, place_models, prepare_for_speed
 from .models import FramePackModels, encoder_dtype, load_models
-from .pipeline import generate
+from .outputs import generate_video
 from .progress import ProgressReporter
 from .request import build_request
 from .transformer import PackedTransformer, PreparedSection, SectionInputs, TextInputs
 from .vae_acceleration import accelerate_vae
-from .video import write_mp4
 from .weights import ENCODER_COMPONENTS, transformer_component
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,14 +214,14 @@ def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def end_to_end(models, image: Path, size: tuple[int, int], runner, teacache: bool, seconds: float, steps: int,
-               device: torch.device, our_decode: bool = False) -> dict:
+               device: torch.device, our_decode: bool = False, variant: str = "original") -> dict:
     """One generation and its MP4, timed per stage; reports the run's peak GPU memory.
 
-    `our_decode`: in the background where memory allows, shared tiles decoded once; else as the reference
-    decodes (in line, each section whole)."""
+    `our_decode`: in the background where memory allows, shared tiles decoded once, and F1's MP4 encoded as its
+    frames become final; else as the reference decodes (in line, each section whole) and encodes (at the end)."""
     request = build_request({"input_image": image, "prompt": "A person dances in a sunlit room.", "seed": 1,
                              "total_video_length_seconds": seconds, "steps": steps, "use_teacache": teacache,
-                             "height": size[0], "width": size[1]})
+                             "height": size[0], "width": size[1], "model_variant": variant})
     decode_lines: list[str] = []
     progress = ProgressReporter(planner.section_count(seconds, 9), steps,
                                 write=lambda line: decode_lines.append(line) if line.startswith("VAE decode") else None)
@@ -229,10 +229,9 @@ def end_to_end(models, image: Path, size: tuple[int, int], runner, teacache: boo
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    result = generate(request, models, progress=progress, runner=runner,
-                      background_decode=None if our_decode else False, reuse_decoded_tiles=our_decode)
-    with progress.stage("mp4"):
-        write_mp4(result.frames, Path("/tmp/framepack-bench.mp4"), 16)
+    result = generate_video(request, models, Path("/tmp/framepack-bench.mp4"), progress=progress, runner=runner,
+                            stream=our_decode, background_decode=None if our_decode else False,
+                            reuse_decoded_tiles=our_decode)
     total = time.perf_counter() - started
     memory = {}
     if device.type == "cuda":
@@ -251,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-teacache-runs", action="store_true", help="with --e2e: skip the TeaCache-on pair")
     parser.add_argument("--teacache-runs-only", action="store_true", help="with --e2e: skip the TeaCache-off pair")
     parser.add_argument("--e2e-seconds", type=float, default=5.0)
+    parser.add_argument("--variant", choices=("original", "f1"), default="original",
+                        help="with --e2e: the variant generated (F1 runs the same random transformer)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--reference-decode", dest="our_decode", action="store_false",
@@ -306,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         report["models_allocated_gib"] = torch.cuda.memory_allocated(device) / 2**30
     model = models.transformers["original"]
+    models.transformers["f1"] = model  # the same architecture: F1 differs only in its trained weights
     inputs, text, latents, timestep, guidance = forward_inputs(model, device, dtype, *size)
 
     stock = StockTransformer(model, device)
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_e2e(name: str, runner, teacache: bool, our_decode: bool = False) -> None:
         e2e[name] = end_to_end(models, image, size, runner, teacache, args.e2e_seconds, args.steps, device,
-                               our_decode)
+                               our_decode, args.variant)
         report.setdefault("e2e", {})[name] = {k: v for k, v in e2e[name].items() if k not in ("latents", "pixels")}
         args.out.write_text(json.dumps(report, indent=2, default=str))  # partial results survive a timeout
         print(name, {k: v for k, v in report["e2e"][name].items()}, flush=True)
@@ -344,13 +346,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def warm_up_compiled(key: str) -> None:  # compile for this prompt's length once, outside the timed runs
         warm = time.perf_counter()
-        end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device, our_decode=True)
+        end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device, True, args.variant)
         report[key] = time.perf_counter() - warm
 
     if args.e2e:
         # Untimed: the encoders' and the VAE's first use (kernel selection) is not charged to the stock loop.
         warm = time.perf_counter()
-        end_to_end(models, image, size, StockTransformer, False, 1.0, 1, device)
+        end_to_end(models, image, size, StockTransformer, False, 1.0, 1, device, False, args.variant)
         report["stock_warmup_s"] = time.perf_counter() - warm
         if teacache_off_runs:
             run_e2e("stock_teacache_off", StockTransformer, False)

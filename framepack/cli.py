@@ -89,10 +89,10 @@ def run_predict(args: argparse.Namespace) -> Path:
 
     import torch
 
-    from .outputs import save_outputs
+    from .outputs import generate_video, save_tensor_dump
     from .memory import detect_memory_plan, place_models, prepare_for_speed
     from .models import load_models
-    from .pipeline import TensorRecorder, generate
+    from .pipeline import TensorRecorder
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
@@ -103,8 +103,9 @@ def run_predict(args: argparse.Namespace) -> Path:
     place_models(models, plan)
     prepare_for_speed(models, plan, float8=args.fp8)
     recorder = TensorRecorder(args.dump_tensors is not None)
-    result = generate(request, models, record=recorder)
-    save_outputs(request, result, args.output, recorder, args.dump_tensors)
+    result = generate_video(request, models, args.output, record=recorder)
+    if args.dump_tensors is not None:
+        save_tensor_dump(result, recorder, args.dump_tensors)
     return args.output
 
 

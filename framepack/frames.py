@@ -7,6 +7,8 @@ soon as they are final: a long video is held as uint8 (a quarter of float32), wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -32,12 +34,15 @@ class FrameAssembler:
     """Collects decoded sections in generation order and yields the video's uint8 frames in time order.
 
     `prepend=True` for the original variant (each new section goes before the previous ones), False for F1.
-    Only the `overlap` frames that the next section will blend into are kept in float.
+    Only the `overlap` frames that the next section will blend into are kept in float. With `prepend=False`,
+    `on_final` (if given) receives each run of final uint8 frames (T, H, W, 3) as soon as it is final, in
+    video order; the last `overlap` frames become final only in `frames()`.
     """
 
-    def __init__(self, overlap: int, prepend: bool):
+    def __init__(self, overlap: int, prepend: bool, on_final: Callable[[torch.Tensor], None] | None = None):
         self.overlap = overlap
         self.prepend = prepend
+        self.on_final = None if prepend else on_final
         self.pending: torch.Tensor | None = None  # (1, 3, T, H, W) float frames still to be blended
         self.final: list[torch.Tensor] = []  # uint8 (T, H, W, 3) chunks, in generation order
 
@@ -56,6 +61,8 @@ class FrameAssembler:
             self.pending, finished = joined[:, :, joined.shape[2] - keep:], joined[:, :, :joined.shape[2] - keep]
         if finished.shape[2]:
             self.final.append(to_uint8_frames(finished))
+            if self.on_final is not None:
+                self.on_final(self.final[-1])
 
     def frames(self) -> torch.Tensor:
         """All frames (T, H, W, 3) uint8 in video order."""

@@ -6,9 +6,12 @@ import json
 import os
 from pathlib import Path
 
-from .pipeline import GenerationResult, TensorRecorder
+from . import planner
+from .models import FramePackModels
+from .pipeline import GenerationResult, TensorRecorder, generate
+from .progress import ProgressReporter
 from .request import GenerationRequest
-from .video import write_mp4
+from .video import Mp4Writer
 
 
 def save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -23,12 +26,33 @@ def save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = No
         partial.unlink(missing_ok=True)
 
 
-def save_outputs(request: GenerationRequest, result: GenerationResult, mp4_path: Path,
-                 recorder: TensorRecorder | None = None, dump_path: Path | None = None) -> Path:
-    """Encode the MP4 once (CRF from the request) and, when asked, dump the recorded tensors."""
-    metadata = {"request": request.to_json_dict(), "seed": request.seed, "frames": int(result.frames.shape[0])}
-    write_mp4(result.frames, mp4_path, request.mp4_crf, metadata)
-    if dump_path is not None and recorder is not None and recorder.tensors is not None:
-        # The section plan (which prompt and keyframe each generated section used) rides along as metadata.
-        save_tensors(recorder.tensors, dump_path, {"plan": json.dumps(result.plan)})
-    return mp4_path
+def open_mp4(request: GenerationRequest, path: Path) -> Mp4Writer:
+    """The request's MP4 writer: its CRF, and the request, seed and frame count as metadata."""
+    num_sections = planner.section_count(request.total_video_length_seconds, request.latent_window_size)
+    frames = planner.pixel_frames(planner.total_latent_frames(num_sections, request.latent_window_size))
+    metadata = {"request": request.to_json_dict(), "seed": request.seed, "frames": frames}
+    return Mp4Writer(path, request.mp4_crf, metadata)
+
+
+def generate_video(request: GenerationRequest, models: FramePackModels, mp4_path: Path,
+                   progress: ProgressReporter | None = None, record: TensorRecorder | None = None,
+                   stream: bool = True, **generate_options) -> GenerationResult:
+    """`generate`, and the MP4 encoded once; no file is left behind if anything fails or is cancelled.
+
+    With `stream`, F1's frames go to the encoder as soon as they are final, while later sections sample (the
+    original variant's frames are final only at the end). The "mp4" stage times what is left after sampling.
+    """
+    progress = progress or ProgressReporter(
+        planner.section_count(request.total_video_length_seconds, request.latent_window_size), request.steps)
+    with open_mp4(request, mp4_path) as video:
+        result = generate(request, models, progress=progress, record=record,
+                          on_frames=video.write if stream else None, **generate_options)
+        with progress.stage("mp4"):
+            video.write(result.frames[video.frames_written:])
+            video.close()
+    return result
+
+
+def save_tensor_dump(result: GenerationResult, recorder: TensorRecorder, path: Path) -> None:
+    """The recorded tensors, with the section plan (which prompt and keyframe each section used) as metadata."""
+    save_tensors(recorder.tensors, path, {"plan": json.dumps(result.plan)})

@@ -8,6 +8,7 @@ section's decode runs while the next section samples (`decoding.py`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -208,6 +209,7 @@ def generate(
     runner: type = PackedTransformer,
     background_decode: bool | None = None,
     reuse_decoded_tiles: bool = True,
+    on_frames: Callable[[torch.Tensor], None] | None = None,
 ) -> GenerationResult:
     """Run the whole FramePack generation for a validated request and return the video's frames.
 
@@ -215,7 +217,10 @@ def generate(
     `background_decode`: decode each section while the next one samples (`decoding.py`); None decides by the
     GPU memory free, False decodes in line as the reference does. `reuse_decoded_tiles`: do not decode again
     the VAE tiles two sections share, where the VAE is resident (`tiled_decode.py`); False decodes each section
-    whole, as the reference does. The frames are the same either way.
+    whole, as the reference does. The frames are the same either way. `on_frames`: F1 only, which generates
+    forwards: called with each run of final uint8 frames (T, H, W, 3), in video order, as soon as it is final
+    (from the decode's thread), so the MP4 can be encoded while later sections sample. The frames after those
+    handed over are final only when `generate` returns (the last `overlap`; for the original variant, all).
     """
     record = record or TensorRecorder(False)
     variant, lws = request.model_variant, request.latent_window_size
@@ -230,7 +235,7 @@ def generate(
     )
     try:
         return _generate(request, models, progress, record, transformer, num_sections, background_decode,
-                         reuse_decoded_tiles)
+                         reuse_decoded_tiles, on_frames)
     finally:
         loras.remove()
 
@@ -252,7 +257,8 @@ def _upcoming_decode(variant: str, section: planner.SectionPlan | None, lws: int
 
 def _generate(request: GenerationRequest, models: FramePackModels, progress: ProgressReporter,
               record: TensorRecorder, transformer: PackedTransformer, num_sections: int,
-              background_decode: bool | None, reuse_decoded_tiles: bool) -> GenerationResult:
+              background_decode: bool | None, reuse_decoded_tiles: bool,
+              on_frames: Callable[[torch.Tensor], None] | None) -> GenerationResult:
     """Conditioning, the section loop and frame assembly (LoRAs, if any, are already hooked in)."""
     variant, lws = request.model_variant, request.latent_window_size
     with progress.stage("encode"):
@@ -269,7 +275,7 @@ def _generate(request: GenerationRequest, models: FramePackModels, progress: Pro
     if variant == "f1":
         history = torch.cat([history, start_latent], dim=2)
         generated_frames = 1
-    assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant == "original")
+    assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant == "original", on_final=on_frames)
     if background_decode is None:
         background_decode, reason = background_decode_plan(models.vae, 8 * latent_height, 8 * latent_width)
         progress.write(f"VAE decode: {reason}")

@@ -22,8 +22,7 @@ import torch
 
 from . import memory
 from .models import FramePackModels, load_models
-from .outputs import save_outputs
-from .pipeline import generate
+from .outputs import generate_video
 from .progress import ProgressReporter
 from .request import MODEL_VARIANTS, build_request
 from .planner import section_count
@@ -101,9 +100,7 @@ class FramePackService:
                                     request.steps, write=_log)
         output = self.output_dir / f"framepack-{request.seed}.mp4"
         try:
-            result = generate(request, self.models, progress=progress)
-            with progress.stage("mp4"):
-                save_outputs(request, result, output)
+            generate_video(request, self.models, output, progress=progress)
         except BaseException:
             output.unlink(missing_ok=True)
             raise

@@ -1,4 +1,5 @@
-"""Writing the MP4: H.264, yuv420p, 30 fps, one encode per output, request and seed in the metadata."""
+"""Writing the MP4: H.264, yuv420p, 30 fps, one encode per output (fed as frames become final), request and
+seed in the metadata."""
 
 from __future__ import annotations
 
@@ -16,42 +17,99 @@ from .planner import VIDEO_FPS
 METADATA_KEY = "comment"
 
 
-def write_mp4(frames: torch.Tensor, path: Path, crf: int, metadata: dict[str, Any] | None = None) -> Path:
-    """Encode (T, H, W, 3) uint8 RGB frames to `path` atomically: a failed write leaves no file behind.
+class Mp4Writer:
+    """Encodes (T, H, W, 3) uint8 RGB frames to `path` as they come; the file appears only when complete.
 
-    Raw frames are piped into the ffmpeg binary that imageio-ffmpeg ships: its libx264 output is reproducible
-    for identical frames, while PyAV 18's encoder path gave different bitstreams on every call at CRF > 0.
-    `metadata` is stored as JSON in the container's comment tag (read it back with `read_mp4_metadata`).
+    Frames are piped into the ffmpeg binary that imageio-ffmpeg ships, which starts at the first `write`: its
+    libx264 output is reproducible for identical frames, however they are split into writes (PyAV 18's encoder
+    path gave different bitstreams on every call at CRF > 0). `metadata` is stored as JSON in the container's
+    comment tag (read it back with `read_mp4_metadata`). Use as a context manager: leaving it normally
+    finishes the file (`close`), leaving it on an exception removes what was written (`abort`).
     """
-    import imageio_ffmpeg
 
-    path = Path(path)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    _, height, width, _ = frames.shape
-    command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(VIDEO_FPS), "-i", "-",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(int(crf)), "-movflags", "+faststart",
-    ]
-    if metadata is not None:
-        command += ["-metadata", f"{METADATA_KEY}={json.dumps(metadata, sort_keys=True)}"]
-    command += ["-f", "mp4", str(partial)]
-    try:
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    def __init__(self, path: Path, crf: int, metadata: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.crf = int(crf)
+        self.metadata = metadata
+        self.frames_written = 0
+        self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self._process: subprocess.Popen | None = None
+        self._closed = False
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, frames: torch.Tensor) -> None:
+        """Append (T, H, W, 3) uint8 frames, all of one size."""
+        if self._closed:
+            raise RuntimeError(f"{self.path.name} is already closed")
+        if frames.shape[0] == 0:
+            return
+        if self._process is None:
+            self._start(height=frames.shape[1], width=frames.shape[2])
         try:
             for frame in frames:
-                process.stdin.write(frame.contiguous().numpy().tobytes())
+                self._process.stdin.write(frame.contiguous().numpy().tobytes())
+        except BrokenPipeError:
+            self._fail()
+        self.frames_written += frames.shape[0]
+
+    def close(self) -> Path:
+        """Finish the encode and move the file into place; raises (leaving no file) if ffmpeg failed."""
+        if self._closed:
+            return self.path
+        if self._process is None:
+            raise RuntimeError(f"no frames were written to {self.path.name}")
+        try:
+            self._process.stdin.close()
         except BrokenPipeError:
             pass  # ffmpeg exited early; its error message is reported below
-        finally:
-            process.stdin.close()
-        error = process.stderr.read().decode(errors="replace")
-        if process.wait() != 0:
-            raise RuntimeError(f"ffmpeg failed to encode {path.name}: {error.strip()}")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+        if self._process.wait() != 0:
+            self._fail()
+        os.replace(self._partial, self.path)
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the partial file."""
+        self._closed = True
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._partial.unlink(missing_ok=True)
+
+    def _start(self, height: int, width: int) -> None:
+        import imageio_ffmpeg
+
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(VIDEO_FPS), "-i", "-",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.crf), "-movflags", "+faststart",
+        ]
+        if self.metadata is not None:
+            command += ["-metadata", f"{METADATA_KEY}={json.dumps(self.metadata, sort_keys=True)}"]
+        command += ["-f", "mp4", str(self._partial)]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def _fail(self) -> None:
+        self._process.kill()
+        self._process.wait()
+        error = self._process.stderr.read().decode(errors="replace")
+        self.abort()
+        raise RuntimeError(f"ffmpeg failed to encode {self.path.name}: {error.strip()}")
+
+
+def write_mp4(frames: torch.Tensor, path: Path, crf: int, metadata: dict[str, Any] | None = None) -> Path:
+    """Encode (T, H, W, 3) uint8 RGB frames to `path` atomically: a failed write leaves no file behind."""
+    with Mp4Writer(path, crf, metadata) as writer:
+        writer.write(frames)
+    return writer.path
 
 
 def read_mp4_metadata(path: Path) -> dict[str, Any]:

@@ -42,11 +42,13 @@ def test_acceleration_is_a_no_op_off_cuda(tiny_models):
     assert applied.notes == ["not on CUDA: eager PyTorch"]
 
 
-def test_tiny_benchmark_fp8_and_decode(tmp_path):
+def test_tiny_benchmark_fp8_decode_and_f1(tmp_path):
     out = tmp_path / "bench.json"
     assert bench.main(["--size", "tiny", "--out", str(out), "--repeat", "1", "--e2e", "--no-teacache-runs",
-                       "--fp8", "--decode", "--cfg-batch", "--e2e-seconds", "0.8", "--steps", "2"]) == 0
+                       "--fp8", "--decode", "--cfg-batch", "--e2e-seconds", "0.8", "--steps", "2",
+                       "--variant", "f1"]) == 0
     report = json.loads(out.read_text())
+    assert report["e2e"]["ours_teacache_off"]["frames"] == 37  # F1's one section: start latent + 9
     assert set(report["e2e"]) == {"stock_teacache_off", "ours_teacache_off", "ours_fp8_teacache_off"}
     assert report["fp8_layers"] == 34
     assert 1e-4 < report["forward_fp8_relative_l2_vs_ours_bf16"] < 5e-2

@@ -5,7 +5,7 @@ import torch
 
 from conftest import TINY_INPUTS, predict_args
 from framepack.frames import FrameAssembler, soft_append, to_uint8_frames
-from framepack.video import read_mp4_frames, read_mp4_metadata, write_mp4
+from framepack.video import Mp4Writer, read_mp4_frames, read_mp4_metadata, write_mp4
 
 
 def test_soft_append_blends_linearly():
@@ -37,6 +37,23 @@ def test_assembler_equals_blending_everything_in_float(prepend):
     assert torch.equal(assembler.frames(), to_uint8_frames(whole))
 
 
+def test_forward_assembly_hands_over_frames_as_soon_as_they_are_final():
+    generator = torch.Generator().manual_seed(1)
+    handed: list[torch.Tensor] = []
+    assembler = FrameAssembler(overlap=9, prepend=False, on_final=handed.append)
+    counts = []
+    for frames in (9, 21, 21):
+        assembler.add(torch.rand(1, 3, frames, 2, 2, generator=generator) * 2 - 1)
+        counts.append(sum(chunk.shape[0] for chunk in handed))
+    assert counts == [0, 12, 24]  # each section adds 21 - 9 frames; the last 9 wait for the next section
+    frames = assembler.frames()
+    assert torch.equal(torch.cat(handed), frames[:24]) and frames.shape[0] == 24 + 9
+    backwards = FrameAssembler(overlap=9, prepend=True, on_final=handed.append)
+    backwards.add(torch.zeros(1, 3, 21, 2, 2))
+    backwards.add(torch.zeros(1, 3, 21, 2, 2))
+    assert len(handed) == 2  # generated back to front: nothing is final in video order before the end
+
+
 def test_mp4_roundtrip(tmp_path):
     frames = torch.zeros(7, 32, 48, 3, dtype=torch.uint8)
     frames[:, :, :24] = 200
@@ -46,6 +63,36 @@ def test_mp4_roundtrip(tmp_path):
     assert (decoded.int() - frames.int()).abs().float().mean() < 2
     assert read_mp4_metadata(path) == {"seed": 5}
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+
+
+def _moving_frames(count: int) -> torch.Tensor:
+    frames = torch.zeros(count, 32, 48, 3, dtype=torch.uint8)
+    for t in range(count):
+        frames[t, :, t:t + 8] = 40 + 10 * t
+    return frames
+
+
+def test_frames_written_as_they_come_give_the_same_file(tmp_path):
+    frames = _moving_frames(13)
+    whole = write_mp4(frames, tmp_path / "whole.mp4", crf=16, metadata={"seed": 1})
+    with Mp4Writer(tmp_path / "streamed.mp4", crf=16, metadata={"seed": 1}) as writer:
+        for chunk in (frames[:5], frames[5:5], frames[5:12], frames[12:]):
+            writer.write(chunk)
+            assert not writer.path.exists()  # only complete files appear
+        assert writer.frames_written == 13
+    assert whole.read_bytes() == (tmp_path / "streamed.mp4").read_bytes()
+
+
+def test_an_aborted_or_failed_mp4_leaves_nothing(tmp_path):
+    with pytest.raises(KeyError):
+        with Mp4Writer(tmp_path / "cancelled.mp4", crf=16) as writer:
+            writer.write(_moving_frames(4))
+            raise KeyError("cancelled mid-generation")
+    with pytest.raises(RuntimeError, match="ffmpeg failed to encode odd.mp4"):
+        write_mp4(_moving_frames(3)[:, :31, :47], tmp_path / "odd.mp4", crf=16)  # yuv420p needs even sizes
+    with pytest.raises(RuntimeError, match="no frames were written"):
+        Mp4Writer(tmp_path / "empty.mp4", crf=16).close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_same_seed_same_frames_other_seed_different(run_cli, tmp_path):

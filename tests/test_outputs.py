@@ -1,0 +1,70 @@
+"""The MP4 of a generation: F1's frames are encoded while later sections sample, into the same file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import START_IMAGE
+from framepack.outputs import generate_video, open_mp4
+from framepack.pipeline import generate
+from framepack.progress import ProgressReporter
+from framepack.request import build_request
+from framepack.video import read_mp4_frames, read_mp4_metadata
+
+# 4 sections of 3 latents at 96x64, 2 steps.
+REQUEST = {"input_image": START_IMAGE, "prompt": "a cat", "seed": 7, "total_video_length_seconds": 1.6,
+           "latent_window_size": 3, "steps": 2, "width": 96, "height": 64, "use_teacache": False}
+
+
+def _quiet() -> ProgressReporter:
+    return ProgressReporter(4, 2, write=lambda line: None)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_f1_hands_over_final_frames_while_later_sections_sample(tiny_models, background):
+    request = build_request({**REQUEST, "model_variant": "f1"})
+    progress = _quiet()
+    handed: list[tuple[int, torch.Tensor]] = []
+    result = generate(request, tiny_models, progress=progress, background_decode=background,
+                      on_frames=lambda frames: handed.append((progress.steps_done, frames)))
+    streamed = torch.cat([frames for _, frames in handed])
+    assert torch.equal(streamed, result.frames[:streamed.shape[0]])
+    # The first section decodes 13 frames, later ones 12 more each; the last 9 wait for a next section.
+    assert streamed.shape[0] == 13 + 3 * 12 - 9 and result.frames.shape[0] == 13 + 3 * 12
+    assert handed[0][0] < 4 * 2  # the first frames went to the encoder before the last section's steps ended
+
+
+def test_original_frames_are_final_only_at_the_end(tiny_models):
+    handed: list[torch.Tensor] = []
+    generate(build_request(REQUEST), tiny_models, progress=_quiet(), on_frames=handed.append)
+    assert handed == []
+
+
+@pytest.mark.parametrize("variant", ["f1", "original"])
+def test_streamed_mp4_is_the_file_written_at_the_end(tiny_models, tmp_path, variant):
+    request = build_request({**REQUEST, "model_variant": variant})
+    progress = _quiet()
+    result = generate_video(request, tiny_models, tmp_path / "streamed.mp4", progress=progress)
+    with open_mp4(request, tmp_path / "at_the_end.mp4") as video:
+        video.write(result.frames)
+    assert (tmp_path / "streamed.mp4").read_bytes() == (tmp_path / "at_the_end.mp4").read_bytes()
+    frames, fps = read_mp4_frames(tmp_path / "streamed.mp4")
+    assert frames.shape == result.frames.shape and fps == 30
+    assert read_mp4_metadata(tmp_path / "streamed.mp4")["frames"] == result.frames.shape[0]
+    assert "mp4" in progress.timings
+
+
+def test_a_failed_generation_leaves_no_mp4(tiny_models, tmp_path):
+    class Cancelled(BaseException):
+        pass
+
+    def cancel_in_third_section(line: str) -> None:
+        if line.startswith("section 3/4, step 1/"):
+            raise Cancelled()
+
+    request = build_request({**REQUEST, "model_variant": "f1"})
+    with pytest.raises(Cancelled):
+        generate_video(request, tiny_models, tmp_path / "video.mp4",
+                       progress=ProgressReporter(4, 2, write=cancel_in_third_section))
+    assert list(tmp_path.iterdir()) == []
