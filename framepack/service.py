@@ -100,10 +100,7 @@ class FramePackService:
                                     request.steps, write=_log)
         output = self.output_dir / f"framepack-{request.seed}.mp4"
         try:
-            generate_video(request, self.models, output, progress=progress)
-        except BaseException:
-            output.unlink(missing_ok=True)
-            raise
+            generate_video(request, self.models, output, progress=progress)  # leaves no file if it fails
         finally:
             self._free_memory()
         self.last_output = output

@@ -54,8 +54,7 @@ class Mp4Writer:
         if self._process is None:
             self._start(height=frames.shape[1], width=frames.shape[2])
         try:
-            for frame in frames:
-                self._process.stdin.write(frame.contiguous().numpy().tobytes())
+            self._process.stdin.write(frames.contiguous().numpy().data)  # one write, no copy into bytes
         except BrokenPipeError:
             self._fail()
         self.frames_written += frames.shape[0]
