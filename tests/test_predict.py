@@ -1,13 +1,19 @@
-"""predict.py stays a thin adapter in step with the API table, the committed schema and the image's pins."""
+"""predict.py: a thin adapter that Cog's own parser accepts, in step with the API table and the image's pins."""
 
 import inspect
 import json
 from pathlib import Path
 
-import write_cog_schema
+import pytest
+
+import write_cog_files
 from framepack.request import INPUT_SPECS
 
 ROOT = Path(__file__).resolve().parent.parent
+# Cog's static schema parser (what `cog build` runs) lives beside the repository, in CI too. This module is the
+# only one that reads ../shared: the parser is a build tool, not a fixture.
+COG_SCHEMA_TOOL = ROOT.parent / "shared" / "tools" / "cog-schema"
+JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
 def test_predict_signature_is_the_api_table():
@@ -17,9 +23,48 @@ def test_predict_signature_is_the_api_table():
     assert parameters == list(INPUT_SPECS)
 
 
-def test_committed_schema_is_in_step_with_predict_py():
-    committed = json.loads((ROOT / ".cog" / "openapi_schema.json").read_text())
-    assert committed == write_cog_schema.build_schema(), "run: python scripts/write_cog_schema.py"
+def test_predict_inputs_are_generated_from_the_api_table():
+    source = write_cog_files.PREDICT_PATH.read_text()
+    assert source == write_cog_files.with_inputs(source), "run: python scripts/write_cog_files.py"
+
+
+@pytest.fixture(scope="module")
+def cog_schema() -> dict:
+    if not (COG_SCHEMA_TOOL / "build.sh").is_file():
+        pytest.skip(f"Cog's schema parser is not beside this checkout ({COG_SCHEMA_TOOL})")
+    return write_cog_files.parse_with_cog(write_cog_files.schemacheck_binary())
+
+
+def test_cogs_parser_accepts_predict_py_with_the_api_tables_inputs(cog_schema):
+    schemas = cog_schema["components"]["schemas"]
+    properties = schemas["Input"]["properties"]
+    assert sorted(properties, key=lambda name: properties[name]["x-order"]) == list(INPUT_SPECS)
+    assert schemas["Input"]["required"] == [name for name, spec in INPUT_SPECS.items() if spec.required]
+    for name, spec in INPUT_SPECS.items():
+        prop = properties[name]
+        assert prop["description"] == spec.description, name
+        if spec.required:
+            assert "default" not in prop, name
+        else:
+            default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+            assert prop["default"] == default, name
+        assert prop.get("nullable", False) == (spec.default is None and not spec.required), name
+        assert (prop.get("minimum"), prop.get("maximum")) == (spec.ge, spec.le), name
+        if spec.choices is not None:
+            assert schemas[name]["enum"] == list(spec.choices), name
+        elif spec.type is list:
+            assert prop["type"] == "array" and prop["items"] == {"type": "string", "format": "uri"}, name
+        elif spec.type is Path:
+            assert (prop["type"], prop["format"]) == ("string", "uri"), name
+        else:
+            assert prop["type"] == JSON_TYPES[spec.type], name
+    assert schemas["Output"] == {"title": "Output", "type": "string", "format": "uri"}
+
+
+def test_committed_schema_is_what_cogs_parser_produces(cog_schema):
+    # The HTTP tests serve this file through coglet, as the image that `cog build` makes does.
+    committed = json.loads(write_cog_files.SCHEMA_PATH.read_text())
+    assert committed == cog_schema, "run: python scripts/write_cog_files.py"
 
 
 def _pins(path: Path) -> dict[str, str]:
@@ -40,3 +85,8 @@ def test_image_requirements_match_the_tested_ones():
                                                    "quack-kernels", "apache-tvm-ffi", "torch-c-dlpack-ext")}
     assert all(gpu_only.values())
     assert image == tested
+
+
+def test_cog_yaml_pins_the_tested_sdk():
+    tested = _pins(ROOT / "requirements-dev.txt")["cog"]
+    assert f'sdk_version: "{tested}"' in (ROOT / "cog.yaml").read_text()
