@@ -73,9 +73,31 @@ def load_golden_case(name: str) -> dict:
     return case
 
 
+# fixtures/README.md: what a correct float32 CPU implementation meets. Golden files come from one CPU;
+# another x86 CPU differs in the last float32 bits, so golden comparisons use these, not exact equality.
+MAX_RELATIVE_L2 = 1e-4
+MAX_GREY_LEVELS = 1
+
+
 def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
     expected = expected.double()
     return float((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+def assert_matches_golden(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Every expected tensor is in `actual` with its shape and within the golden tolerances.
+
+    uint8 tensors (frames) may differ by MAX_GREY_LEVELS; others by a relative L2 below MAX_RELATIVE_L2.
+    """
+    for name, expected_tensor in expected.items():
+        actual_tensor = actual[name]
+        assert actual_tensor.shape == expected_tensor.shape, name
+        if expected_tensor.dtype == torch.uint8:
+            worst = int((actual_tensor.int() - expected_tensor.int()).abs().max())
+            assert worst <= MAX_GREY_LEVELS, f"{name}: {worst} grey levels"
+        else:
+            error = relative_l2(actual_tensor, expected_tensor)
+            assert error < MAX_RELATIVE_L2, f"{name}: relative L2 {error:.3e}"
 
 
 @pytest.fixture(scope="session")
@@ -111,3 +133,46 @@ def section_and_text(model, generator):
                       pooled=torch.randn(1, model.config.pooled_projection_dim, generator=generator))
     latents = torch.randn(1, 16, lws, h, w, generator=generator)
     return inputs, text, latents
+
+
+# LoRA files in the three key formats, on the tiny transformer's real layer names (random low-rank factors).
+RANK = 4
+
+
+def _pair(out_features: int, in_features: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    down = torch.randn(RANK, in_features, generator=generator) * 0.3
+    up = torch.randn(out_features, RANK, generator=generator) * 0.3
+    return down, up
+
+
+def musubi_lora(model, seed=1) -> dict[str, torch.Tensor]:
+    """musubi-tuner naming: lora_unet_<module path with _>, lora_down/lora_up, alpha."""
+    g, state = torch.Generator().manual_seed(seed), {}
+    for path in ("transformer_blocks.0.attn.to_q", "single_transformer_blocks.1.proj_mlp"):
+        module = model.get_submodule(path)
+        down, up = _pair(module.out_features, module.in_features, g)
+        key = "lora_unet_" + path.replace(".", "_")
+        state.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                      f"{key}.alpha": torch.tensor(float(RANK) / 2)})
+    return state
+
+
+def peft_lora(model, seed=2) -> dict[str, torch.Tensor]:
+    """diffusers/PEFT naming: transformer.<module path>.lora_A/lora_B."""
+    g, state = torch.Generator().manual_seed(seed), {}
+    for path in ("transformer_blocks.1.ff.net.0.proj", "single_transformer_blocks.0.attn.to_k"):
+        module = model.get_submodule(path)
+        down, up = _pair(module.out_features, module.in_features, g)
+        state.update({f"transformer.{path}.lora_A.weight": down, f"transformer.{path}.lora_B.weight": up})
+    return state
+
+
+def original_lora(model, seed=3) -> dict[str, torch.Tensor]:
+    """Original HunyuanVideo naming with fused projections: img_attn_qkv (3D) and linear1 (3D + MLP)."""
+    g, state = torch.Generator().manual_seed(seed), {}
+    dim = model.config.num_attention_heads * model.config.attention_head_dim
+    mlp = model.single_transformer_blocks[0].proj_mlp.out_features
+    for key, out in (("double_blocks.0.img_attn_qkv", 3 * dim), ("single_blocks.1.linear1", 3 * dim + mlp)):
+        down, up = _pair(out, dim, g)
+        state.update({f"diffusion_model.{key}.lora_A.weight": down, f"diffusion_model.{key}.lora_B.weight": up})
+    return state

@@ -7,14 +7,10 @@ import torch
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoTransformerBlock
 from safetensors.torch import load_file
 
-from conftest import GOLDEN, golden_case_names, load_golden_case, predict_args, relative_l2
+from conftest import GOLDEN, assert_matches_golden, golden_case_names, load_golden_case, predict_args
 from framepack import conditioning, planner
 from framepack.progress import ProgressReporter
 from framepack.video import read_mp4_frames
-
-# fixtures/README.md: what a correct float32 CPU implementation meets.
-MAX_RELATIVE_L2 = 1e-4
-MAX_GREY_LEVELS = 1
 
 
 @pytest.fixture
@@ -48,17 +44,8 @@ def test_golden_case(case_name, run_cli, tmp_path, block_stack_calls, tiny_model
     result = run_cli(*predict_args(case["input"], output, "--dump-tensors", str(dump)))
     assert result.code == 0, result.stderr
 
-    expected_tensors = load_file(GOLDEN / case_name / "expected.safetensors")
     actual_tensors = load_file(dump)
-    for name, expected in expected_tensors.items():
-        actual = actual_tensors[name]
-        assert actual.shape == expected.shape, name
-        if expected.dtype == torch.uint8:
-            worst = int((actual.int() - expected.int()).abs().max())
-            assert worst <= MAX_GREY_LEVELS, f"{name}: {worst} grey levels"
-        else:
-            error = relative_l2(actual, expected)
-            assert error < MAX_RELATIVE_L2, f"{name}: relative L2 {error:.3e}"
+    assert_matches_golden(actual_tensors, load_file(GOLDEN / case_name / "expected.safetensors"))
 
     expected = case["expected"]
     request = case["input"]

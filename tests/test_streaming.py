@@ -12,13 +12,12 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import START_IMAGE, section_and_text
+from conftest import START_IMAGE, peft_lora, section_and_text
 from framepack import streaming
 from framepack.pipeline import generate
 from framepack.request import build_request
 from framepack.teacache import TeaCacheState
 from framepack.transformer import PackedTransformer
-from test_lora import peft_lora
 
 CPU = torch.device("cpu")
 REQUEST = {"input_image": START_IMAGE, "prompt": "a dancer", "seed": 5, "total_video_length_seconds": 1.2,
