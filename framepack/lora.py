@@ -1,4 +1,4 @@
-"""LoRA for the packed transformer: three key formats, applied as forward hooks, removed exactly.
+"""LoRA for the packed transformer: three key formats, merged into the weights per request, restored exactly.
 
 Formats FramePack LoRAs come in, all mapped onto diffusers' module paths:
 - musubi-tuner: `lora_unet_<module path with _>.lora_down.weight` / `.lora_up.weight` / `.alpha`;
@@ -7,9 +7,14 @@ Formats FramePack LoRAs come in, all mapped onto diffusers' module paths:
   projections split onto diffusers' separate q/k/v (and MLP) layers; prefixes `diffusion_model.` or
   `lora_unet_` (underscored) are accepted too.
 
-A LoRA adds scale * (alpha / rank) * up(down(x)) to a Linear layer's output through a forward hook, so the
-base weights are never modified and removing the hooks restores the model exactly. Files are only ever read
-as safetensors; URLs are downloaded once into a cache, bounded in size and time.
+A LoRA adds scale * (alpha / rank) * up @ down to a Linear layer's weight. The update is merged into the
+weights in place for the duration of one request (`merged_loras`), and the touched layers' original tensors are
+copied back afterwards, so the base weights are bit-identical after every request. Merging, rather than forward
+hooks or extra modules, is what survives `torch.compile`: a compiled block reads its weights as graph inputs,
+so new values need no recompilation, while dynamo does not guard on hooks (a hook added after compiling is
+silently ignored or half-applied). It also costs nothing per step, works on FP8 layers (dequantised, updated
+and quantised again) and on streamed weights (updated in their host copy). Files are only ever read as
+safetensors; URLs are downloaded once into a cache, bounded in size and time.
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ import logging
 import os
 import re
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from .float8 import Float8Linear
+from .float8 import Float8Linear, quantize_rows
 from .weights import CheckpointMismatch, safetensors_shapes
 
 logger = logging.getLogger(__name__)
@@ -151,29 +157,68 @@ def convert_lora(state: dict[str, torch.Tensor], model: torch.nn.Module, name: s
     return layers
 
 
-class LoraHooks:
-    """Forward hooks adding LoRA updates to a model's Linear layers; `remove()` restores the model exactly."""
+class WeightBackup:
+    """Copies of the tensors a merge overwrites, taken once per layer; `restore()` writes them back in place.
+
+    In place, so that whatever holds the tensors (compiled graphs, streaming views into a host buffer) keeps
+    seeing the same storage. Copies live in host memory, where there is room for a LoRA over every layer.
+    """
 
     def __init__(self):
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def add(self, model: torch.nn.Module, layers: list[LoraLayer], scale: float, device: torch.device) -> None:
-        modules = dict(model.named_modules())
+    def keep(self, tensor: torch.Tensor) -> None:
+        if id(tensor) not in self.saved:
+            self.saved[id(tensor)] = (tensor, tensor.detach().to("cpu", copy=True))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for tensor, copy in self.saved.values():
+            tensor.copy_(copy)
+        self.saved.clear()
+
+
+@torch.no_grad()
+def merge_layer(module: torch.nn.Module, delta: torch.Tensor, backup: WeightBackup) -> None:
+    """weight += delta for an nn.Linear or a Float8Linear (out, in), computed in float32 on delta's device.
+
+    A Float8Linear's weight is dequantised (q * row scale), updated and quantised again row by row.
+    """
+    if isinstance(module, Float8Linear):
+        backup.keep(module.weight)
+        backup.keep(module.weight_scale)
+        weight = module.weight.to(delta.device, torch.float32) * module.weight_scale.to(delta.device).t()
+        quantized, scale = quantize_rows(weight + delta)
+        module.weight.copy_(quantized)
+        module.weight_scale.copy_(scale.t())
+    else:
+        backup.keep(module.weight)
+        module.weight.copy_(module.weight.to(delta.device, torch.float32) + delta)
+
+
+@contextmanager
+def merged_loras(model: torch.nn.Module, loras: list[tuple[list[LoraLayer], float]],
+                 device: torch.device) -> Iterator[None]:
+    """Inside: every (layers, scale) LoRA merged into `model`'s weights; on exit, the weights as they were.
+
+    The update of each layer is scale * (alpha / rank) * up @ down, summed over the LoRAs, in float32 on
+    `device` (the execution device), then rounded once into the weight's dtype.
+    """
+    modules = dict(model.named_modules())
+    updates: dict[str, list[tuple[LoraLayer, float]]] = {}
+    for layers, scale in loras:
         for layer in layers:
-            module = modules[layer.module]
-            dtype = module.compute_dtype if isinstance(module, Float8Linear) else module.weight.dtype
-            down = layer.down.to(device=device, dtype=dtype)
-            up = (layer.up * (scale * layer.factor)).to(device=device, dtype=dtype)
-
-            def hook(_module, args, output, down=down, up=up):
-                return output + F.linear(F.linear(args[0].to(down.dtype), down), up).to(output.dtype)
-
-            self.handles.append(module.register_forward_hook(hook))
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+            if scale != 0.0:
+                updates.setdefault(layer.module, []).append((layer, scale))
+    backup = WeightBackup()
+    try:
+        for path, parts in updates.items():  # one layer's float32 update at a time, never all of them
+            delta = sum((scale * layer.factor) * (layer.up.to(device) @ layer.down.to(device))
+                        for layer, scale in parts)
+            merge_layer(modules[path], delta, backup)
+        yield
+    finally:
+        backup.restore()
 
 
 def read_safetensors(path: Path, name: str) -> dict[str, torch.Tensor]:
@@ -222,15 +267,14 @@ def fetch(source: str, name: str, max_bytes: int | None = None, timeout: float =
     return target
 
 
-def apply_request_loras(model: torch.nn.Module, loras: list[tuple[str, str, float]],
-                        device: torch.device) -> LoraHooks:
-    """Fetch, check and hook every (input name, source, scale) LoRA; all checks happen before any hook."""
+def load_request_loras(model: torch.nn.Module, loras: list[tuple[str, str, float]]) -> list[tuple[list[LoraLayer], float]]:
+    """Fetch and check every (input name, source, scale) LoRA against `model`; empty sources are skipped.
+
+    Everything is checked before any weight changes, so a bad second LoRA never leaves the first merged.
+    """
     converted = []
     for name, source, scale in loras:
         source = source.strip()
         if source:
             converted.append((convert_lora(read_safetensors(fetch(source, name), name), model, name), scale))
-    hooks = LoraHooks()
-    for layers, scale in converted:
-        hooks.add(model, layers, scale, device)
-    return hooks
+    return converted

@@ -226,18 +226,14 @@ def generate(
     variant, lws = request.model_variant, request.latent_window_size
     num_sections = planner.section_count(request.total_video_length_seconds, lws)
     progress = progress or ProgressReporter(num_sections, request.steps)
-    transformer = runner(models.transformers[variant], models.device)
-    loras = lora.apply_request_loras(
-        models.transformers[variant],
-        [("lora_weights", request.lora_weights, request.lora_scale),
-         ("extra_lora", request.extra_lora, request.extra_lora_scale)],
-        models.device,
-    )
-    try:
+    model = models.transformers[variant]
+    loras = lora.load_request_loras(model, [("lora_weights", request.lora_weights, request.lora_scale),
+                                            ("extra_lora", request.extra_lora, request.extra_lora_scale)])
+    with lora.merged_loras(model, loras, models.device):
+        # The runner is built with the LoRAs merged: it keeps a float32 copy of the output head.
+        transformer = runner(model, models.device)
         return _generate(request, models, progress, record, transformer, num_sections, background_decode,
                          reuse_decoded_tiles, on_frames)
-    finally:
-        loras.remove()
 
 
 def _newest_latents(history: torch.Tensor, count: int, variant: str) -> torch.Tensor:
@@ -259,7 +255,7 @@ def _generate(request: GenerationRequest, models: FramePackModels, progress: Pro
               record: TensorRecorder, transformer: PackedTransformer, num_sections: int,
               background_decode: bool | None, reuse_decoded_tiles: bool,
               on_frames: Callable[[torch.Tensor], None] | None) -> GenerationResult:
-    """Conditioning, the section loop and frame assembly (LoRAs, if any, are already hooked in)."""
+    """Conditioning, the section loop and frame assembly (LoRAs, if any, are already merged)."""
     variant, lws = request.model_variant, request.latent_window_size
     with progress.stage("encode"):
         cond = encode_conditioning(request, models, record, num_sections, progress.write)

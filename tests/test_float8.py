@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from conftest import relative_l2, section_and_text
+from conftest import peft_lora, relative_l2, section_and_text
 from framepack import lora
 from framepack.acceleration import accelerate
 from framepack.float8 import (FP8_DTYPE, FP8_MAX, Float8Linear, float8_unsupported_reason, quantize_rows,
@@ -15,7 +15,6 @@ from framepack.float8 import (FP8_DTYPE, FP8_MAX, Float8Linear, float8_unsupport
 from framepack.models import all_blocks
 from framepack.service import FP8_ENV, fp8_requested
 from framepack.transformer import PackedTransformer
-from test_lora import peft_lora
 
 
 def test_quantize_rows_scales_each_row_to_the_e4m3_range():
@@ -74,19 +73,26 @@ def test_fp8_forward_stays_close_to_the_float_forward(tiny_models):
     assert 1e-4 < relative_l2(fp8, reference) < 5e-2
 
 
-def test_lora_hooks_work_on_fp8_layers_and_remove_exactly(tiny_models):
+def test_lora_merges_into_fp8_layers_and_restores_them_exactly(tiny_models):
     model = copy.deepcopy(tiny_models.transformers["original"])
     quantize_transformer_blocks(model)
     inputs, text, latents = section_and_text(model, torch.Generator().manual_seed(5))
     runner = PackedTransformer(model)
     prepared = runner.prepare_section(inputs, 8, 12)
     run = lambda: runner.velocity(latents, torch.tensor([700.0]), torch.tensor([10000.0]), text, prepared)  # noqa
-    before = run()
-    hooks = lora.LoraHooks()
-    hooks.add(model, lora.convert_lora(peft_lora(model), model, "lora_weights"), 1.0, torch.device("cpu"))
-    changed = run()
-    hooks.remove()
+    before, weights = run(), {k: v.clone() for k, v in model.state_dict().items()}
+    layers = lora.convert_lora(peft_lora(model), model, "lora_weights")
+    with lora.merged_loras(model, [(layers, 1.0)], torch.device("cpu")):
+        changed = run()
+        layer = layers[0]
+        fp8 = model.get_submodule(layer.module)
+        assert isinstance(fp8, Float8Linear)
+        # The dequantised weight carries the update, up to e4m3 rounding of the sum.
+        base = weights[f"{layer.module}.weight"].float() * weights[f"{layer.module}.weight_scale"].t()
+        merged = fp8.weight.float() * fp8.weight_scale.t()
+        assert relative_l2(merged - base, layer.factor * layer.up @ layer.down) < 0.1
     assert relative_l2(changed, before) > 1e-3
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert torch.equal(run(), before)
 
 

@@ -1,4 +1,4 @@
-"""LoRA: three key formats on the tiny transformer, applied as hooks, restored bit for bit."""
+"""LoRA: three key formats on the tiny transformer, merged into the weights per request, restored bit for bit."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from conftest import START_IMAGE, section_and_text
+from conftest import START_IMAGE, musubi_lora, original_lora, peft_lora, section_and_text
 from framepack import lora
 from framepack.pipeline import generate
 from framepack.request import InvalidInput, build_request
@@ -20,48 +21,6 @@ from framepack.transformer import PackedTransformer
 
 BASE = {"input_image": START_IMAGE, "prompt": "a dancer", "seed": 9, "total_video_length_seconds": 0.8,
         "latent_window_size": 3, "steps": 2, "width": 96, "height": 64, "use_teacache": False}
-RANK = 4
-
-
-def _pair(out_features: int, in_features: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    down = torch.randn(RANK, in_features, generator=generator) * 0.3
-    up = torch.randn(out_features, RANK, generator=generator) * 0.3
-    return down, up
-
-
-def musubi_lora(model, seed=1) -> dict[str, torch.Tensor]:
-    """musubi-tuner naming: lora_unet_<module path with _>, lora_down/lora_up, alpha."""
-    g, state = torch.Generator().manual_seed(seed), {}
-    for path in ("transformer_blocks.0.attn.to_q", "single_transformer_blocks.1.proj_mlp"):
-        module = model.get_submodule(path)
-        down, up = _pair(module.out_features, module.in_features, g)
-        key = "lora_unet_" + path.replace(".", "_")
-        state.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
-                      f"{key}.alpha": torch.tensor(float(RANK) / 2)})
-    return state
-
-
-def peft_lora(model, seed=2) -> dict[str, torch.Tensor]:
-    """diffusers/PEFT naming: transformer.<module path>.lora_A/lora_B."""
-    g, state = torch.Generator().manual_seed(seed), {}
-    for path in ("transformer_blocks.1.ff.net.0.proj", "single_transformer_blocks.0.attn.to_k"):
-        module = model.get_submodule(path)
-        down, up = _pair(module.out_features, module.in_features, g)
-        state.update({f"transformer.{path}.lora_A.weight": down, f"transformer.{path}.lora_B.weight": up})
-    return state
-
-
-def original_lora(model, seed=3) -> dict[str, torch.Tensor]:
-    """Original HunyuanVideo naming with fused projections: img_attn_qkv (3D) and linear1 (3D + MLP)."""
-    g, state = torch.Generator().manual_seed(seed), {}
-    dim = model.config.num_attention_heads * model.config.attention_head_dim
-    mlp = model.single_transformer_blocks[0].proj_mlp.out_features
-    for key, out in (("double_blocks.0.img_attn_qkv", 3 * dim), ("single_blocks.1.linear1", 3 * dim + mlp)):
-        down, up = _pair(out, dim, g)
-        state.update({f"diffusion_model.{key}.lora_A.weight": down, f"diffusion_model.{key}.lora_B.weight": up})
-    return state
-
-
 FORMATS = {"musubi": musubi_lora, "peft": peft_lora, "original": original_lora}
 
 
@@ -84,7 +43,7 @@ def test_each_format_changes_output_and_removal_restores_it(tiny_models, tmp_pat
     with_lora = _video(tiny_models, lora_weights=path)
     assert not torch.equal(with_lora, base)
     assert torch.equal(_video(tiny_models, lora_weights=path, lora_scale=0.0), base)
-    assert torch.equal(_video(tiny_models), base)  # hooks removed after the prediction
+    assert torch.equal(_video(tiny_models), base)  # the base weights are back after the prediction
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not any(m._forward_hooks for m in model.modules())
 
@@ -98,29 +57,44 @@ def test_two_loras_together(tiny_models, tmp_path):
     assert not torch.equal(both, alone_first) and not torch.equal(both, alone_second)
 
 
-def test_hooks_equal_merged_weights_including_fused_splits(tiny_models):
+def test_merged_weights_act_as_the_low_rank_update_including_fused_splits(tiny_models):
     model = tiny_models.transformers["original"]
     state = original_lora(model)
     layers = lora.convert_lora(state, model, "lora_weights")
     assert sorted(layer.module for layer in layers) == sorted(
         [f"transformer_blocks.0.attn.to_{x}" for x in "qkv"]
         + [f"single_transformer_blocks.1.attn.to_{x}" for x in "qkv"] + ["single_transformer_blocks.1.proj_mlp"])
-    merged = copy.deepcopy(model)
-    with torch.no_grad():
-        for layer in layers:
-            merged.get_submodule(layer.module).weight += 0.8 * layer.factor * layer.up @ layer.down
     inputs, text, latents = section_and_text(model, torch.Generator().manual_seed(4))
     timestep, guidance = torch.tensor([700.0]), torch.tensor([10000.0])
-    hooks = lora.LoraHooks()
-    hooks.add(model, layers, 0.8, torch.device("cpu"))
-    try:
-        runner = PackedTransformer(model)
-        hooked = runner.velocity(latents, timestep, guidance, text, runner.prepare_section(inputs, 8, 12))
-    finally:
-        hooks.remove()
-    reference = PackedTransformer(merged)
-    expected = reference.velocity(latents, timestep, guidance, text, reference.prepare_section(inputs, 8, 12))
-    assert torch.allclose(hooked, expected, rtol=1e-4, atol=1e-5)
+
+    def velocity(m):
+        runner = PackedTransformer(m)
+        return runner.velocity(latents, timestep, guidance, text, runner.prepare_section(inputs, 8, 12))
+
+    # The definition: each layer's output plus 0.8 * factor * up(down(x)), on a copy of the model.
+    reference = copy.deepcopy(model)
+    for layer in layers:
+        reference.get_submodule(layer.module).register_forward_hook(
+            lambda _m, args, out, layer=layer: out + 0.8 * layer.factor * F.linear(F.linear(args[0], layer.down),
+                                                                                   layer.up))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with lora.merged_loras(model, [(layers, 0.8)], torch.device("cpu")):
+        merged = velocity(model)
+        changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert sorted(changed) == sorted(f"{layer.module}.weight" for layer in layers)
+    assert torch.allclose(merged, velocity(reference), rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_weights_are_restored_when_the_generation_fails(tiny_models, tmp_path):
+    model = tiny_models.transformers["original"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = lora.convert_lora(peft_lora(model), model, "lora_weights")
+    with pytest.raises(RuntimeError, match="cancelled"):
+        with lora.merged_loras(model, [(layers, 1.0)], torch.device("cpu")):
+            assert not all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+            raise RuntimeError("cancelled")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_keys_matching_nothing_are_named(tiny_models, tmp_path):
