@@ -1,4 +1,4 @@
-"""Speed: the attention kernel of the 60 joint-attention blocks and regional compilation of those blocks.
+"""Speed: the attention kernel of the 60 joint-attention blocks, FP8 layers, and compiled blocks.
 
 Half of a forward's 483 TFLOP is attention over about 18k tokens. Kernels are tried fastest first, and one is
 kept only if it runs and agrees with the math reference on a probe. FlashAttention 4 (`attention.py`, 699
@@ -6,10 +6,8 @@ TFLOP/s on an H100) comes first, then SDPA's cuDNN backend (about 590), then its
 SageAttention 1.0.6 (Triton, the version on PyPI) ran the same shape at 419 TFLOP/s with six times cuDNN's
 error from float32 (H200 probe), so it is not a candidate. The token refiner keeps the default backend: it needs
 a boolean mask.
-Each block is compiled in place (one code object for all blocks of a kind, so one graph each); shapes are fixed
-within a generation, so nothing recompiles between steps or sections. Optionally the blocks' Linear layers run
-in FP8 (`float8.py`) before compiling. Everything falls back to eager PyTorch (and bf16) when a backend, the
-compiler or FP8 support is missing.
+Optionally the blocks' Linear layers run in FP8 (`float8.py`) before compiling (`compilation.py`). Everything
+falls back to eager PyTorch (and bf16) when a backend, the compiler or FP8 support is missing.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from .attention import JointAttnProcessor, flash_attention4, flash_attention4_unavailable
+from .compilation import CompileRecord, capture_problem, compile_blocks, compiler_missing
 from .float8 import Float8Linear, float8_unsupported_reason, quantize_transformer_blocks
 from .models import all_blocks
 
@@ -112,27 +111,39 @@ def _float8_works(device: torch.device, dtype: torch.dtype) -> str | None:
     return None if error < 0.1 else f"FP8 probe disagrees with {dtype} (relative L2 {error:.3f})"
 
 
-def compiler_missing(device: torch.device) -> str | None:
-    """Why torch.compile cannot build kernels for `device` (inductor needs Triton on CUDA), or None."""
-    if device.type != "cuda":
-        return None
-    try:
-        import triton  # noqa: F401
-    except ImportError as error:
-        return f"torch.compile unavailable ({error})"
-    return None
-
-
-def accelerate(model, device: torch.device, attention: str = "auto", compile_blocks: bool = True,
+def accelerate(model, device: torch.device, attention: str = "auto", compile_blocks_with: CompileRecord | None = None,
                float8: bool = False) -> Acceleration:
-    """Pick the fastest working attention backend, optionally switch the blocks to FP8, compile the blocks.
+    """Pick the fastest working attention backend (on CUDA), optionally switch the blocks to FP8, compile them.
 
-    A no-op off CUDA.
+    `compile_blocks_with`: the backend to compile the blocks through (shared by all models of a service, so
+    the variants share their graphs); None keeps them eager. Off CUDA the attention stays the default and FP8
+    is refused; compiling works on the CPU too.
     """
     result = Acceleration()
-    if device.type != "cuda":
-        result.notes.append("not on CUDA: eager PyTorch" + ("; FP8 mode needs a CUDA GPU" if float8 else ""))
-        return result
+    if device.type == "cuda":
+        _choose_attention(model, device, attention, result)
+    else:
+        result.notes.append("not on CUDA: default attention" + ("; FP8 mode needs a CUDA GPU" if float8 else ""))
+    if float8 and device.type == "cuda":
+        dtype = model.x_embedder.proj.weight.dtype
+        reason = _float8_works(device, dtype)
+        if reason is None:
+            result.float8_layers = quantize_transformer_blocks(model)
+        else:
+            result.notes.append(f"{reason}; staying in {dtype}")
+    if compile_blocks_with is not None:
+        problem = compiler_missing(device) or capture_problem(model)
+        if problem is None:
+            compile_blocks(model, compile_blocks_with)
+            result.compiled = True
+        else:
+            result.notes.append(f"blocks not compiled: {problem}; running eager")
+    logger.info("transformer acceleration: %s", result.summary())
+    return result
+
+
+def _choose_attention(model, device: torch.device, attention: str, result: Acceleration) -> None:
+    """The first kernel of the preference (or `attention`, then native) that passes its probe, installed."""
     dtype = model.x_embedder.proj.weight.dtype
     candidates = ATTENTION_PREFERENCE if attention == "auto" else (attention, "native")
     for name in candidates:
@@ -142,25 +153,3 @@ def accelerate(model, device: torch.device, attention: str = "auto", compile_blo
             break
         result.notes.append(f"attention {name} skipped: {reason}")
     set_block_attention(model, result.attention)
-    if float8:
-        reason = _float8_works(device, dtype)
-        if reason is None:
-            result.float8_layers = quantize_transformer_blocks(model)
-        else:
-            result.notes.append(f"{reason}; staying in {dtype}")
-    missing = compiler_missing(device) if compile_blocks else None
-    if missing is not None:
-        result.notes.append(f"{missing}; running eager")
-    elif compile_blocks:
-        import torch._inductor.config as inductor_config
-
-        # A graph the compiler cannot handle runs eagerly instead of failing the prediction.
-        torch._dynamo.config.suppress_errors = True
-        # Round fused bf16 intermediates where eager PyTorch rounds them: a compiled single-stream block then
-        # differs from the eager one by 1.2e-4 instead of 1.5e-3 (relative L2, H200), at the same speed.
-        inductor_config.emulate_precision_casts = True
-        for block in all_blocks(model):
-            block.compile(fullgraph=True)
-        result.compiled = True
-    logger.info("transformer acceleration: %s", result.summary())
-    return result

@@ -35,6 +35,7 @@ from PIL import Image
 
 from . import planner
 from .acceleration import ATTENTION_PREFERENCE, accelerate, set_block_attention
+from .compilation import CompileRecord
 from .decoding import vae_decode
 from .float8 import quantize_transformer_blocks
 from .frames import to_uint8_frames
@@ -359,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         if teacache_on_runs:
             run_e2e("eager_teacache_on", PackedTransformer, True)
 
-    applied = accelerate(model, device, attention=args.attention, compile_blocks=not args.no_compile)
+    compile_with = CompileRecord() if device.type == "cuda" and not args.no_compile else None
+    applied = accelerate(model, device, attention=args.attention, compile_blocks_with=compile_with)
     report["acceleration"] = {"attention": applied.attention, "compiled": applied.compiled, "notes": applied.notes}
     compile_norms = device.type == "cuda" and not args.no_compile
     if args.decode:

@@ -4,7 +4,7 @@
 
     python -m framepack predict -i prompt="..." -i input_image=@photo.jpg -i seed=42 [-i name=value ...]
         [--weights DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [--fp8] [-o out.mp4]
-        [--dump-tensors FILE]
+        [--compile auto|on|off] [--dump-tensors FILE]
 
 Inputs are validated and the weights checked before any model is loaded; a failure exits non-zero and leaves
 no output file behind. Progress goes to stderr.
@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from .compilation import COMPILE_MODES
 from .lora import LoraError
 from .request import INPUT_SPECS, GenerationRequest, InvalidInput, build_request, parse_text_value
 from .weights import CheckpointMismatch, MissingWeights, check_weights
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--fp8", action="store_true",
                          help="run the transformer blocks' Linear layers in FP8 (faster on Ada/Hopper GPUs, "
                               "output differs by a few percent; high-VRAM mode only)")
+    predict.add_argument("--compile", choices=COMPILE_MODES, default="auto",
+                         help="compile the transformer blocks: auto (resident weights on a GPU), on (also on "
+                              "the CPU), off")
     predict.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
     predict.add_argument("--dump-tensors", type=Path, default=None, metavar="FILE",
                          help="also write intermediate tensors to this safetensors file")
@@ -101,7 +105,7 @@ def run_predict(args: argparse.Namespace) -> Path:
     logging.info("memory mode: %s (%s)", plan.mode, plan.reason)
     models = load_models(weights_dir, (request.model_variant,), device, getattr(torch, dtype_name))
     place_models(models, plan)
-    prepare_for_speed(models, plan, float8=args.fp8)
+    prepare_for_speed(models, plan, float8=args.fp8, compile_mode=args.compile)
     recorder = TensorRecorder(args.dump_tensors is not None)
     result = generate_video(request, models, args.output, record=recorder)
     if args.dump_tensors is not None:

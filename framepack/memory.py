@@ -103,25 +103,35 @@ def place_models(models, plan: MemoryPlan) -> None:
         model.to(device)
 
 
-def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False) -> dict:
-    """Fastest attention for every transformer; compiled blocks (and FP8 layers if asked) when resident.
+def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False, compile_mode: str = "auto") -> dict:
+    """Fastest attention for every transformer; compiled blocks and VAE norms and FP8 layers where they apply.
 
-    Returns what was applied to each variant (`acceleration.Acceleration`, keyed by variant name).
+    Returns what was applied to each variant (`acceleration.Acceleration`, keyed by variant name). Compilation
+    follows `compilation.compile_decision` (by default: resident weights on a GPU); the variants share one
+    `CompileRecord`, kept on `models.compile_record` for the per-prediction log.
 
     In low-VRAM mode the blocks stay eager (their weights are swapped in per call), and the weights were
     packed for streaming at placement, before FP8 layers could replace them, so FP8 is for high-VRAM mode.
-    The VAE gets its exact padding everywhere and compiled GroupNorms when resident (`vae_acceleration.py`).
+    The VAE gets its exact padding everywhere and compiled GroupNorms when compiling (`vae_acceleration.py`).
     """
     from .acceleration import accelerate
+    from .compilation import CompileRecord, compile_decision, settle_cublas
     from .vae_acceleration import accelerate_vae
 
-    resident = plan.mode == "high"
-    accelerate_vae(models.vae, compile_norms=resident)
-    if float8 and not resident:
-        logger.warning("FP8 mode runs in high-VRAM mode only; %s mode keeps the transformer in %s",
-                       plan.mode, models.dtype)
-    return {variant: accelerate(model, models.device, compile_blocks=resident, float8=float8 and resident)
-            for variant, model in models.transformers.items()}
+    compiling, reason = compile_decision(compile_mode, plan.mode)
+    accelerate_vae(models.vae, compile_norms=compiling)
+    if float8 and plan.mode == "low":
+        logger.warning("FP8 mode runs in high-VRAM mode only; low mode keeps the transformer in %s", models.dtype)
+    models.compile_record = CompileRecord() if compiling else None
+    if compiling:
+        settle_cublas(models.device)
+    applied = {variant: accelerate(model, models.device, compile_blocks_with=models.compile_record,
+                                   float8=float8 and plan.mode != "low")
+               for variant, model in models.transformers.items()}
+    if not compiling:
+        for acceleration in applied.values():
+            acceleration.notes.append(reason)
+    return applied
 
 
 def make_resident(models, variant: str, plan: MemoryPlan) -> None:

@@ -27,6 +27,7 @@ class FramePackModels:
     transformers: dict[str, torch.nn.Module] = field(default_factory=dict)
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    compile_record: object | None = None  # compilation.CompileRecord when the blocks are compiled
 
 
 def all_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:

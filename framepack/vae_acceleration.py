@@ -22,7 +22,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from .acceleration import compiler_missing
+from .compilation import compiler_missing
 
 logger = logging.getLogger(__name__)
 

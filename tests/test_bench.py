@@ -36,10 +36,10 @@ def test_tiny_benchmark_teacache_runs_only_against_the_reference_decode(tmp_path
     assert report["e2e"]["ours_reference_decode_teacache_on"]["decode_plan"] == []  # told, not decided
 
 
-def test_acceleration_is_a_no_op_off_cuda(tiny_models):
+def test_acceleration_off_cuda_keeps_the_default_attention_and_compiles_only_when_asked(tiny_models):
     applied = accelerate(tiny_models.transformers["original"], torch.device("cpu"))
     assert applied.attention == "native" and not applied.compiled
-    assert applied.notes == ["not on CUDA: eager PyTorch"]
+    assert applied.notes == ["not on CUDA: default attention"]
 
 
 def test_tiny_benchmark_fp8_decode_and_f1(tmp_path):

@@ -1,4 +1,5 @@
-"""Golden parity: every reference run in fixtures/golden reproduced through the local predict command."""
+"""Golden parity: every reference run in fixtures/golden reproduced through the local predict command, eager and
+compiled."""
 
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ def block_stack_calls(monkeypatch):
     handle.remove()
 
 
+# "on": the blocks and the VAE's GroupNorms compiled with inductor, as high-VRAM mode runs them on a GPU.
+@pytest.mark.parametrize("compile_mode", ["off", "on"])
 @pytest.mark.parametrize("case_name", golden_case_names())
-def test_golden_case(case_name, run_cli, tmp_path, block_stack_calls, tiny_models):
+def test_golden_case(case_name, compile_mode, run_cli, tmp_path, block_stack_calls, tiny_models):
     case = load_golden_case(case_name)
     output, dump = tmp_path / "out.mp4", tmp_path / "dump.safetensors"
-    result = run_cli(*predict_args(case["input"], output, "--dump-tensors", str(dump)))
+    result = run_cli(*predict_args(case["input"], output, "--dump-tensors", str(dump), "--compile", compile_mode))
     assert result.code == 0, result.stderr
 
     actual_tensors = load_file(dump)

@@ -1,0 +1,63 @@
+"""Compilation switches and the checks that keep the log truthful about what runs compiled."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+
+from framepack.acceleration import accelerate
+from framepack.compilation import COMPILE_ENV, CompileRecord, capture_problem, compile_decision, compile_mode_from_env
+from framepack.models import all_blocks
+
+
+@pytest.mark.parametrize(("mode", "memory_mode", "compiled"), [
+    ("auto", "high", True), ("auto", "cpu", False), ("auto", "low", False),
+    ("on", "high", True), ("on", "cpu", True), ("on", "low", False),
+    ("off", "high", False), ("off", "cpu", False),
+])
+def test_compile_decision(mode, memory_mode, compiled):
+    decided, reason = compile_decision(mode, memory_mode)
+    assert decided is compiled and reason
+
+
+def test_compile_switch_reads_the_environment(monkeypatch):
+    monkeypatch.delenv(COMPILE_ENV, raising=False)
+    assert compile_mode_from_env() == "auto"
+    monkeypatch.setenv(COMPILE_ENV, " ON ")
+    assert compile_mode_from_env() == "on"
+    monkeypatch.setenv(COMPILE_ENV, "always")
+    with pytest.raises(ValueError, match="FRAMEPACK_COMPILE must be one of auto, on, off, got 'always'"):
+        compile_mode_from_env()
+
+
+def test_blocks_that_dynamo_cannot_capture_whole_are_reported_not_compiled(tiny_models):
+    model = copy.deepcopy(tiny_models.transformers["original"])
+    assert capture_problem(model) is None
+    block = model.transformer_blocks[0]
+    forward = block.forward
+
+    def broken(self, *args, **kwargs):
+        torch._dynamo.graph_break()
+        return forward(*args, **kwargs)
+
+    block.forward = types.MethodType(broken, block)
+    assert capture_problem(model) is not None
+    applied = accelerate(model, torch.device("cpu"), compile_blocks_with=CompileRecord())
+    assert not applied.compiled and "blocks not compiled" in applied.notes[-1]
+    assert all(b._compiled_call_impl is None for b in all_blocks(model))
+
+
+def test_compile_record_counts_graphs_and_keeps_a_graph_inductor_cannot_build_eager():
+    record = CompileRecord()
+    compiled = torch.compile(lambda x: torch.sin(x) * 2, backend=record, fullgraph=True)
+    x = torch.randn(8)
+    assert torch.allclose(compiled(x), torch.sin(x) * 2)
+    assert record.graphs == 1 and record.failures == []
+    broken = CompileRecord()
+    graph = types.SimpleNamespace(forward=lambda value: value)  # not an FX graph: inductor fails on it
+    fallback = broken(graph, [x])
+    assert fallback(x) is x and broken.graphs == 0 and len(broken.failures) == 1
+    assert "ran eagerly" in broken.summary()
