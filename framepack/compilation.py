@@ -111,7 +111,7 @@ def capture_problem(model) -> str | None:
     try:
         with torch.no_grad():
             for block in (model.transformer_blocks[0], model.single_transformer_blocks[0]):
-                torch.compile(block, backend=capture, fullgraph=True)(*_probe_inputs(block, model))
+                torch.compile(block.forward, backend=capture, fullgraph=True)(*_probe_inputs(block, model))
     # Broad on purpose: dynamo raises many error types for code it cannot capture.
     except Exception as error:  # noqa: BLE001
         return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
