@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-from .compilation import COMPILE_MODES
+from .config import COMPILE_MODES, DTYPES, EngineConfig
 from .lora import LoraError
 from .request import INPUT_SPECS, GenerationRequest, InvalidInput, build_request, parse_text_value
 from .weights import CheckpointMismatch, MissingWeights, check_weights
 
 EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
-DTYPES = ("float32", "bfloat16")
-
-
-def default_weights_dir() -> Path:
-    return Path(os.environ.get("FRAMEPACK_WEIGHTS", "weights"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,12 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="default: cuda when available")
     predict.add_argument("--dtype", choices=DTYPES, default=None,
                          help="transformer dtype (default: bfloat16 on cuda, float32 on cpu)")
-    predict.add_argument("--fp8", action="store_true",
+    predict.add_argument("--fp8", action="store_true", default=None,
                          help="run the transformer blocks' Linear layers in FP8 (faster on Ada/Hopper GPUs, "
                               "output differs by a few percent; high-VRAM mode only)")
-    predict.add_argument("--compile", choices=COMPILE_MODES, default="auto",
+    predict.add_argument("--compile", choices=COMPILE_MODES, default=None,
                          help="compile the transformer blocks: auto (resident weights on a GPU), on (also on "
-                              "the CPU), off")
+                              "the CPU), off (default: $FRAMEPACK_COMPILE or auto)")
     predict.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
     predict.add_argument("--dump-tensors", type=Path, default=None, metavar="FILE",
                          help="also write intermediate tensors to this safetensors file")
@@ -82,32 +76,32 @@ def _check_output(path: Path, option: str) -> None:
         raise InvalidInput(option, f"folder {path.parent} does not exist")
 
 
+def engine_config(args: argparse.Namespace, variants: tuple[str, ...]) -> EngineConfig:
+    """The FRAMEPACK_* settings, with the flags given on the command line taking precedence."""
+    try:
+        return EngineConfig.from_env(weights_dir=args.weights, variants=variants, device=args.device,
+                                     dtype=args.dtype, fp8=args.fp8, compile=args.compile)
+    except ValueError as error:
+        raise InvalidInput("environment", str(error)) from None
+
+
 def run_predict(args: argparse.Namespace) -> Path:
     """Validate, load, generate and write; returns the MP4 path. Raises InvalidInput or MissingWeights early."""
     request: GenerationRequest = build_request(parse_inputs(args.inputs))
     _check_output(args.output, "--output")
     if args.dump_tensors is not None:
         _check_output(args.dump_tensors, "--dump-tensors")
-    weights_dir = args.weights or default_weights_dir()
-    check_weights(weights_dir, (request.model_variant,))
+    config = engine_config(args, (request.model_variant,))
+    check_weights(config.weights_dir, config.variants)
 
-    import torch
-
+    from .engine import load_engine
     from .outputs import generate_video, save_tensor_dump
-    from .memory import detect_memory_plan, place_models, prepare_for_speed
-    from .models import load_models
     from .pipeline import TensorRecorder
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     logging.info("seed %d", request.seed)
-    plan = detect_memory_plan(device)
-    logging.info("memory mode: %s (%s)", plan.mode, plan.reason)
-    models = load_models(weights_dir, (request.model_variant,), device, getattr(torch, dtype_name))
-    place_models(models, plan)
-    prepare_for_speed(models, plan, float8=args.fp8, compile_mode=args.compile)
+    engine = load_engine(config, log=logging.info)
     recorder = TensorRecorder(args.dump_tensors is not None)
-    result = generate_video(request, models, args.output, record=recorder)
+    result = generate_video(request, engine.models, args.output, record=recorder)
     if args.dump_tensors is not None:
         save_tensor_dump(result, recorder, args.dump_tensors)
     return args.output
@@ -122,7 +116,7 @@ def run_download(args: argparse.Namespace) -> Path:
     for variant in variants:
         if variant not in MODEL_VARIANTS:
             raise InvalidInput("--variants", f"{variant!r} is not one of {', '.join(MODEL_VARIANTS)}")
-    weights_dir = args.weights or default_weights_dir()
+    weights_dir = EngineConfig.from_env(weights_dir=args.weights).weights_dir
     prepare_weights(weights_dir, variants)
     return weights_dir
 

@@ -17,26 +17,14 @@ shape; nothing recompiles between steps or sections. Compiling can fail without 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 import torch
 
+from .config import COMPILE_MODES
 from .models import all_blocks
 
 logger = logging.getLogger(__name__)
-
-COMPILE_ENV = "FRAMEPACK_COMPILE"
-COMPILE_MODES = ("auto", "on", "off")
-
-
-def compile_mode_from_env() -> str:
-    """FRAMEPACK_COMPILE, default `auto`; raises ValueError naming the variable for anything else."""
-    value = os.environ.get(COMPILE_ENV, "").strip().lower() or "auto"
-    if value not in COMPILE_MODES:
-        raise ValueError(f"{COMPILE_ENV} must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
-    return value
-
 
 def compile_decision(mode: str, memory_mode: str) -> tuple[bool, str]:
     """Whether to compile, and why, for a compile mode and a memory mode ("cpu", "high" or "low")."""

@@ -1,6 +1,7 @@
 """Memory placement: high-VRAM (everything resident on the GPU) or low-VRAM (weights stream from host memory).
 
-The choice is a pure function of the GPU's size and an override (`FRAMEPACK_MEMORY_MODE=auto|high|low`); the
+The choice is a pure function of the GPU's size and an override (`FRAMEPACK_MEMORY_MODE=auto|high|low`,
+`config.EngineConfig.memory_mode`); the
 placement itself is applied once after loading. In low-VRAM mode the weights stay in one page-locked host copy
 and visit the GPU only while used: the transformer's and the Llama's blocks stream with the next block
 prefetched on a side CUDA stream, so transfers overlap compute (`streaming.py`, diffusers group offloading).
@@ -9,17 +10,16 @@ prefetched on a side CUDA stream, so transfers overlap compute (`streaming.py`, 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 
 from . import streaming
+from .config import ENV, MEMORY_MODES
 
 logger = logging.getLogger(__name__)
 
-MEMORY_MODE_ENV = "FRAMEPACK_MEMORY_MODE"
-MEMORY_MODES = ("auto", "high", "low")
+MEMORY_MODE_ENV = ENV["memory_mode"]
 # bf16 transformer (25.7 GB) + fp16 encoders and VAE (about 17 GB) + activations of a 640 section.
 HIGH_VRAM_MIN_GIB = 60.0
 # Room to keep a second transformer variant resident as well.
@@ -49,12 +49,6 @@ def choose_memory_plan(device: torch.device, total_gib: float | None, override: 
         return MemoryPlan("high", f"GPU has {total_gib:.0f} GiB >= {HIGH_VRAM_MIN_GIB:.0f} GiB: all models resident",
                           both)
     return MemoryPlan("low", f"GPU has {total_gib:.0f} GiB < {HIGH_VRAM_MIN_GIB:.0f} GiB: streaming weights")
-
-
-def detect_memory_plan(device: torch.device) -> MemoryPlan:
-    """The plan for `device`, honouring FRAMEPACK_MEMORY_MODE."""
-    total = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
-    return choose_memory_plan(device, total, os.environ.get(MEMORY_MODE_ENV, "auto").strip().lower() or "auto")
 
 
 def _stream_encoder(module: torch.nn.Module, device: torch.device) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -21,35 +20,23 @@ from typing import Any, Callable, Mapping
 import torch
 
 from . import memory
-from .compilation import compile_mode_from_env, settle_cublas
-from .models import FramePackModels, load_models
+from .compilation import settle_cublas
+from .config import EngineConfig
+from .engine import load_engine
+from .models import FramePackModels
 from .outputs import generate_video
 from .pipeline import TensorRecorder
 from .progress import ProgressReporter
-from .request import MODEL_VARIANTS, build_request
+from .request import build_request
 from .planner import section_count
-from .weights import prepare_weights
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_ENV = "FRAMEPACK_WEIGHTS"
-OUTPUT_DIR_ENV = "FRAMEPACK_OUTPUT_DIR"
-FP8_ENV = "FRAMEPACK_FP8"
 MetricRecorder = Callable[[str, float], None]
 
 
 def _log(line: str) -> None:
     print(line, flush=True)
-
-
-def fp8_requested() -> bool:
-    """FRAMEPACK_FP8=1 (or true/yes/on) opts into the FP8 transformer layers; unset or 0 keeps bf16."""
-    value = os.environ.get(FP8_ENV, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"{FP8_ENV} must be 1 or 0 (true/false, yes/no, on/off), got {value!r}")
 
 
 class FramePackService:
@@ -60,27 +47,14 @@ class FramePackService:
         self.last_output: Path | None = None
 
     @classmethod
-    def setup(cls, weights_dir: Path | None = None, variants: tuple[str, ...] = MODEL_VARIANTS,
-              device: torch.device | None = None) -> "FramePackService":
-        weights_dir = Path(weights_dir or os.environ.get(WEIGHTS_ENV, "weights"))
-        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        plan = memory.detect_memory_plan(device)
-        float8, compile_mode = fp8_requested(), compile_mode_from_env()
-        _log(f"memory mode: {plan.mode} ({plan.reason}); FP8 transformer layers: {'on' if float8 else 'off'}; "
-             f"compile: {compile_mode}")
-        prepare_weights(weights_dir, variants, log=_log)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        started = time.monotonic()
-        models = load_models(weights_dir, variants, device, dtype)
-        memory.place_models(models, plan)
-        for variant, applied in memory.prepare_for_speed(models, plan, float8, compile_mode).items():
-            _log(f"{variant} transformer: {applied.summary()}")
-        _log(f"loaded {', '.join(variants)} from {weights_dir} on {device} ({dtype}) in "
-             f"{time.monotonic() - started:.1f} s")
-        output_dir = os.environ.get(OUTPUT_DIR_ENV)
-        if output_dir:
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
-        return cls(models, plan, Path(output_dir or tempfile.mkdtemp(prefix="framepack-outputs-")))
+    def setup(cls, config: EngineConfig | None = None) -> "FramePackService":
+        """Start the engine (`config`, by default from the FRAMEPACK_* variables) and prepare the output folder."""
+        config = config or EngineConfig.from_env()
+        engine = load_engine(config, log=_log)
+        if config.output_dir is not None:
+            config.output_dir.mkdir(parents=True, exist_ok=True)
+        output_dir = config.output_dir or Path(tempfile.mkdtemp(prefix="framepack-outputs-"))
+        return cls(engine.models, engine.plan, output_dir)
 
     def _remove_previous_output(self) -> None:
         if self.last_output is not None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from framepack.acceleration import accelerate
-from framepack.compilation import COMPILE_ENV, CompileRecord, capture_problem, compile_decision, compile_mode_from_env
+from framepack.compilation import CompileRecord, capture_problem, compile_decision
 from framepack.models import all_blocks
 
 
@@ -21,16 +21,6 @@ from framepack.models import all_blocks
 def test_compile_decision(mode, memory_mode, compiled):
     decided, reason = compile_decision(mode, memory_mode)
     assert decided is compiled and reason
-
-
-def test_compile_switch_reads_the_environment(monkeypatch):
-    monkeypatch.delenv(COMPILE_ENV, raising=False)
-    assert compile_mode_from_env() == "auto"
-    monkeypatch.setenv(COMPILE_ENV, " ON ")
-    assert compile_mode_from_env() == "on"
-    monkeypatch.setenv(COMPILE_ENV, "always")
-    with pytest.raises(ValueError, match="FRAMEPACK_COMPILE must be one of auto, on, off, got 'always'"):
-        compile_mode_from_env()
 
 
 def test_blocks_that_dynamo_cannot_capture_whole_are_reported_not_compiled(tiny_models):

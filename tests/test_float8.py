@@ -13,7 +13,6 @@ from framepack.acceleration import accelerate
 from framepack.float8 import (FP8_DTYPE, FP8_MAX, Float8Linear, float8_unsupported_reason, quantize_rows,
                               quantize_transformer_blocks)
 from framepack.models import all_blocks
-from framepack.service import FP8_ENV, fp8_requested
 from framepack.transformer import PackedTransformer
 
 
@@ -102,19 +101,3 @@ def test_fp8_is_refused_off_cuda_with_a_reason(tiny_models):
     assert applied.float8_layers == 0 and "FP8 mode needs a CUDA GPU" in applied.notes[0]
     assert isinstance(model.transformer_blocks[0].attn.to_q, torch.nn.Linear)
     assert "NVIDIA GPU" in float8_unsupported_reason(torch.device("cpu"))
-
-
-@pytest.mark.parametrize("value, expected", [(None, False), ("0", False), ("off", False), ("1", True),
-                                             ("TRUE", True), ("yes", True)])
-def test_fp8_switch(monkeypatch, value, expected):
-    if value is None:
-        monkeypatch.delenv(FP8_ENV, raising=False)
-    else:
-        monkeypatch.setenv(FP8_ENV, value)
-    assert fp8_requested() is expected
-
-
-def test_bad_fp8_switch_names_the_variable(monkeypatch):
-    monkeypatch.setenv(FP8_ENV, "maybe")
-    with pytest.raises(ValueError, match="FRAMEPACK_FP8 must be 1 or 0"):
-        fp8_requested()

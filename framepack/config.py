@@ -1,0 +1,88 @@
+"""The engine's configuration: one object that every entry point builds, from FRAMEPACK_* variables read once.
+
+The service (and so predict.py) builds it from the environment alone; the local command maps its flags onto
+the same fields, over the environment's values. Bad values are refused here, naming the variable.
+
+| field | variable | values (default) |
+| --- | --- | --- |
+| weights_dir | FRAMEPACK_WEIGHTS | a folder in the hub layout (weights) |
+| output_dir | FRAMEPACK_OUTPUT_DIR | where MP4s are written (a fresh temporary folder) |
+| memory_mode | FRAMEPACK_MEMORY_MODE | auto, high, low (auto) |
+| compile | FRAMEPACK_COMPILE | auto, on, off (auto) |
+| fp8 | FRAMEPACK_FP8 | 1/0, true/false, yes/no, on/off (off) |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .request import MODEL_VARIANTS
+
+MEMORY_MODES = ("auto", "high", "low")
+COMPILE_MODES = ("auto", "on", "off")
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "bfloat16")
+ENV = {"weights_dir": "FRAMEPACK_WEIGHTS", "output_dir": "FRAMEPACK_OUTPUT_DIR",
+       "memory_mode": "FRAMEPACK_MEMORY_MODE", "compile": "FRAMEPACK_COMPILE", "fp8": "FRAMEPACK_FP8"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to start the engine. `device`/`dtype` None: CUDA when available, bf16 there and float32 on the CPU."""
+
+    weights_dir: Path = Path("weights")
+    variants: tuple[str, ...] = MODEL_VARIANTS
+    device: str | None = None
+    dtype: str | None = None
+    memory_mode: str = "auto"
+    compile: str = "auto"
+    fp8: bool = False
+    output_dir: Path | None = None
+
+    def __post_init__(self):
+        for name, allowed in (("memory_mode", MEMORY_MODES), ("compile", COMPILE_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{ENV[name]} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name, value, allowed in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES)):
+            if value is not None and value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        unknown = [v for v in self.variants if v not in MODEL_VARIANTS]
+        if unknown or not self.variants:
+            raise ValueError(f"variants must be some of {', '.join(MODEL_VARIANTS)}, got {self.variants!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> EngineConfig:
+        """The FRAMEPACK_* variables of `environ` (default: os.environ); `overrides` (not None) win."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for name, variable in ENV.items():
+            text = environ.get(variable, "").strip()
+            if text:
+                values[name] = _parse(name, variable, text)
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def resolved_device(self):
+        import torch
+
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def resolved_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype or ("bfloat16" if self.resolved_device().type == "cuda" else "float32"))
+
+
+def _parse(name: str, variable: str, text: str):
+    if name in ("weights_dir", "output_dir"):
+        return Path(text)
+    if name == "fp8":
+        lowered = text.lower()
+        if lowered not in _TRUE + _FALSE:
+            raise ValueError(f"{variable} must be 1 or 0 (true/false, yes/no, on/off), got {text!r}")
+        return lowered in _TRUE
+    return text.lower()
