@@ -36,11 +36,13 @@ from PIL import Image
 from . import planner
 from .acceleration import ATTENTION_PREFERENCE, accelerate, set_block_attention
 from .compilation import CompileRecord
+from .config import EngineConfig
 from .decoding import vae_decode
 from .float8 import quantize_transformer_blocks
 from .frames import to_uint8_frames
-from .memory import MemoryPlan, place_models, prepare_for_speed
-from .models import FramePackModels, encoder_dtype, load_models
+from .engine import load_engine
+from .memory import MemoryPlan, place_models
+from .models import FramePackModels, encoder_dtype
 from .outputs import generate_video
 from .progress import ProgressReporter
 from .request import build_request
@@ -134,7 +136,7 @@ def random_models(size: str, device: torch.device, dtype: torch.dtype, build_dev
 def forward_inputs(model, device, dtype, height: int, width: int, lws: int = 9):
     """Random inputs of one steady-state section (the original variant's first section layout)."""
     generator = torch.Generator(device=device).manual_seed(7)
-    section = planner.plan_sections("original", 4, lws)[0]
+    section = planner.inverted_sections(4, lws)[0]
     h, w = height // 8, width // 8
     rand = lambda *shape, dt=torch.float32: torch.randn(*shape, generator=generator, device=device, dtype=dt)  # noqa
     idx = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
@@ -603,6 +605,12 @@ def save_random_weights(size: str, weights_dir: Path, device: torch.device, dtyp
     print(f"random {size} weights written to {weights_dir}", flush=True)
 
 
+def _engine_config(args, device: torch.device, dtype: torch.dtype, memory_mode: str) -> EngineConfig:
+    """The service's start-up for the saved weights, forced into `memory_mode` (on a GPU)."""
+    return EngineConfig(weights_dir=args.weights, variants=("original",), device=device.type,
+                        dtype=str(dtype).removeprefix("torch."), memory_mode=memory_mode)
+
+
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -610,22 +618,18 @@ def _peak_rss_gib() -> float:
 def bench_low_vram(args, device, dtype, size, image, report: dict) -> dict:
     """Low-VRAM mode under each cap, then high-VRAM mode as the service runs it (compiled); same request.
 
-    Both load from `args.weights` the way the service does (`load_models`, `place_models`,
-    `prepare_for_speed`), low-VRAM first, so the host's peak resident memory covers loading and streaming.
+    Both start the engine from `args.weights` as the service does (`engine.load_engine`), low-VRAM first, so
+    the host's peak resident memory covers loading and streaming.
     """
     results: dict = {}
     save = lambda: args.out.write_text(json.dumps({**report, "low_vram": results}, indent=2,  # noqa: E731
                                                    default=str))
     cuda = device.type == "cuda"
     total = torch.cuda.get_device_properties(device).total_memory / 2**30 if cuda else None
-    models = load_models(args.weights, ("original",), device, dtype)
+    models = load_engine(_engine_config(args, device, dtype, "low")).models
     modules = [models.text_encoder, models.text_encoder_2, models.image_encoder, models.vae,
                *models.transformers.values()]
     results["weights_gib"] = sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**30
-    results["host_peak_rss_after_load_gib"] = _peak_rss_gib()
-    plan = MemoryPlan("low" if cuda else "cpu", "benchmark")
-    place_models(models, plan)
-    prepare_for_speed(models, plan)
     results["host_peak_rss_after_placement_gib"] = _peak_rss_gib()
     runs = [(cap, args.e2e_seconds, args.steps) for cap in args.vram_cap_gb]
     runs += [(cap, args.short_seconds, args.short_steps) for cap in args.short_caps_gb]
@@ -657,10 +661,7 @@ def bench_low_vram(args, device, dtype, size, image, report: dict) -> dict:
         torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    plan = MemoryPlan("high" if cuda else "cpu", "benchmark")
-    models = load_models(args.weights, ("original",), device, dtype)
-    place_models(models, plan)
-    prepare_for_speed(models, plan)
+    models = load_engine(_engine_config(args, device, dtype, "high")).models
     warm = time.perf_counter()  # compile for this prompt's length once, outside the timed runs
     end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device)
     results["high_warmup_s"] = time.perf_counter() - warm

@@ -100,7 +100,7 @@ def _decode_stream(device: torch.device) -> torch.cuda.Stream:
 @dataclass(frozen=True)
 class UpcomingDecode:
     """The next section's decode window as far as it is known: `window_latents` latents, of which `known`
-    (1, 16, K, h, w), already generated, sit at [offset, offset + K) (`planner.decode_window_history`)."""
+    (1, 16, K, h, w), already generated, sit at [offset, offset + K) (`Variant.known_decode_history`)."""
 
     window_latents: int
     offset: int

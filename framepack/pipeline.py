@@ -22,6 +22,7 @@ from .request import GenerationRequest
 from .sampler import flow_x0, flux_mu, flux_sigmas, noisy_token_count, sample_unipc
 from .teacache import TeaCacheState
 from .transformer import PackedTransformer, SectionInputs, TextInputs
+from .variants import Variant, variant_named
 
 LATENT_CHANNELS = 16
 
@@ -128,13 +129,13 @@ def encode_conditioning(request: GenerationRequest, models: FramePackModels, rec
 
 
 def section_inputs(section: planner.SectionPlan, history: torch.Tensor, cond: Conditioning,
-                   variant: str) -> SectionInputs:
+                   variant: Variant) -> SectionInputs:
     """Slice the section's context out of the history (1, 16, T_hist, h, w) and pair it with its indices.
 
     The start slot holds the section's keyframe (or the start latent); on the first generated section of the
     original variant, an end frame takes the 1x slot.
     """
-    one_x, two_x, four_x = planner.history_context_slices(variant)
+    one_x, two_x, four_x = variant.context_slices()
     newest = history[:, :, one_x]
     if section.is_first and cond.end_latent is not None:
         newest = cond.end_latent
@@ -236,19 +237,14 @@ def generate(
                          reuse_decoded_tiles, on_frames)
 
 
-def _newest_latents(history: torch.Tensor, count: int, variant: str) -> torch.Tensor:
-    """The `count` most recently generated latents of a (1, 16, T, h, w) history, in time order."""
-    return history[:, :, :count] if variant == "original" else history[:, :, history.shape[2] - count:]
-
-
-def _upcoming_decode(variant: str, section: planner.SectionPlan | None, lws: int,
+def _upcoming_decode(variant: Variant, section: planner.SectionPlan | None, lws: int,
                      newest: torch.Tensor) -> UpcomingDecode | None:
     """What is known of `section`'s decode window before it samples, from the history's `newest` latents."""
-    layout = planner.decode_window_history(variant, section, lws) if section is not None else None
+    layout = variant.known_decode_history(section, lws) if section is not None else None
     if layout is None:
         return None
     offset, count = layout
-    return UpcomingDecode(section.decode_latents, offset, _newest_latents(newest, count, variant))
+    return UpcomingDecode(section.decode_latents, offset, variant.newest(newest, count))
 
 
 def _generate(request: GenerationRequest, models: FramePackModels, progress: ProgressReporter,
@@ -256,7 +252,7 @@ def _generate(request: GenerationRequest, models: FramePackModels, progress: Pro
               background_decode: bool | None, reuse_decoded_tiles: bool,
               on_frames: Callable[[torch.Tensor], None] | None) -> GenerationResult:
     """Conditioning, the section loop and frame assembly (LoRAs, if any, are already merged)."""
-    variant, lws = request.model_variant, request.latent_window_size
+    variant, lws = variant_named(request.model_variant), request.latent_window_size
     with progress.stage("encode"):
         cond = encode_conditioning(request, models, record, num_sections, progress.write)
     grid = controls.section_grid(num_sections, lws)
@@ -266,12 +262,9 @@ def _generate(request: GenerationRequest, models: FramePackModels, progress: Pro
     _, _, _, latent_height, latent_width = start_latent.shape
 
     generator = torch.Generator("cpu").manual_seed(request.seed)
-    history = torch.zeros(1, LATENT_CHANNELS, planner.HISTORY_FRAMES, latent_height, latent_width)
-    generated_frames = 0
-    if variant == "f1":
-        history = torch.cat([history, start_latent], dim=2)
-        generated_frames = 1
-    assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant == "original", on_final=on_frames)
+    empty = torch.zeros(1, LATENT_CHANNELS, planner.HISTORY_FRAMES, latent_height, latent_width)
+    history, generated_frames = variant.start_history(empty, start_latent)
+    assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant.prepends, on_final=on_frames)
     if background_decode is None:
         background_decode, reason = background_decode_plan(models.vae, 8 * latent_height, 8 * latent_width)
         progress.write(f"VAE decode: {reason}")
@@ -279,7 +272,7 @@ def _generate(request: GenerationRequest, models: FramePackModels, progress: Pro
     # The VAE's own weights on the execution device: low-VRAM mode copies them in per `vae.decode` call only.
     # (Compare types: the VAE says "cuda:0" where the models say "cuda".)
     reuse_tiles = reuse_decoded_tiles and models.vae.device.type == models.device.type
-    sections = planner.plan_sections(variant, num_sections, lws)
+    sections = variant.plan_sections(num_sections, lws)
     plan = []
     with SectionDecoder(models.vae, assembler, progress, background_decode, reuse_tiles) as decoder:
         for section, upcoming in zip(sections, sections[1:] + [None]):
@@ -295,16 +288,10 @@ def _generate(request: GenerationRequest, models: FramePackModels, progress: Pro
             record(f"section_{section.generation_index}_latents", latents)
             record(f"section_{section.generation_index}_clean_latents", inputs.clean_latents)
 
-            # torch.cat makes a new history each time, so the slices handed to the decoder never change.
-            if variant == "original":
-                if section.is_last:
-                    latents = torch.cat([start_latent, latents], dim=2)
-                history = torch.cat([latents, history], dim=2)
-            else:
-                history = torch.cat([history, latents], dim=2)
-            generated_frames += latents.shape[2]
-            newest = _newest_latents(history, generated_frames, variant)
-            decoder.submit(_newest_latents(newest, section.decode_latents or generated_frames, variant),
+            history, added = variant.add_section(history, latents, section, start_latent)
+            generated_frames += added
+            newest = variant.newest(history, generated_frames)
+            decoder.submit(variant.newest(newest, section.decode_latents or generated_frames),
                            _upcoming_decode(variant, upcoming, lws, newest))
         frames = decoder.finish()
         if decoder.tiles is not None:

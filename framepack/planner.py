@@ -2,7 +2,7 @@
 
 A video is generated in sections of `latent_window_size` (lws) latent frames. The "original" variant generates
 them in reverse video order (inverted anti-drifting: the end first, each new section prepended to the history);
-"f1" generates forwards (each section appended). Every section sees the start latent and a fixed-size context
+"f1" generates forwards (each section appended); `variants.py` holds what depends on that direction. Every section sees the start latent and a fixed-size context
 of 1 + 2 + 16 history latents, embedded at 1x, 2x and 4x compression; only RoPE time indices tell the model
 where each piece sits.
 """
@@ -115,39 +115,12 @@ def _f1_section(index: int, num_sections: int, lws: int) -> SectionPlan:
     )
 
 
-def plan_sections(variant: str, num_sections: int, latent_window_size: int) -> list[SectionPlan]:
-    """The sections of a video in generation order."""
-    if variant == "original":
-        return [
-            _original_section(i, num_sections, padding, latent_window_size)
-            for i, padding in enumerate(latent_paddings(num_sections))
-        ]
-    if variant == "f1":
-        return [_f1_section(i, num_sections, latent_window_size) for i in range(num_sections)]
-    raise ValueError(f"unknown model variant {variant!r}")
+def inverted_sections(num_sections: int, latent_window_size: int) -> list[SectionPlan]:
+    """The original variant's sections in generation order: the end of the video first."""
+    return [_original_section(i, num_sections, padding, latent_window_size)
+            for i, padding in enumerate(latent_paddings(num_sections))]
 
 
-def decode_window_history(variant: str, section: SectionPlan, latent_window_size: int) -> tuple[int, int] | None:
-    """The part of `section`'s decode window that is in the history before it samples: (offset, count).
-
-    The window is the section's new latents (lws, plus the start latent on the original variant's last section)
-    and the newest history latents before them in time order: after them for the original variant, which
-    prepends, before them for F1. Those `count` history latents sit at `offset` in the window. None for the
-    first section, which decodes only what it generated.
-    """
-    if section.decode_latents is None:
-        return None
-    new = latent_window_size + (1 if variant == "original" and section.is_last else 0)
-    return (new if variant == "original" else 0), section.decode_latents - new
-
-
-def history_context_slices(variant: str) -> tuple[slice, slice, slice]:
-    """Where the 1x, 2x and 4x context latents sit in the history tensor's time axis.
-
-    The original variant prepends new sections, so its newest latents are at the front (and 19 zero frames
-    stay at the tail); F1 appends, so its newest are at the back.
-    """
-    if variant == "original":
-        return slice(0, 1), slice(1, 3), slice(3, HISTORY_FRAMES)
-    return slice(-1, None), slice(-3, -1), slice(-HISTORY_FRAMES, -3)
-
+def forward_sections(num_sections: int, latent_window_size: int) -> list[SectionPlan]:
+    """F1's sections in generation order: the start of the video first."""
+    return [_f1_section(i, num_sections, latent_window_size) for i in range(num_sections)]

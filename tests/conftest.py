@@ -114,7 +114,7 @@ def section_and_text(model, generator):
     from framepack.transformer import SectionInputs, TextInputs
 
     lws, h, w = 3, 8, 12
-    section = planner.plan_sections("original", 3, lws)[0]
+    section = planner.inverted_sections(3, lws)[0]
     idx = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
     inputs = SectionInputs(
         latent_indices=idx(section.latent_indices),

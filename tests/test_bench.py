@@ -66,7 +66,7 @@ def test_tiny_low_vram_benchmark_loads_saved_random_weights(tmp_path):
                        "--vram-cap-gb", "6", "--e2e-seconds", "1.2", "--steps", "2", "--short-caps-gb", "8",
                        "--short-seconds", "0.8", "--short-steps", "1"]) == 0
     low = json.loads(out.read_text())["low_vram"]
-    assert low["weights_gib"] > 0 and low["host_peak_rss_low_gib"] >= low["host_peak_rss_after_load_gib"]
+    assert low["weights_gib"] > 0 and low["host_peak_rss_low_gib"] >= low["host_peak_rss_after_placement_gib"]
     for run, high in (("cap_6gib_1.2s_2steps", "high_1.2s_2steps"), ("cap_8gib_0.8s_1steps", "high_0.8s_1steps")):
         # No GPU here: both runs are the CPU plan, so they reproduce the high-VRAM run exactly.
         assert low[run]["frames"] == low[high]["frames"] and low[run]["relative_l2_vs_high"] == 0.0

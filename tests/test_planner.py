@@ -30,7 +30,7 @@ def test_frame_counts_of_default_request():
 
 
 def test_original_index_layout_first_section():
-    first = planner.plan_sections("original", 4, 9)[0]
+    first = planner.inverted_sections(4, 9)[0]
     assert first.latent_padding == 3 and not first.is_last and first.video_index == 3
     # indices split [1, 27, 9, 1, 2, 16]: pre 0, blank 1..27, latent 28..36, post 37, 2x 38-39, 4x 40..55
     assert first.latent_indices == tuple(range(28, 37))
@@ -41,7 +41,7 @@ def test_original_index_layout_first_section():
 
 
 def test_original_last_section_decodes_window_pair_plus_start():
-    sections = planner.plan_sections("original", 4, 9)
+    sections = planner.inverted_sections(4, 9)
     assert [s.latent_padding for s in sections] == [3, 2, 1, 0]
     assert [s.decode_latents for s in sections] == [None, 18, 18, 19]
     last = sections[-1]
@@ -50,7 +50,7 @@ def test_original_last_section_decodes_window_pair_plus_start():
 
 
 def test_f1_index_layout():
-    sections = planner.plan_sections("f1", 3, 9)
+    sections = planner.forward_sections(3, 9)
     for i, section in enumerate(sections):
         assert section.video_index == i and section.latent_padding is None
         # split [1, 16, 2, 1, 9]: start 0, 4x 1..16, 2x 17-18, 1x 19, noisy 20..28
@@ -60,30 +60,3 @@ def test_f1_index_layout():
         assert section.latent_indices == tuple(range(20, 29))
     assert [s.decode_latents for s in sections] == [None, 18, 18]
     assert sections[-1].is_last and not sections[0].is_last
-
-
-def test_decode_windows_start_with_the_history_known_before_sampling():
-    original = planner.plan_sections("original", 4, 9)
-    # New latents first (the start latent joins the last section's), then the previous section's 9.
-    assert [planner.decode_window_history("original", s, 9) for s in original] == [None, (9, 9), (9, 9), (10, 9)]
-    f1 = planner.plan_sections("f1", 3, 7)
-    assert [planner.decode_window_history("f1", s, 7) for s in f1] == [None, (0, 7), (0, 7)]
-
-
-def test_history_slices_point_at_newest_latents():
-    import torch
-
-    history = torch.arange(25).view(1, 1, 25, 1, 1)
-    one, two, four = planner.history_context_slices("original")
-    assert history[:, :, one].flatten().tolist() == [0]
-    assert history[:, :, two].flatten().tolist() == [1, 2]
-    assert history[:, :, four].flatten().tolist() == list(range(3, 19))
-    one, two, four = planner.history_context_slices("f1")
-    assert history[:, :, one].flatten().tolist() == [24]
-    assert history[:, :, two].flatten().tolist() == [22, 23]
-    assert history[:, :, four].flatten().tolist() == list(range(6, 22))
-
-
-def test_unknown_variant_is_rejected():
-    with pytest.raises(ValueError, match="unknown model variant"):
-        planner.plan_sections("f2", 2, 9)
