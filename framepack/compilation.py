@@ -26,6 +26,7 @@ from .models import all_blocks
 
 logger = logging.getLogger(__name__)
 
+
 def compile_decision(mode: str, memory_mode: str) -> tuple[bool, str]:
     """Whether to compile, and why, for a compile mode and a memory mode ("cpu", "high" or "low")."""
     if mode not in COMPILE_MODES:
@@ -115,6 +116,10 @@ def compile_blocks(model, record: CompileRecord) -> None:
     # Round fused bf16 intermediates where eager PyTorch rounds them: a compiled single-stream block then
     # differs from the eager one by 1.2e-4 instead of 1.5e-3 (relative L2, H200), at the same speed.
     inductor_config.emulate_precision_casts = True
+    # fullgraph=True turns dynamo's recompile limit (8 per code object) into a failed prediction. A server sees
+    # many shapes (prompt lengths, sizes, FP8 or not); each adds at most a few entries, and dynamic-shape
+    # graphs take over after the second value of a size, so a higher limit is only a safety margin.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for block in all_blocks(model):
         block.compile(backend=record, fullgraph=True)
 
@@ -130,4 +135,3 @@ def settle_cublas(device: torch.device) -> None:
     if device.type == "cuda":
         torch.ones(64, 16, device=device) @ torch.ones(16, 64, device=device)
         torch.cuda.synchronize(device)
-
