@@ -111,8 +111,13 @@ def _float8_works(device: torch.device, dtype: torch.dtype) -> str | None:
     return None if error < 0.1 else f"FP8 probe disagrees with {dtype} (relative L2 {error:.3f})"
 
 
-def accelerate(model, device: torch.device, attention: str = "auto", compile_blocks_with: CompileRecord | None = None,
-               float8: bool = False) -> Acceleration:
+def accelerate(
+    model,
+    device: torch.device,
+    attention: str = "auto",
+    compile_blocks_with: CompileRecord | None = None,
+    float8: bool = False,
+) -> Acceleration:
     """Pick the fastest working attention backend (on CUDA), optionally switch the blocks to FP8, compile them.
 
     `compile_blocks_with`: the backend to compile the blocks through (shared by all models of a service, so

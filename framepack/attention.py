@@ -84,9 +84,14 @@ class JointAttnProcessor:
     def __init__(self, kernel: AttentionKernel):
         self.kernel = kernel
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None,
-                 image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         if attention_mask is not None:
             raise ValueError("JointAttnProcessor takes no attention mask: crop the text padding instead")
         single_stream = attn.add_q_proj is None
@@ -110,8 +115,14 @@ class JointAttnProcessor:
         if image_rotary_emb is not None:
             query, key = rotate_video_tokens(query), rotate_video_tokens(key)
         if not single_stream and encoder_hidden_states is not None:
-            context = project(encoder_hidden_states, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj,
-                              attn.norm_added_q, attn.norm_added_k)
+            context = project(
+                encoder_hidden_states,
+                attn.add_q_proj,
+                attn.add_k_proj,
+                attn.add_v_proj,
+                attn.norm_added_q,
+                attn.norm_added_k,
+            )
             query, key, value = [torch.cat([video, text], dim=1) for video, text in zip((query, key, value), context)]
 
         hidden_states = self.kernel(query, key, value).flatten(2, 3).to(query.dtype)

@@ -7,11 +7,11 @@
     python -m framepack.bench --save-random-weights /tmp/w
     python -m framepack.bench --low-vram --weights /tmp/w --vram-cap-gb 6 8 [--e2e-seconds 5 --steps 25]
 
-Models are the full-size architectures (DESIGN.md) with random weights, so no checkpoint is needed. Reports:
-seconds per transformer forward (stock, then ours, then ours in FP8) at 544x704 with window 9, the relative L2
-difference of the outputs, optionally end-to-end seconds of a 5-second 640-bucket generation per stage (stock
-loop and ours, TeaCache off and on), and peak GPU memory. Stock runs first: our acceleration compiles the blocks
-in place. The low-VRAM benchmark loads random weights saved in the hub layout, as the service loads real ones.
+Models are the full-size architectures (docs/ALGORITHM.md §1.2) with random weights, so no checkpoint is needed.
+Reports: seconds per transformer forward (stock, then ours, then ours in FP8) at 544x704 with window 9, the relative
+L2 difference of the outputs, optionally end-to-end seconds of a 5-second 640-bucket generation per stage (stock
+loop and ours, TeaCache off and on), and peak GPU memory. Stock runs first: our acceleration compiles the blocks in
+place. The low-VRAM benchmark loads random weights saved in the hub layout, as the service loads real ones.
 `--size tiny` runs the same code on the tiny test architecture (for checking the script on a CPU).
 """
 
@@ -38,9 +38,9 @@ from .acceleration import ATTENTION_PREFERENCE, accelerate, set_block_attention
 from .compilation import CompileRecord
 from .config import EngineConfig
 from .decoding import vae_decode
+from .engine import load_engine
 from .float8 import quantize_transformer_blocks
 from .frames import to_uint8_frames
-from .engine import load_engine
 from .memory import MemoryPlan, place_models
 from .models import FramePackModels, encoder_dtype
 from .outputs import generate_video
@@ -80,8 +80,13 @@ def _build(factory, device: torch.device, dtype: torch.dtype, seed: int) -> torc
     for name, buffer in module.named_buffers():  # recompute non-persistent buffers lost on meta (e.g. RoPE)
         if "inv_freq" in name:
             dim = buffer.numel() * 2
-            buffer.copy_(1.0 / (module.config.rope_parameters["rope_theta"] ** (
-                torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)))
+            buffer.copy_(
+                1.0
+                / (
+                    module.config.rope_parameters["rope_theta"]
+                    ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+                )
+            )
         elif "position_ids" in name:
             buffer.copy_(torch.arange(buffer.shape[-1], device=device).expand_as(buffer))
     return randomize_(module, seed).eval().requires_grad_(False)
@@ -90,21 +95,50 @@ def _build(factory, device: torch.device, dtype: torch.dtype, seed: int) -> torc
 def random_models(size: str, device: torch.device, dtype: torch.dtype, build_device: torch.device) -> FramePackModels:
     """All FramePack components at `size` with random weights, built on `build_device`."""
     from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
-    from transformers import (AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LlamaConfig,
-                              LlamaModel, SiglipVisionConfig, SiglipVisionModel)
+    from transformers import (
+        AutoTokenizer,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+        LlamaConfig,
+        LlamaModel,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     side = encoder_dtype(device, dtype)
     hunyuan = TINY / "hunyuanvideo-community" / "HunyuanVideo"
     if size == "full":
         transformer_config = json.loads(MANIFEST.read_text())["config"]
-        llama = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                            num_key_value_heads=8, vocab_size=128320, max_position_embeddings=8192,
-                            rms_norm_eps=1e-5, rope_parameters={"rope_theta": 500000.0, "rope_type": "default"})
-        clip = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                              max_position_embeddings=77, vocab_size=49408, projection_dim=768)
-        siglip = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-                                    num_attention_heads=16, image_size=384, patch_size=14)
+        llama = LlamaConfig(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128320,
+            max_position_embeddings=8192,
+            rms_norm_eps=1e-5,
+            rope_parameters={"rope_theta": 500000.0, "rope_type": "default"},
+        )
+        clip = CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            vocab_size=49408,
+            projection_dim=768,
+        )
+        siglip = SiglipVisionConfig(
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=27,
+            num_attention_heads=16,
+            image_size=384,
+            patch_size=14,
+        )
         vae_config, image_size = {}, 384
     else:
         transformer_config = json.loads((TINY / "lllyasviel/FramePackI2V_HY/config.json").read_text())
@@ -122,12 +156,16 @@ def random_models(size: str, device: torch.device, dtype: torch.dtype, build_dev
         tokenizer_2=CLIPTokenizer.from_pretrained(hunyuan / "tokenizer_2"),
         text_encoder=_build(lambda: LlamaModel(llama), build_device, side, 1),
         text_encoder_2=_build(lambda: CLIPTextModel(clip), build_device, side, 2),
-        feature_extractor=SiglipImageProcessorPil(size={"height": image_size, "width": image_size},
-                                                  resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        feature_extractor=SiglipImageProcessorPil(
+            size={"height": image_size, "width": image_size}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ),
         image_encoder=_build(lambda: SiglipVisionModel(siglip), build_device, side, 3),
         vae=_build(lambda: AutoencoderKLHunyuanVideo(**vae_config), build_device, side, 4),
-        transformers={"original": _build(lambda: HunyuanVideoFramepackTransformer3DModel(**transformer_config),
-                                         build_device, dtype, 5)},
+        transformers={
+            "original": _build(
+                lambda: HunyuanVideoFramepackTransformer3DModel(**transformer_config), build_device, dtype, 5
+            )
+        },
         device=device,
         dtype=dtype,
     )
@@ -142,16 +180,22 @@ def forward_inputs(model, device, dtype, height: int, width: int, lws: int = 9):
     idx = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
     image_tokens = 729 if model.config.image_proj_dim == 1152 else 16
     inputs = SectionInputs(
-        latent_indices=idx(section.latent_indices), clean_latents=rand(1, 16, 2, h, w),
-        clean_latent_indices=idx(section.clean_latent_indices), clean_latents_2x=rand(1, 16, 2, h, w),
-        clean_latent_2x_indices=idx(section.clean_latent_2x_indices), clean_latents_4x=rand(1, 16, 16, h, w),
+        latent_indices=idx(section.latent_indices),
+        clean_latents=rand(1, 16, 2, h, w),
+        clean_latent_indices=idx(section.clean_latent_indices),
+        clean_latents_2x=rand(1, 16, 2, h, w),
+        clean_latent_2x_indices=idx(section.clean_latent_2x_indices),
+        clean_latents_4x=rand(1, 16, 16, h, w),
         clean_latent_4x_indices=idx(section.clean_latent_4x_indices),
         image_embeds=rand(1, image_tokens, model.config.image_proj_dim, dt=dtype),
     )
     mask = torch.zeros(1, 512, dtype=torch.bool, device=device)
     mask[:, :TEXT_TOKENS] = True
-    text = TextInputs(embeds=rand(1, 512, model.config.text_embed_dim, dt=dtype) * mask[..., None],
-                      mask=mask, pooled=rand(1, model.config.pooled_projection_dim, dt=dtype))
+    text = TextInputs(
+        embeds=rand(1, 512, model.config.text_embed_dim, dt=dtype) * mask[..., None],
+        mask=mask,
+        pooled=rand(1, model.config.pooled_projection_dim, dt=dtype),
+    )
     latents = rand(1, 16, lws, h, w, dt=dtype)
     timestep = torch.tensor([900.0], device=device, dtype=dtype)
     guidance = torch.tensor([10000.0], device=device, dtype=dtype)
@@ -182,13 +226,21 @@ class StockTransformer:
         to = lambda t: t.to(device=self.device, dtype=self.dtype)  # noqa: E731
         dev = lambda t: t.to(self.device)  # noqa: E731
         return self.model(
-            hidden_states=latents, timestep=timestep, encoder_hidden_states=text.embeds,
-            encoder_attention_mask=text.mask, pooled_projections=text.pooled, image_embeds=to(section.image_embeds),
-            indices_latents=dev(section.latent_indices), guidance=guidance, latents_clean=to(section.clean_latents),
-            indices_latents_clean=dev(section.clean_latent_indices), latents_history_2x=to(section.clean_latents_2x),
+            hidden_states=latents,
+            timestep=timestep,
+            encoder_hidden_states=text.embeds,
+            encoder_attention_mask=text.mask,
+            pooled_projections=text.pooled,
+            image_embeds=to(section.image_embeds),
+            indices_latents=dev(section.latent_indices),
+            guidance=guidance,
+            latents_clean=to(section.clean_latents),
+            indices_latents_clean=dev(section.clean_latent_indices),
+            latents_history_2x=to(section.clean_latents_2x),
             indices_latents_history_2x=dev(section.clean_latent_2x_indices),
             latents_history_4x=to(section.clean_latents_4x),
-            indices_latents_history_4x=dev(section.clean_latent_4x_indices), return_dict=False,
+            indices_latents_history_4x=dev(section.clean_latent_4x_indices),
+            return_dict=False,
         )[0].float()
 
 
@@ -216,32 +268,71 @@ def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def end_to_end(models, image: Path, size: tuple[int, int], runner, teacache: bool, seconds: float, steps: int,
-               device: torch.device, our_decode: bool = False, variant: str = "original") -> dict:
+def end_to_end(
+    models,
+    image: Path,
+    size: tuple[int, int],
+    runner,
+    teacache: bool,
+    seconds: float,
+    steps: int,
+    device: torch.device,
+    our_decode: bool = False,
+    variant: str = "original",
+) -> dict:
     """One generation and its MP4, timed per stage; reports the run's peak GPU memory.
 
     `our_decode`: in the background where memory allows, shared tiles decoded once, and F1's MP4 encoded as its
     frames become final; else as the reference decodes (in line, each section whole) and encodes (at the end)."""
-    request = build_request({"input_image": image, "prompt": "A person dances in a sunlit room.", "seed": 1,
-                             "total_video_length_seconds": seconds, "steps": steps, "use_teacache": teacache,
-                             "height": size[0], "width": size[1], "model_variant": variant})
+    request = build_request(
+        {
+            "input_image": image,
+            "prompt": "A person dances in a sunlit room.",
+            "seed": 1,
+            "total_video_length_seconds": seconds,
+            "steps": steps,
+            "use_teacache": teacache,
+            "height": size[0],
+            "width": size[1],
+            "model_variant": variant,
+        }
+    )
     decode_lines: list[str] = []
-    progress = ProgressReporter(planner.section_count(seconds, 9), steps,
-                                write=lambda line: decode_lines.append(line) if line.startswith("VAE decode") else None)
+    progress = ProgressReporter(
+        planner.section_count(seconds, 9),
+        steps,
+        write=lambda line: decode_lines.append(line) if line.startswith("VAE decode") else None,
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    result = generate_video(request, models, Path("/tmp/framepack-bench.mp4"), progress=progress, runner=runner,
-                            stream=our_decode, background_decode=None if our_decode else False,
-                            reuse_decoded_tiles=our_decode)
+    result = generate_video(
+        request,
+        models,
+        Path("/tmp/framepack-bench.mp4"),
+        progress=progress,
+        runner=runner,
+        stream=our_decode,
+        background_decode=None if our_decode else False,
+        reuse_decoded_tiles=our_decode,
+    )
     total = time.perf_counter() - started
     memory = {}
     if device.type == "cuda":
-        memory = {"peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-                  "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
-    return {"total": total, **progress.timings, **memory, "decode_plan": decode_lines,
-            "frames": int(result.frames.shape[0]), "latents": result.video_latents, "pixels": result.frames}
+        memory = {
+            "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+        }
+    return {
+        "total": total,
+        **progress.timings,
+        **memory,
+        "decode_plan": decode_lines,
+        "frames": int(result.frames.shape[0]),
+        "latents": result.video_latents,
+        "pixels": result.frames,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,33 +344,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-teacache-runs", action="store_true", help="with --e2e: skip the TeaCache-on pair")
     parser.add_argument("--teacache-runs-only", action="store_true", help="with --e2e: skip the TeaCache-off pair")
     parser.add_argument("--e2e-seconds", type=float, default=5.0)
-    parser.add_argument("--variant", choices=("original", "f1"), default="original",
-                        help="with --e2e: the variant generated (F1 runs the same random transformer)")
+    parser.add_argument(
+        "--variant",
+        choices=("original", "f1"),
+        default="original",
+        help="with --e2e: the variant generated (F1 runs the same random transformer)",
+    )
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--reference-decode", dest="our_decode", action="store_false",
-                        help="with --e2e: our loop decodes as the stock loop does, in line and each section "
-                             "whole (default: in the background where memory allows, shared tiles once)")
-    parser.add_argument("--compare-reference-decode", action="store_true",
-                        help="with --e2e: also run our loop with the reference's decode")
-    parser.add_argument("--attention", choices=("auto", *ATTENTION_PREFERENCE), default="auto",
-                        help="our path's attention kernel (default: the fastest that works)")
+    parser.add_argument(
+        "--reference-decode",
+        dest="our_decode",
+        action="store_false",
+        help="with --e2e: our loop decodes as the stock loop does, in line and each section "
+        "whole (default: in the background where memory allows, shared tiles once)",
+    )
+    parser.add_argument(
+        "--compare-reference-decode",
+        action="store_true",
+        help="with --e2e: also run our loop with the reference's decode",
+    )
+    parser.add_argument(
+        "--attention",
+        choices=("auto", *ATTENTION_PREFERENCE),
+        default="auto",
+        help="our path's attention kernel (default: the fastest that works)",
+    )
     parser.add_argument("--fp8", action="store_true", help="also time the FP8 mode (last: it replaces layers)")
-    parser.add_argument("--decode", action="store_true", help="also time one section's VAE decode, diffusers' "
-                                                               "and ours")
-    parser.add_argument("--cfg-batch", action="store_true", help="also time both CFG branches as one batch-2 call "
-                                                                  "against two batch-1 calls")
-    parser.add_argument("--low-vram", action="store_true", help="benchmark low-VRAM mode against high-VRAM "
-                                                                 "(needs --weights)")
+    parser.add_argument("--decode", action="store_true", help="also time one section's VAE decode, diffusers' and ours")
+    parser.add_argument(
+        "--cfg-batch",
+        action="store_true",
+        help="also time both CFG branches as one batch-2 call against two batch-1 calls",
+    )
+    parser.add_argument(
+        "--low-vram", action="store_true", help="benchmark low-VRAM mode against high-VRAM (needs --weights)"
+    )
     parser.add_argument("--vram-cap-gb", type=float, nargs="*", default=[6.0])
-    parser.add_argument("--short-caps-gb", type=float, nargs="*", default=[],
-                        help="with --low-vram: more caps, each run at --short-seconds/--short-steps")
+    parser.add_argument(
+        "--short-caps-gb",
+        type=float,
+        nargs="*",
+        default=[],
+        help="with --low-vram: more caps, each run at --short-seconds/--short-steps",
+    )
     parser.add_argument("--short-seconds", type=float, default=1.2)
     parser.add_argument("--short-steps", type=int, default=10)
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="weights folder to load from (hub layout), e.g. written by --save-random-weights")
-    parser.add_argument("--save-random-weights", type=Path, default=None, metavar="DIR",
-                        help="write random weights of --size in the hub layout to DIR and exit")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="weights folder to load from (hub layout), e.g. written by --save-random-weights",
+    )
+    parser.add_argument(
+        "--save-random-weights",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write random weights of --size in the hub layout to DIR and exit",
+    )
     args = parser.parse_args(argv)
     if args.no_teacache_runs and args.teacache_runs_only:
         parser.error("--no-teacache-runs and --teacache-runs-only leave no end-to-end run")
@@ -292,8 +415,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     size = BUCKET if args.size == "full" else (64, 96)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    report: dict = {"gpu": gpu, "torch": torch.__version__, "size": args.size, "bucket": list(size),
-                    "command": "python -m framepack.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
+    report: dict = {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "size": args.size,
+        "bucket": list(size),
+        "command": "python -m framepack.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     image = Path("/tmp/framepack-bench.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)).save(image)
 
@@ -316,23 +444,27 @@ def main(argv: list[str] | None = None) -> int:
     stock = StockTransformer(model, device)
     stock_out = stock.velocity(latents, timestep, guidance, text, inputs)
     with GpuClocks(device) as clocks:
-        stock_times = time_call(lambda: stock.velocity(latents, timestep, guidance, text, inputs), device, 1,
-                                args.repeat)
+        stock_times = time_call(
+            lambda: stock.velocity(latents, timestep, guidance, text, inputs), device, 1, args.repeat
+        )
     report["forward_stock_s"] = float(np.median(stock_times))
     report["clocks_stock"] = clocks.summary()
     print("stock forward", report["forward_stock_s"], flush=True)
     fp32_out = None
     if device.type == "cuda":
-        report["noise_floor"], fp32_out = noise_floor(model, stock, stock_out, inputs, text, latents, timestep,
-                                                      guidance)
+        report["noise_floor"], fp32_out = noise_floor(
+            model, stock, stock_out, inputs, text, latents, timestep, guidance
+        )
         print("noise floor", report["noise_floor"], flush=True)
     report["kernels_stock_s"] = kernel_time_split(
-        lambda: stock.velocity(latents, timestep, guidance, text, inputs), device)
+        lambda: stock.velocity(latents, timestep, guidance, text, inputs), device
+    )
     e2e = {}
 
     def run_e2e(name: str, runner, teacache: bool, our_decode: bool = False) -> None:
-        e2e[name] = end_to_end(models, image, size, runner, teacache, args.e2e_seconds, args.steps, device,
-                               our_decode, args.variant)
+        e2e[name] = end_to_end(
+            models, image, size, runner, teacache, args.e2e_seconds, args.steps, device, our_decode, args.variant
+        )
         report.setdefault("e2e", {})[name] = {k: v for k, v in e2e[name].items() if k not in ("latents", "pixels")}
         args.out.write_text(json.dumps(report, indent=2, default=str))  # partial results survive a timeout
         print(name, {k: v for k, v in report["e2e"][name].items()}, flush=True)
@@ -379,25 +511,28 @@ def main(argv: list[str] | None = None) -> int:
         print("cfg batch", report["cfg_batch"], flush=True)
     if fp32_out is not None:
         report["noise_floor"]["ours_vs_fp32"] = relative_l2(ours_out, fp32_out)
-    print({k: report[k] for k in ("forward_stock_s", "forward_ours_s", "forward_speedup", "forward_relative_l2")},
-          flush=True)
+    print(
+        {k: report[k] for k in ("forward_stock_s", "forward_ours_s", "forward_speedup", "forward_relative_l2")},
+        flush=True,
+    )
     if args.e2e:
         warm_up_compiled("e2e_warmup_s")
         if teacache_off_runs:
             run_e2e("ours_teacache_off", PackedTransformer, False, our_decode=args.our_decode)
             if args.compare_reference_decode:
                 compare_reference_decode("teacache_off", False)
-            report["e2e_latents_relative_l2"] = relative_l2(e2e["ours_teacache_off"]["latents"],
-                                                            e2e["stock_teacache_off"]["latents"])
-            report["e2e_speedup_teacache_off"] = (e2e["stock_teacache_off"]["total"]
-                                                  / e2e["ours_teacache_off"]["total"])
+            report["e2e_latents_relative_l2"] = relative_l2(
+                e2e["ours_teacache_off"]["latents"], e2e["stock_teacache_off"]["latents"]
+            )
+            report["e2e_speedup_teacache_off"] = e2e["stock_teacache_off"]["total"] / e2e["ours_teacache_off"]["total"]
         if teacache_on_runs:
             run_e2e("ours_teacache_on", PackedTransformer, True, our_decode=args.our_decode)
             if args.compare_reference_decode:
                 compare_reference_decode("teacache_on", True)
             report["e2e_speedup_teacache_on"] = e2e["eager_teacache_on"]["total"] / e2e["ours_teacache_on"]["total"]
-            report["e2e_teacache_on_latents_relative_l2"] = relative_l2(e2e["ours_teacache_on"]["latents"],
-                                                                        e2e["eager_teacache_on"]["latents"])
+            report["e2e_teacache_on_latents_relative_l2"] = relative_l2(
+                e2e["ours_teacache_on"]["latents"], e2e["eager_teacache_on"]["latents"]
+            )
     if args.fp8:
         # Compiled graphs hold the bf16 layers; drop them so the replaced weights are freed.
         torch._dynamo.reset()
@@ -412,18 +547,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.e2e and teacache_off_runs:
             warm_up_compiled("e2e_warmup_fp8_s")
             run_e2e("ours_fp8_teacache_off", PackedTransformer, False, our_decode=args.our_decode)
-            report["e2e_speedup_fp8_teacache_off"] = (e2e["stock_teacache_off"]["total"]
-                                                      / e2e["ours_fp8_teacache_off"]["total"])
-            report["e2e_fp8_latents_relative_l2_vs_stock"] = relative_l2(e2e["ours_fp8_teacache_off"]["latents"],
-                                                                         e2e["stock_teacache_off"]["latents"])
+            report["e2e_speedup_fp8_teacache_off"] = (
+                e2e["stock_teacache_off"]["total"] / e2e["ours_fp8_teacache_off"]["total"]
+            )
+            report["e2e_fp8_latents_relative_l2_vs_stock"] = relative_l2(
+                e2e["ours_fp8_teacache_off"]["latents"], e2e["stock_teacache_off"]["latents"]
+            )
     if device.type == "cuda":
         report["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         report["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
     return _finish(report, args.out)
 
 
-def time_ours(report: dict, suffix: str, model, device, repeat: int, inputs, text, latents, timestep,
-              guidance) -> torch.Tensor:
+def time_ours(
+    report: dict, suffix: str, model, device, repeat: int, inputs, text, latents, timestep, guidance
+) -> torch.Tensor:
     """Time our staged forward (first call, which compiles, separately); returns its output."""
     ours = PackedTransformer(model, device)
     prepared = ours.prepare_section(inputs, latents.shape[3], latents.shape[4])
@@ -437,7 +575,8 @@ def time_ours(report: dict, suffix: str, model, device, repeat: int, inputs, tex
     report[f"forward_ours{suffix}_s"] = float(np.median(times))
     report[f"clocks_ours{suffix}"] = clocks.summary()
     report[f"kernels_ours{suffix}_s"] = kernel_time_split(
-        lambda: ours.velocity(latents, timestep, guidance, text, prepared), device)
+        lambda: ours.velocity(latents, timestep, guidance, text, prepared), device
+    )
     return out
 
 
@@ -450,14 +589,25 @@ def bench_cfg_batch(model, device, repeat: int, inputs, text: TextInputs, latent
     ours = PackedTransformer(model, device)
     prepared = ours.prepare_section(inputs, latents.shape[3], latents.shape[4])
     generator = torch.Generator(device=device).manual_seed(11)
-    negative = TextInputs(torch.randn(text.embeds.shape, generator=generator, device=device,
-                                      dtype=text.embeds.dtype) * text.mask[..., None],
-                          text.mask, torch.randn(text.pooled.shape, generator=generator, device=device,
-                                                 dtype=text.pooled.dtype))
-    both = TextInputs(torch.cat([text.embeds, negative.embeds]), torch.cat([text.mask, negative.mask]),
-                      torch.cat([text.pooled, negative.pooled]), valid_tokens=text.valid_tokens)
-    batched = PreparedSection(prepared.history_tokens.expand(2, -1, -1), prepared.rotary_emb,
-                              prepared.image_tokens.expand(2, -1, -1), prepared.latent_height, prepared.latent_width)
+    negative = TextInputs(
+        torch.randn(text.embeds.shape, generator=generator, device=device, dtype=text.embeds.dtype)
+        * text.mask[..., None],
+        text.mask,
+        torch.randn(text.pooled.shape, generator=generator, device=device, dtype=text.pooled.dtype),
+    )
+    both = TextInputs(
+        torch.cat([text.embeds, negative.embeds]),
+        torch.cat([text.mask, negative.mask]),
+        torch.cat([text.pooled, negative.pooled]),
+        valid_tokens=text.valid_tokens,
+    )
+    batched = PreparedSection(
+        prepared.history_tokens.expand(2, -1, -1),
+        prepared.rotary_emb,
+        prepared.image_tokens.expand(2, -1, -1),
+        prepared.latent_height,
+        prepared.latent_width,
+    )
     pair = lambda t: t.expand(2, *t.shape[1:])  # noqa: E731
 
     def two_calls() -> torch.Tensor:
@@ -468,8 +618,10 @@ def bench_cfg_batch(model, device, repeat: int, inputs, text: TextInputs, latent
     def one_call() -> torch.Tensor:
         return ours.velocity(pair(latents), pair(timestep), pair(guidance), both, batched)
 
-    result = {"two_calls_s": float(np.median(time_call(two_calls, device, 1, repeat))),
-              "batched_s": float(np.median(time_call(one_call, device, 1, repeat)))}
+    result = {
+        "two_calls_s": float(np.median(time_call(two_calls, device, 1, repeat))),
+        "batched_s": float(np.median(time_call(one_call, device, 1, repeat))),
+    }
     result["speedup"] = result["two_calls_s"] / result["batched_s"]
     result["relative_l2"] = relative_l2(one_call()[:1], two_calls())
     return result
@@ -483,15 +635,22 @@ class GpuClocks:
     """
 
     def __init__(self, device: torch.device):
-        self.index = device.index if device.index is not None else (
-            torch.cuda.current_device() if device.type == "cuda" else None)
+        self.index = (
+            device.index
+            if device.index is not None
+            else (torch.cuda.current_device() if device.type == "cuda" else None)
+        )
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
-        command = ["nvidia-smi", f"--id={self.index}", "--query-gpu=clocks.sm,power.draw",
-                   "--format=csv,noheader,nounits"]
+        command = [
+            "nvidia-smi",
+            f"--id={self.index}",
+            "--query-gpu=clocks.sm,power.draw",
+            "--format=csv,noheader,nounits",
+        ]
         while not self._stop.is_set():
             try:
                 line = subprocess.run(command, capture_output=True, text=True, timeout=5).stdout.strip()
@@ -501,7 +660,7 @@ class GpuClocks:
             self.samples.append((clock, power))
             self._stop.wait(0.1)
 
-    def __enter__(self) -> "GpuClocks":
+    def __enter__(self) -> GpuClocks:
         if self.index is not None:
             self._thread.start()
         return self
@@ -515,8 +674,7 @@ class GpuClocks:
         if not self.samples:
             return {}
         clocks, powers = zip(*self.samples)
-        return {"sm_clock_mhz": float(np.mean(clocks)), "power_w": float(np.mean(powers)),
-                "samples": len(self.samples)}
+        return {"sm_clock_mhz": float(np.mean(clocks)), "power_w": float(np.mean(powers)), "samples": len(self.samples)}
 
 
 def bench_decode(models, device, size: tuple[int, int], compile_norms: bool) -> dict:
@@ -556,9 +714,15 @@ def kernel_time_split(fn, device: torch.device) -> dict:
             continue
         name = event.key.lower()
         # Compiled element-wise kernels are named after the ops they feed ("triton_..._attention_..."): other.
-        kind = ("other" if name.startswith("triton") else
-                "attention" if any(k in name for k in ("fmha", "flash", "sdpa", "attention")) else
-                "matmul" if any(k in name for k in ("gemm", "nvjet", "xmma", "cutlass")) else "other")
+        kind = (
+            "other"
+            if name.startswith("triton")
+            else "attention"
+            if any(k in name for k in ("fmha", "flash", "sdpa", "attention"))
+            else "matmul"
+            if any(k in name for k in ("gemm", "nvjet", "xmma", "cutlass"))
+            else "other"
+        )
         split[kind] += event.self_device_time_total / 1e6
     return split
 
@@ -607,8 +771,13 @@ def save_random_weights(size: str, weights_dir: Path, device: torch.device, dtyp
 
 def _engine_config(args, device: torch.device, dtype: torch.dtype, memory_mode: str) -> EngineConfig:
     """The service's start-up for the saved weights, forced into `memory_mode` (on a GPU)."""
-    return EngineConfig(weights_dir=args.weights, variants=("original",), device=device.type,
-                        dtype=str(dtype).removeprefix("torch."), memory_mode=memory_mode)
+    return EngineConfig(
+        weights_dir=args.weights,
+        variants=("original",),
+        device=device.type,
+        dtype=str(dtype).removeprefix("torch."),
+        memory_mode=memory_mode,
+    )
 
 
 def _peak_rss_gib() -> float:
@@ -622,13 +791,20 @@ def bench_low_vram(args, device, dtype, size, image, report: dict) -> dict:
     the host's peak resident memory covers loading and streaming.
     """
     results: dict = {}
-    save = lambda: args.out.write_text(json.dumps({**report, "low_vram": results}, indent=2,  # noqa: E731
-                                                   default=str))
+
+    def save() -> None:
+        args.out.write_text(json.dumps({**report, "low_vram": results}, indent=2, default=str))
+
     cuda = device.type == "cuda"
     total = torch.cuda.get_device_properties(device).total_memory / 2**30 if cuda else None
     models = load_engine(_engine_config(args, device, dtype, "low")).models
-    modules = [models.text_encoder, models.text_encoder_2, models.image_encoder, models.vae,
-               *models.transformers.values()]
+    modules = [
+        models.text_encoder,
+        models.text_encoder_2,
+        models.image_encoder,
+        models.vae,
+        *models.transformers.values(),
+    ]
     results["weights_gib"] = sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**30
     results["host_peak_rss_after_placement_gib"] = _peak_rss_gib()
     runs = [(cap, args.e2e_seconds, args.steps) for cap in args.vram_cap_gb]

@@ -28,29 +28,58 @@ EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m framepack", description="FramePack image-to-video.")
     commands = parser.add_subparsers(dest="command", required=True)
-    predict = commands.add_parser("predict", help="generate one video, like `cog predict`",
-                                  description="Inputs: " + ", ".join(INPUT_SPECS))
-    predict.add_argument("-i", "--input", dest="inputs", action="append", default=[], metavar="NAME=VALUE",
-                         help="an API input; prefix file paths with @ (input_image=@photo.jpg)")
-    predict.add_argument("--weights", type=Path, default=None,
-                         help="weights folder in the hub layout (default: $FRAMEPACK_WEIGHTS or weights/)")
-    predict.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                         help="default: cuda when available")
-    predict.add_argument("--dtype", choices=DTYPES, default=None,
-                         help="transformer dtype (default: bfloat16 on cuda, float32 on cpu)")
-    predict.add_argument("--fp8", action="store_true", default=None,
-                         help="run the transformer blocks' Linear layers in FP8 (faster on Ada/Hopper GPUs, "
-                              "output differs by a few percent; high-VRAM mode only)")
-    predict.add_argument("--compile", choices=COMPILE_MODES, default=None,
-                         help="compile the transformer blocks: auto (resident weights on a GPU), on (also on "
-                              "the CPU), off (default: $FRAMEPACK_COMPILE or auto)")
+    predict = commands.add_parser(
+        "predict", help="generate one video, like `cog predict`", description="Inputs: " + ", ".join(INPUT_SPECS)
+    )
+    predict.add_argument(
+        "-i",
+        "--input",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an API input; prefix file paths with @ (input_image=@photo.jpg)",
+    )
+    predict.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="weights folder in the hub layout (default: $FRAMEPACK_WEIGHTS or weights/)",
+    )
+    predict.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    predict.add_argument(
+        "--dtype", choices=DTYPES, default=None, help="transformer dtype (default: bfloat16 on cuda, float32 on cpu)"
+    )
+    predict.add_argument(
+        "--fp8",
+        action="store_true",
+        default=None,
+        help="run the transformer blocks' Linear layers in FP8 (faster on Ada/Hopper GPUs, "
+        "output differs by a few percent; high-VRAM mode only)",
+    )
+    predict.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default=None,
+        help="compile the transformer blocks: auto (resident weights on a GPU), on (also on "
+        "the CPU), off (default: $FRAMEPACK_COMPILE or auto)",
+    )
     predict.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
-    predict.add_argument("--dump-tensors", type=Path, default=None, metavar="FILE",
-                         help="also write intermediate tensors to this safetensors file")
-    download = commands.add_parser("download-weights", help="fetch the weights into the hub layout (for baking)",
-                                    description="Download only the subfolders FramePack needs; resumable.")
-    download.add_argument("--weights", type=Path, default=None,
-                          help="target folder (default: $FRAMEPACK_WEIGHTS or weights/)")
+    predict.add_argument(
+        "--dump-tensors",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write intermediate tensors to this safetensors file",
+    )
+    download = commands.add_parser(
+        "download-weights",
+        help="fetch the weights into the hub layout (for baking)",
+        description="Download only the subfolders FramePack needs; resumable.",
+    )
+    download.add_argument(
+        "--weights", type=Path, default=None, help="target folder (default: $FRAMEPACK_WEIGHTS or weights/)"
+    )
     download.add_argument("--variants", default="original,f1", help="comma-separated model variants")
     return parser
 
@@ -79,8 +108,14 @@ def _check_output(path: Path, option: str) -> None:
 def engine_config(args: argparse.Namespace, variants: tuple[str, ...]) -> EngineConfig:
     """The FRAMEPACK_* settings, with the flags given on the command line taking precedence."""
     try:
-        return EngineConfig.from_env(weights_dir=args.weights, variants=variants, device=args.device,
-                                     dtype=args.dtype, fp8=args.fp8, compile=args.compile)
+        return EngineConfig.from_env(
+            weights_dir=args.weights,
+            variants=variants,
+            device=args.device,
+            dtype=args.dtype,
+            fp8=args.fp8,
+            compile=args.compile,
+        )
     except ValueError as error:
         raise InvalidInput("environment", str(error)) from None
 

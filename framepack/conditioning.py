@@ -1,7 +1,7 @@
 """Conditioning: prompt template and text encoders, image bucket and crop, SigLIP features, VAE start latent.
 
-REFERENCE.md §4 (text) and §5 (image). Everything returned is float on the encoder's device; the generation
-loop casts it to the transformer's compute dtype.
+docs/ALGORITHM.md §3.1 (text) and §3.2-§3.4 (image). Everything returned is float on the encoder's device;
+the generation loop casts it to the transformer's compute dtype.
 """
 
 from __future__ import annotations
@@ -30,8 +30,20 @@ CLIP_MAX_TOKENS = 77
 
 # (height, width) buckets of the reference's 640 family.
 BUCKETS_640 = (
-    (416, 960), (448, 864), (480, 832), (512, 768), (544, 704), (576, 672), (608, 640),
-    (640, 608), (672, 576), (704, 544), (768, 512), (832, 480), (864, 448), (960, 416),
+    (416, 960),
+    (448, 864),
+    (480, 832),
+    (512, 768),
+    (544, 704),
+    (576, 672),
+    (608, 640),
+    (640, 608),
+    (672, 576),
+    (704, 544),
+    (768, 512),
+    (832, 480),
+    (864, 448),
+    (960, 416),
 )
 
 
@@ -69,8 +81,10 @@ def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.nda
     resized_width, resized_height = round(original_width * scale), round(original_height * scale)
     resized = pil_image.resize((resized_width, resized_height), Image.LANCZOS)
     box = (
-        (resized_width - width) / 2, (resized_height - height) / 2,
-        (resized_width + width) / 2, (resized_height + height) / 2,
+        (resized_width - width) / 2,
+        (resized_height - height) / 2,
+        (resized_width + width) / 2,
+        (resized_height + height) / 2,
     )
     return np.array(resized.crop(box))
 
@@ -102,12 +116,14 @@ class PromptEmbedding:
     embeds: torch.Tensor
     pooled: torch.Tensor
 
-    def zeros_like(self) -> "PromptEmbedding":
+    def zeros_like(self) -> PromptEmbedding:
         return PromptEmbedding(torch.zeros_like(self.embeds), torch.zeros_like(self.pooled))
 
 
 @torch.no_grad()
-def encode_prompt(prompt: str, text_encoder, text_encoder_2, tokenizer, tokenizer_2, crop_start: int) -> PromptEmbedding:
+def encode_prompt(
+    prompt: str, text_encoder, text_encoder_2, tokenizer, tokenizer_2, crop_start: int
+) -> PromptEmbedding:
     """Llama third-from-last hidden states of the templated prompt, and the CLIP pooler of the raw prompt."""
     llama_inputs = tokenizer(
         [PROMPT_TEMPLATE.format(prompt)],

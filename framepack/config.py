@@ -15,9 +15,9 @@ the same fields, over the environment's values. Bad values are refused here, nam
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from .request import MODEL_VARIANTS
 
@@ -25,8 +25,13 @@ MEMORY_MODES = ("auto", "high", "low")
 COMPILE_MODES = ("auto", "on", "off")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
-ENV = {"weights_dir": "FRAMEPACK_WEIGHTS", "output_dir": "FRAMEPACK_OUTPUT_DIR",
-       "memory_mode": "FRAMEPACK_MEMORY_MODE", "compile": "FRAMEPACK_COMPILE", "fp8": "FRAMEPACK_FP8"}
+ENV = {
+    "weights_dir": "FRAMEPACK_WEIGHTS",
+    "output_dir": "FRAMEPACK_OUTPUT_DIR",
+    "memory_mode": "FRAMEPACK_MEMORY_MODE",
+    "compile": "FRAMEPACK_COMPILE",
+    "fp8": "FRAMEPACK_FP8",
+}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

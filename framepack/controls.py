@@ -9,8 +9,9 @@ reverse video order; the plans here are per video section and the loop looks the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 from .planner import LATENT_FRAMES_TO_PIXELS, VIDEO_FPS
 
@@ -65,8 +66,9 @@ def parse_keyframe_indices(text: str, num_images: int, num_sections: int) -> lis
             raise ControlError(name, f"{len(indices)} indices for {num_images} section_images; give one per image")
     for index in indices:
         if not 0 <= index < num_sections:
-            raise ControlError(name, f"section {index} is out of range; this video has sections 0 to "
-                                     f"{num_sections - 1}")
+            raise ControlError(
+                name, f"section {index} is out of range; this video has sections 0 to {num_sections - 1}"
+            )
     if len(set(indices)) != len(indices):
         raise ControlError(name, f"each section can have one keyframe, got {indices}")
     return indices
@@ -90,12 +92,15 @@ def camera_shifts(num_frames: int, latent_width: int, amount: float) -> list[int
 def section_grid(num_sections: int, latent_window_size: int) -> list[tuple[float, float]]:
     """(start, end) seconds of each video section in the final video (section 0 also holds the start frame)."""
     frames = latent_window_size * LATENT_FRAMES_TO_PIXELS
-    return [(0.0 if i == 0 else (1 + i * frames) / VIDEO_FPS, (1 + (i + 1) * frames) / VIDEO_FPS)
-            for i in range(num_sections)]
+    return [
+        (0.0 if i == 0 else (1 + i * frames) / VIDEO_FPS, (1 + (i + 1) * frames) / VIDEO_FPS)
+        for i in range(num_sections)
+    ]
 
 
-def describe_grid(grid: Sequence[tuple[float, float]], prompts: Sequence[str],
-                  keyframes: Sequence[int | None]) -> list[str]:
+def describe_grid(
+    grid: Sequence[tuple[float, float]], prompts: Sequence[str], keyframes: Sequence[int | None]
+) -> list[str]:
     """One log line per video section."""
     lines = []
     for i, ((start, end), prompt, keyframe) in enumerate(zip(grid, prompts, keyframes)):

@@ -119,8 +119,9 @@ class SectionDecoder:
     the worker's decode time. Use as a context manager: leaving it waits for a decode still running.
     """
 
-    def __init__(self, vae, assembler: FrameAssembler, progress: ProgressReporter, background: bool,
-                 reuse_tiles: bool = False):
+    def __init__(
+        self, vae, assembler: FrameAssembler, progress: ProgressReporter, background: bool, reuse_tiles: bool = False
+    ):
         self.vae = vae
         self.assembler = assembler
         self.progress = progress

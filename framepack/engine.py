@@ -7,8 +7,8 @@ setting (`config.EngineConfig`) means the same everywhere.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import memory
 from .config import EngineConfig
@@ -33,8 +33,10 @@ def load_engine(config: EngineConfig, log: Callable[[str], None] = print) -> Eng
     device, dtype = config.resolved_device(), config.resolved_dtype()
     total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
     plan = memory.choose_memory_plan(device, total_gib, config.memory_mode)
-    log(f"memory mode: {plan.mode} ({plan.reason}); FP8 transformer layers: {'on' if config.fp8 else 'off'}; "
-        f"compile: {config.compile}")
+    log(
+        f"memory mode: {plan.mode} ({plan.reason}); FP8 transformer layers: {'on' if config.fp8 else 'off'}; "
+        f"compile: {config.compile}"
+    )
     prepare_weights(config.weights_dir, config.variants, log=log)
     started = time.monotonic()
     models = load_models(config.weights_dir, config.variants, device, dtype)
@@ -42,6 +44,8 @@ def load_engine(config: EngineConfig, log: Callable[[str], None] = print) -> Eng
     accelerations = memory.prepare_for_speed(models, plan, config.fp8, config.compile)
     for variant, applied in accelerations.items():
         log(f"{variant} transformer: {applied.summary()}")
-    log(f"loaded {', '.join(config.variants)} from {config.weights_dir} on {device} ({dtype}) in "
-        f"{time.monotonic() - started:.1f} s")
+    log(
+        f"loaded {', '.join(config.variants)} from {config.weights_dir} on {device} ({dtype}) in "
+        f"{time.monotonic() - started:.1f} s"
+    )
     return Engine(config, models, plan, accelerations)

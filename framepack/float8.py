@@ -51,8 +51,14 @@ class Float8Linear(torch.nn.Module):
         rows = x.reshape(-1, self.in_features)
         quantized, scale = quantize_rows(rows)
         # The weight's transpose is column-major, the layout _scaled_mm needs for its second operand.
-        out = torch._scaled_mm(quantized, self.weight.t(), scale_a=scale, scale_b=self.weight_scale,
-                               bias=self.bias, out_dtype=self.compute_dtype)
+        out = torch._scaled_mm(
+            quantized,
+            self.weight.t(),
+            scale_a=scale,
+            scale_b=self.weight_scale,
+            bias=self.bias,
+            out_dtype=self.compute_dtype,
+        )
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

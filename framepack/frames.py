@@ -1,7 +1,7 @@
 """Assembling decoded sections into the final frames: soft append and the reference's uint8 conversion.
 
 Each decoded section overlaps the previous one by `overlap` pixel frames, cross-faded linearly
-(REFERENCE.md §6.4, §6.6). Frames outside the overlap never change again, so they are converted to uint8 as
+(docs/ALGORITHM.md §7.2). Frames outside the overlap never change again, so they are converted to uint8 as
 soon as they are final: a long video is held as uint8 (a quarter of float32), with only the overlap in float.
 """
 
@@ -58,7 +58,7 @@ class FrameAssembler:
         if self.prepend:
             self.pending, finished = joined[:, :, :keep], joined[:, :, keep:]
         else:
-            self.pending, finished = joined[:, :, joined.shape[2] - keep:], joined[:, :, :joined.shape[2] - keep]
+            self.pending, finished = joined[:, :, joined.shape[2] - keep :], joined[:, :, : joined.shape[2] - keep]
         if finished.shape[2]:
             self.final.append(to_uint8_frames(finished))
             if self.on_final is not None:

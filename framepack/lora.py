@@ -24,9 +24,9 @@ import logging
 import os
 import re
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 from pathlib import Path
 
 import torch
@@ -42,8 +42,13 @@ MAX_BYTES_ENV = "FRAMEPACK_LORA_MAX_BYTES"
 DEFAULT_MAX_BYTES = 4 * 2**30
 DOWNLOAD_TIMEOUT_S = 600.0
 
-_PARTS = ((".lora_down.weight", "down"), (".lora_A.weight", "down"), (".lora_up.weight", "up"),
-          (".lora_B.weight", "up"), (".alpha", "alpha"))
+_PARTS = (
+    (".lora_down.weight", "down"),
+    (".lora_A.weight", "down"),
+    (".lora_up.weight", "up"),
+    (".lora_B.weight", "up"),
+    (".alpha", "alpha"),
+)
 _PREFIXES = ("base_model.model.", "transformer.", "diffusion_model.", "model.diffusion_model.")
 
 # Original HunyuanVideo layer -> diffusers layers; each fused output is split in this order.
@@ -95,14 +100,14 @@ def _split_key(key: str) -> tuple[str, str] | None:
 def _strip_prefix(base: str) -> str:
     for prefix in _PREFIXES:
         if base.startswith(prefix):
-            return base[len(prefix):]
+            return base[len(prefix) :]
     return base
 
 
 def _targets(base: str, linear_names: dict[str, str]) -> list[str] | None:
     """Diffusers module paths a LoRA base name updates (several for a fused original layer), or None."""
     underscored = base.startswith("lora_unet_")
-    name = base[len("lora_unet_"):] if underscored else _strip_prefix(base)
+    name = base[len("lora_unet_") :] if underscored else _strip_prefix(base)
     if not underscored and name in linear_names.values():
         return [name]
     if underscored and name in linear_names:
@@ -120,8 +125,9 @@ def _targets(base: str, linear_names: dict[str, str]) -> list[str] | None:
 
 def convert_lora(state: dict[str, torch.Tensor], model: torch.nn.Module, name: str) -> list[LoraLayer]:
     """Map a LoRA state dict onto `model`'s Linear layers; raises LoraError naming any key that matches nothing."""
-    linears = {path: module for path, module in model.named_modules()
-               if isinstance(module, (torch.nn.Linear, Float8Linear))}
+    linears = {
+        path: module for path, module in model.named_modules() if isinstance(module, (torch.nn.Linear, Float8Linear))
+    }
     linear_names = {path.replace(".", "_"): path for path in linears}
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     keys_of: dict[str, list[str]] = {}
@@ -144,14 +150,18 @@ def convert_lora(state: dict[str, torch.Tensor], model: torch.nn.Module, name: s
         factor = float(parts["alpha"]) / rank if "alpha" in parts else 1.0
         sizes = [linears[t].out_features for t in targets]
         if up.shape[0] != sum(sizes) or any(linears[t].in_features != down.shape[1] for t in targets):
-            raise LoraError(name, f"{base}: shapes up {list(up.shape)}, down {list(down.shape)} do not fit "
-                                  f"{', '.join(targets)}")
+            raise LoraError(
+                name, f"{base}: shapes up {list(up.shape)}, down {list(down.shape)} do not fit {', '.join(targets)}"
+            )
         for target, part in zip(targets, up.split(sizes, dim=0)):
             layers.append(LoraLayer(target, down, part.contiguous(), factor))
     if unmatched:
         shown = ", ".join(sorted(unmatched)[:8])
-        raise LoraError(name, f"{len(unmatched)} of {len(state)} keys match no transformer layer "
-                              f"(first: {shown}); expected musubi-tuner, diffusers/PEFT or HunyuanVideo names")
+        raise LoraError(
+            name,
+            f"{len(unmatched)} of {len(state)} keys match no transformer layer "
+            f"(first: {shown}); expected musubi-tuner, diffusers/PEFT or HunyuanVideo names",
+        )
     if not layers:
         raise LoraError(name, "the file holds no LoRA weights")
     return layers
@@ -197,8 +207,9 @@ def merge_layer(module: torch.nn.Module, delta: torch.Tensor, backup: WeightBack
 
 
 @contextmanager
-def merged_loras(model: torch.nn.Module, loras: list[tuple[list[LoraLayer], float]],
-                 device: torch.device) -> Iterator[None]:
+def merged_loras(
+    model: torch.nn.Module, loras: list[tuple[list[LoraLayer], float]], device: torch.device
+) -> Iterator[None]:
     """Inside: every (layers, scale) LoRA merged into `model`'s weights; on exit, the weights as they were.
 
     The update of each layer is scale * (alpha / rank) * up @ down, summed over the LoRAs, in float32 on
@@ -213,8 +224,9 @@ def merged_loras(model: torch.nn.Module, loras: list[tuple[list[LoraLayer], floa
     backup = WeightBackup()
     try:
         for path, parts in updates.items():  # one layer's float32 update at a time, never all of them
-            delta = sum((scale * layer.factor) * (layer.up.to(device) @ layer.down.to(device))
-                        for layer, scale in parts)
+            delta = sum(
+                (scale * layer.factor) * (layer.up.to(device) @ layer.down.to(device)) for layer, scale in parts
+            )
             merge_layer(modules[path], delta, backup)
         yield
     finally:
@@ -267,7 +279,9 @@ def fetch(source: str, name: str, max_bytes: int | None = None, timeout: float =
     return target
 
 
-def load_request_loras(model: torch.nn.Module, loras: list[tuple[str, str, float]]) -> list[tuple[list[LoraLayer], float]]:
+def load_request_loras(
+    model: torch.nn.Module, loras: list[tuple[str, str, float]]
+) -> list[tuple[list[LoraLayer], float]]:
     """Fetch and check every (input name, source, scale) LoRA against `model`; empty sources are skipped.
 
     Everything is checked before any weight changes, so a bad second LoRA never leaves the first merged.

@@ -43,11 +43,15 @@ def choose_memory_plan(device: torch.device, total_gib: float | None, override: 
         return MemoryPlan("cpu", "no GPU: everything runs on the CPU", resident_variants=2)
     both = 2 if total_gib is not None and total_gib >= BOTH_VARIANTS_MIN_GIB else 1
     if override != "auto":
-        return MemoryPlan(override, f"forced by {MEMORY_MODE_ENV}={override} (GPU has {total_gib:.0f} GiB)",
-                          both if override == "high" else 1)
+        return MemoryPlan(
+            override,
+            f"forced by {MEMORY_MODE_ENV}={override} (GPU has {total_gib:.0f} GiB)",
+            both if override == "high" else 1,
+        )
     if total_gib >= HIGH_VRAM_MIN_GIB:
-        return MemoryPlan("high", f"GPU has {total_gib:.0f} GiB >= {HIGH_VRAM_MIN_GIB:.0f} GiB: all models resident",
-                          both)
+        return MemoryPlan(
+            "high", f"GPU has {total_gib:.0f} GiB >= {HIGH_VRAM_MIN_GIB:.0f} GiB: all models resident", both
+        )
     return MemoryPlan("low", f"GPU has {total_gib:.0f} GiB < {HIGH_VRAM_MIN_GIB:.0f} GiB: streaming weights")
 
 
@@ -61,8 +65,14 @@ def _stream_encoder(module: torch.nn.Module, device: torch.device) -> None:
     from diffusers.hooks import apply_group_offloading
 
     module._framepack_host_weights = streaming.HostWeights([module], pin=True)  # lives as long as the module
-    apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"),
-                           offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+    apply_group_offloading(
+        module,
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=True,
+    )
 
 
 def apply_low_vram(models, device: torch.device) -> None:
@@ -119,9 +129,12 @@ def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False, compile_mo
     models.compile_record = CompileRecord() if compiling else None
     if compiling:
         settle_cublas(models.device)
-    applied = {variant: accelerate(model, models.device, compile_blocks_with=models.compile_record,
-                                   float8=float8 and plan.mode != "low")
-               for variant, model in models.transformers.items()}
+    applied = {
+        variant: accelerate(
+            model, models.device, compile_blocks_with=models.compile_record, float8=float8 and plan.mode != "low"
+        )
+        for variant, model in models.transformers.items()
+    }
     if not compiling:
         for acceleration in applied.values():
             acceleration.notes.append(reason)

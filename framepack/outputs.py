@@ -34,21 +34,34 @@ def open_mp4(request: GenerationRequest, path: Path) -> Mp4Writer:
     return Mp4Writer(path, request.mp4_crf, metadata)
 
 
-def generate_video(request: GenerationRequest, models: FramePackModels, mp4_path: Path,
-                   progress: ProgressReporter | None = None, record: TensorRecorder | None = None,
-                   stream: bool = True, **generate_options) -> GenerationResult:
+def generate_video(
+    request: GenerationRequest,
+    models: FramePackModels,
+    mp4_path: Path,
+    progress: ProgressReporter | None = None,
+    record: TensorRecorder | None = None,
+    stream: bool = True,
+    **generate_options,
+) -> GenerationResult:
     """`generate`, and the MP4 encoded once; no file is left behind if anything fails or is cancelled.
 
     With `stream`, F1's frames go to the encoder as soon as they are final, while later sections sample (the
     original variant's frames are final only at the end). The "mp4" stage times what is left after sampling.
     """
     progress = progress or ProgressReporter(
-        planner.section_count(request.total_video_length_seconds, request.latent_window_size), request.steps)
+        planner.section_count(request.total_video_length_seconds, request.latent_window_size), request.steps
+    )
     with open_mp4(request, mp4_path) as video:
-        result = generate(request, models, progress=progress, record=record,
-                          on_frames=video.write if stream else None, **generate_options)
+        result = generate(
+            request,
+            models,
+            progress=progress,
+            record=record,
+            on_frames=video.write if stream else None,
+            **generate_options,
+        )
         with progress.stage("mp4"):
-            video.write(result.frames[video.frames_written:])
+            video.write(result.frames[video.frames_written :])
             video.close()
     return result
 

@@ -1,6 +1,6 @@
 """The generation loop: conditioning, section by section sampling, history, VAE decode and soft append.
 
-REFERENCE.md §6. For the "original" variant sections are generated from the end of the video backwards and
+docs/ALGORITHM.md §6, §7. For the "original" variant sections are generated from the end of the video backwards and
 prepended to the history; for "f1" forwards and appended. The history latents stay float32 on the CPU, as in
 the reference; the transformer and the sampler math run on `models.device`. Where GPU memory allows, each
 section's decode runs while the next section samples (`decoding.py`).
@@ -75,8 +75,11 @@ class Conditioning:
 
 def _text_inputs(embedding: conditioning.PromptEmbedding, device: torch.device, dtype: torch.dtype) -> TextInputs:
     embeds, mask = conditioning.pad_prompt_embeds(embedding.embeds)
-    return TextInputs(embeds=embeds.to(device=device, dtype=dtype), mask=mask.to(device),
-                      pooled=embedding.pooled.to(device=device, dtype=dtype))
+    return TextInputs(
+        embeds=embeds.to(device=device, dtype=dtype),
+        mask=mask.to(device),
+        pooled=embedding.pooled.to(device=device, dtype=dtype),
+    )
 
 
 def _image_latent(path, width: int, height: int, vae) -> torch.Tensor:
@@ -84,19 +87,20 @@ def _image_latent(path, width: int, height: int, vae) -> torch.Tensor:
     return conditioning.vae_encode_mean(image, vae).to("cpu", torch.float32)
 
 
-def encode_conditioning(request: GenerationRequest, models: FramePackModels, record: TensorRecorder,
-                        num_sections: int, log=print) -> Conditioning:
+def encode_conditioning(
+    request: GenerationRequest, models: FramePackModels, record: TensorRecorder, num_sections: int, log=print
+) -> Conditioning:
     """Crop the images to the bucket and encode every distinct prompt, the images and the latents once."""
     image = conditioning.load_rgb_image(request.input_image)
-    height, width = conditioning.output_size(image.shape[0], image.shape[1], request.resolution,
-                                             request.width, request.height)
+    height, width = conditioning.output_size(
+        image.shape[0], image.shape[1], request.resolution, request.width, request.height
+    )
     cropped = conditioning.resize_and_center_crop(image, width, height)
     record("image_cropped_uint8", torch.from_numpy(cropped))
 
     prompt_plan = controls.plan_section_prompts(request.section_prompts, request.prompt, num_sections)
     if prompt_plan.ignored:
-        log(f"section_prompts lines {prompt_plan.ignored} are past the last section ({num_sections - 1}); "
-            "ignored")
+        log(f"section_prompts lines {prompt_plan.ignored} are past the last section ({num_sections - 1}); ignored")
     crop_start = conditioning.template_crop_start(models.tokenizer)
     encoders = (models.text_encoder, models.text_encoder_2, models.tokenizer, models.tokenizer_2)
     embeddings = {}
@@ -122,14 +126,21 @@ def encode_conditioning(request: GenerationRequest, models: FramePackModels, rec
     if request.end_image is not None:
         end_latent = _image_latent(request.end_image, width, height, models.vae) * request.end_image_strength
     texts = {prompt: _text_inputs(emb, models.device, models.dtype) for prompt, emb in embeddings.items()}
-    return Conditioning(texts=texts, negative=_text_inputs(negative, models.device, models.dtype),
-                        image_embeds=image_embeds, start_latent=start_latent, keyframe_latents=keyframe_latents,
-                        end_latent=end_latent, prompts=prompt_plan.prompts,
-                        keyframes=controls.plan_keyframes(indices, num_sections))
+    return Conditioning(
+        texts=texts,
+        negative=_text_inputs(negative, models.device, models.dtype),
+        image_embeds=image_embeds,
+        start_latent=start_latent,
+        keyframe_latents=keyframe_latents,
+        end_latent=end_latent,
+        prompts=prompt_plan.prompts,
+        keyframes=controls.plan_keyframes(indices, num_sections),
+    )
 
 
-def section_inputs(section: planner.SectionPlan, history: torch.Tensor, cond: Conditioning,
-                   variant: Variant) -> SectionInputs:
+def section_inputs(
+    section: planner.SectionPlan, history: torch.Tensor, cond: Conditioning, variant: Variant
+) -> SectionInputs:
     """Slice the section's context out of the history (1, 16, T_hist, h, w) and pair it with its indices.
 
     The start slot holds the section's keyframe (or the start latent); on the first generated section of the
@@ -228,17 +239,32 @@ def generate(
     num_sections = planner.section_count(request.total_video_length_seconds, lws)
     progress = progress or ProgressReporter(num_sections, request.steps)
     model = models.transformers[variant]
-    loras = lora.load_request_loras(model, [("lora_weights", request.lora_weights, request.lora_scale),
-                                            ("extra_lora", request.extra_lora, request.extra_lora_scale)])
+    loras = lora.load_request_loras(
+        model,
+        [
+            ("lora_weights", request.lora_weights, request.lora_scale),
+            ("extra_lora", request.extra_lora, request.extra_lora_scale),
+        ],
+    )
     with lora.merged_loras(model, loras, models.device):
         # The runner is built with the LoRAs merged: it keeps a float32 copy of the output head.
         transformer = runner(model, models.device)
-        return _generate(request, models, progress, record, transformer, num_sections, background_decode,
-                         reuse_decoded_tiles, on_frames)
+        return _generate(
+            request,
+            models,
+            progress,
+            record,
+            transformer,
+            num_sections,
+            background_decode,
+            reuse_decoded_tiles,
+            on_frames,
+        )
 
 
-def _upcoming_decode(variant: Variant, section: planner.SectionPlan | None, lws: int,
-                     newest: torch.Tensor) -> UpcomingDecode | None:
+def _upcoming_decode(
+    variant: Variant, section: planner.SectionPlan | None, lws: int, newest: torch.Tensor
+) -> UpcomingDecode | None:
     """What is known of `section`'s decode window before it samples, from the history's `newest` latents."""
     layout = variant.known_decode_history(section, lws) if section is not None else None
     if layout is None:
@@ -247,10 +273,17 @@ def _upcoming_decode(variant: Variant, section: planner.SectionPlan | None, lws:
     return UpcomingDecode(section.decode_latents, offset, variant.newest(newest, count))
 
 
-def _generate(request: GenerationRequest, models: FramePackModels, progress: ProgressReporter,
-              record: TensorRecorder, transformer: PackedTransformer, num_sections: int,
-              background_decode: bool | None, reuse_decoded_tiles: bool,
-              on_frames: Callable[[torch.Tensor], None] | None) -> GenerationResult:
+def _generate(
+    request: GenerationRequest,
+    models: FramePackModels,
+    progress: ProgressReporter,
+    record: TensorRecorder,
+    transformer: PackedTransformer,
+    num_sections: int,
+    background_decode: bool | None,
+    reuse_decoded_tiles: bool,
+    on_frames: Callable[[torch.Tensor], None] | None,
+) -> GenerationResult:
     """Conditioning, the section loop and frame assembly (LoRAs, if any, are already merged)."""
     variant, lws = variant_named(request.model_variant), request.latent_window_size
     with progress.stage("encode"):
@@ -281,8 +314,14 @@ def _generate(request: GenerationRequest, models: FramePackModels, progress: Pro
             inputs = section_inputs(section, history, cond, variant)
             prompt = cond.prompts[section.video_index]
             texts = {"positive": cond.texts[prompt], "negative": cond.negative}
-            plan.append({"generation_index": section.generation_index, "video_index": section.video_index,
-                         "prompt": prompt, "keyframe": cond.keyframes[section.video_index]})
+            plan.append(
+                {
+                    "generation_index": section.generation_index,
+                    "video_index": section.video_index,
+                    "prompt": prompt,
+                    "keyframe": cond.keyframes[section.video_index],
+                }
+            )
             with progress.stage("sampling"):
                 latents = sample_section(transformer, request, texts, inputs, noise, progress.step_done)
             record(f"section_{section.generation_index}_latents", latents)
@@ -291,16 +330,21 @@ def _generate(request: GenerationRequest, models: FramePackModels, progress: Pro
             history, added = variant.add_section(history, latents, section, start_latent)
             generated_frames += added
             newest = variant.newest(history, generated_frames)
-            decoder.submit(variant.newest(newest, section.decode_latents or generated_frames),
-                           _upcoming_decode(variant, upcoming, lws, newest))
+            decoder.submit(
+                variant.newest(newest, section.decode_latents or generated_frames),
+                _upcoming_decode(variant, upcoming, lws, newest),
+            )
         frames = decoder.finish()
         if decoder.tiles is not None:
             tiles = decoder.tiles
-            progress.write(f"VAE decode: {tiles.decoded} tiles decoded ({tiles.prefetched} ahead of their "
-                           f"section), {tiles.reused} reused")
+            progress.write(
+                f"VAE decode: {tiles.decoded} tiles decoded ({tiles.prefetched} ahead of their "
+                f"section), {tiles.reused} reused"
+            )
 
     video_latents = newest
     record("video_latents", video_latents)
     record("frames_uint8", frames)
-    return GenerationResult(frames=frames, video_latents=video_latents, num_sections=num_sections,
-                            timings=dict(progress.timings), plan=plan)
+    return GenerationResult(
+        frames=frames, video_latents=video_latents, num_sections=num_sections, timings=dict(progress.timings), plan=plan
+    )

@@ -1,10 +1,10 @@
-"""Section planning for both FramePack variants: pure functions of the request's numbers (REFERENCE.md §6).
+"""Section planning for both FramePack variants: pure functions of the request's numbers (docs/ALGORITHM.md §6).
 
 A video is generated in sections of `latent_window_size` (lws) latent frames. The "original" variant generates
 them in reverse video order (inverted anti-drifting: the end first, each new section prepended to the history);
-"f1" generates forwards (each section appended); `variants.py` holds what depends on that direction. Every section sees the start latent and a fixed-size context
-of 1 + 2 + 16 history latents, embedded at 1x, 2x and 4x compression; only RoPE time indices tell the model
-where each piece sits.
+"f1" generates forwards (each section appended); `variants.py` holds what depends on that direction. Every
+section sees the start latent and a fixed-size context of 1 + 2 + 16 history latents, embedded at 1x, 2x and
+4x compression; only RoPE time indices tell the model where each piece sits.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class SectionPlan:
 def _split(values: range, sizes: list[int]) -> list[tuple[int, ...]]:
     parts, start = [], 0
     for size in sizes:
-        parts.append(tuple(values[start:start + size]))
+        parts.append(tuple(values[start : start + size]))
         start += size
     return parts
 
@@ -117,8 +117,10 @@ def _f1_section(index: int, num_sections: int, lws: int) -> SectionPlan:
 
 def inverted_sections(num_sections: int, latent_window_size: int) -> list[SectionPlan]:
     """The original variant's sections in generation order: the end of the video first."""
-    return [_original_section(i, num_sections, padding, latent_window_size)
-            for i, padding in enumerate(latent_paddings(num_sections))]
+    return [
+        _original_section(i, num_sections, padding, latent_window_size)
+        for i, padding in enumerate(latent_paddings(num_sections))
+    ]
 
 
 def forward_sections(num_sections: int, latent_window_size: int) -> list[SectionPlan]:

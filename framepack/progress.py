@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 
 def format_seconds(seconds: float) -> str:
@@ -49,8 +49,13 @@ class ProgressReporter:
     settles after the first section (which also pays one-off costs such as compilation).
     """
 
-    def __init__(self, num_sections: int, steps: int, write: Callable[[str], None] = _stderr,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        num_sections: int,
+        steps: int,
+        write: Callable[[str], None] = _stderr,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.num_sections = num_sections
         self.steps = steps
         self.write = write
@@ -91,5 +96,7 @@ class ProgressReporter:
             f"section {self.section + 1}/{self.num_sections}, step {step + 1}/{self.steps}, "
             f"elapsed {format_seconds(elapsed)}, remaining ~{format_seconds(remaining)}"
         )
-        self.write(f"{tqdm_bar(self.steps_done, self.num_sections * self.steps)} "
-                   f"[{format_interval(elapsed)}<{format_interval(remaining)}]")
+        self.write(
+            f"{tqdm_bar(self.steps_done, self.num_sections * self.steps)} "
+            f"[{format_interval(elapsed)}<{format_interval(remaining)}]"
+        )

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .controls import ControlError, parse_keyframe_indices
 from .planner import section_count
@@ -52,46 +53,132 @@ INPUT_SPECS: dict[str, InputSpec] = {
         InputSpec("input_image", Path, None, "Start frame of the video: any image PIL can open.", required=True),
         InputSpec("prompt", str, None, "What happens in the video.", required=True),
         InputSpec("negative_prompt", str, "", "What to avoid; used only when cfg_scale > 1."),
-        InputSpec("seed", int, None, "Random seed; leave empty for a random one. The seed used is logged and "
-                  "stored in the MP4 metadata.", ge=0, le=MAX_SEED),
-        InputSpec("total_video_length_seconds", float, 5.0, "Requested video length in seconds (rounded to whole "
-                  "sections of latent_window_size * 4 / 30 s).", ge=0.1, le=120.0),
-        InputSpec("model_variant", str, "original", "'original': inverted anti-drifting FramePack "
-                  "(lllyasviel/FramePackI2V_HY); 'f1': forward FramePack-F1 "
-                  "(lllyasviel/FramePack_F1_I2V_HY_20250503).", choices=MODEL_VARIANTS),
-        InputSpec("resolution", int, 640, "Bucket family: the output size is the bucket of this family nearest to "
-                  "the image's aspect ratio. 640 is the reference table.", ge=128, le=1536),
-        InputSpec("width", int, 0, "Output width; 0 picks the bucket. Otherwise a multiple of 16 (set height too).",
-                  ge=0, le=2048),
-        InputSpec("height", int, 0, "Output height; 0 picks the bucket. Otherwise a multiple of 16 (set width too).",
-                  ge=0, le=2048),
-        InputSpec("latent_window_size", int, 9, "Latent frames generated per section (9 is what the models were "
-                  "trained with).", ge=1, le=33),
+        InputSpec(
+            "seed",
+            int,
+            None,
+            "Random seed; leave empty for a random one. The seed used is logged and stored in the MP4 metadata.",
+            ge=0,
+            le=MAX_SEED,
+        ),
+        InputSpec(
+            "total_video_length_seconds",
+            float,
+            5.0,
+            "Requested video length in seconds (rounded to whole sections of latent_window_size * 4 / 30 s).",
+            ge=0.1,
+            le=120.0,
+        ),
+        InputSpec(
+            "model_variant",
+            str,
+            "original",
+            "'original': inverted anti-drifting FramePack "
+            "(lllyasviel/FramePackI2V_HY); 'f1': forward FramePack-F1 "
+            "(lllyasviel/FramePack_F1_I2V_HY_20250503).",
+            choices=MODEL_VARIANTS,
+        ),
+        InputSpec(
+            "resolution",
+            int,
+            640,
+            "Bucket family: the output size is the bucket of this family nearest to "
+            "the image's aspect ratio. 640 is the reference table.",
+            ge=128,
+            le=1536,
+        ),
+        InputSpec(
+            "width",
+            int,
+            0,
+            "Output width; 0 picks the bucket. Otherwise a multiple of 16 (set height too).",
+            ge=0,
+            le=2048,
+        ),
+        InputSpec(
+            "height",
+            int,
+            0,
+            "Output height; 0 picks the bucket. Otherwise a multiple of 16 (set width too).",
+            ge=0,
+            le=2048,
+        ),
+        InputSpec(
+            "latent_window_size",
+            int,
+            9,
+            "Latent frames generated per section (9 is what the models were trained with).",
+            ge=1,
+            le=33,
+        ),
         InputSpec("steps", int, 25, "Sampling steps per section.", ge=1, le=100),
-        InputSpec("cfg_scale", float, 1.0, "Real classifier-free guidance; 1 disables it (and the negative "
-                  "prompt), values above 1 double the cost.", ge=1.0, le=32.0),
-        InputSpec("distilled_cfg_scale", float, 10.0, "Distilled guidance strength fed to the model.", ge=1.0,
-                  le=32.0),
-        InputSpec("cfg_rescale", float, 0.0, "Guidance rescale (only has an effect when cfg_scale > 1).", ge=0.0,
-                  le=1.0),
-        InputSpec("use_teacache", bool, True, "TeaCache: skip transformer passes whose input barely changed "
-                  "(about 2x faster, slightly different output)."),
-        InputSpec("mp4_crf", int, 16, "H.264 constant rate factor: 0 is lossless (not playable in browsers), "
-                  "higher is smaller and blurrier.", ge=0, le=51),
-        InputSpec("section_prompts", str, "", "One prompt per line, line i for section i (0 = start of the video). "
-                  "Empty or missing lines keep the previous section's prompt; section 0 falls back to prompt."),
-        InputSpec("section_images", list, (), "Keyframe images; each fills the start slot of its section and of "
-                  "later sections until the next keyframe.", item_type=Path),
-        InputSpec("section_image_indices", str, "", "Comma-separated section number of each section_images entry "
-                  "(empty: 0, 1, 2, ...)."),
+        InputSpec(
+            "cfg_scale",
+            float,
+            1.0,
+            "Real classifier-free guidance; 1 disables it (and the negative prompt), values above 1 double the cost.",
+            ge=1.0,
+            le=32.0,
+        ),
+        InputSpec("distilled_cfg_scale", float, 10.0, "Distilled guidance strength fed to the model.", ge=1.0, le=32.0),
+        InputSpec(
+            "cfg_rescale", float, 0.0, "Guidance rescale (only has an effect when cfg_scale > 1).", ge=0.0, le=1.0
+        ),
+        InputSpec(
+            "use_teacache",
+            bool,
+            True,
+            "TeaCache: skip transformer passes whose input barely changed "
+            "(about 2x faster, slightly different output).",
+        ),
+        InputSpec(
+            "mp4_crf",
+            int,
+            16,
+            "H.264 constant rate factor: 0 is lossless (not playable in browsers), higher is smaller and blurrier.",
+            ge=0,
+            le=51,
+        ),
+        InputSpec(
+            "section_prompts",
+            str,
+            "",
+            "One prompt per line, line i for section i (0 = start of the video). "
+            "Empty or missing lines keep the previous section's prompt; section 0 falls back to prompt.",
+        ),
+        InputSpec(
+            "section_images",
+            list,
+            (),
+            "Keyframe images; each fills the start slot of its section and of later sections until the next keyframe.",
+            item_type=Path,
+        ),
+        InputSpec(
+            "section_image_indices",
+            str,
+            "",
+            "Comma-separated section number of each section_images entry (empty: 0, 1, 2, ...).",
+        ),
         InputSpec("end_image", Path, None, "End frame (original variant only): guides the end of the video."),
-        InputSpec("end_image_strength", float, 1.0, "How strongly the end frame is imposed (0 = ignored).",
-                  ge=0.0, le=1.0),
-        InputSpec("camera_movement", float, 0.0, "Experimental: rolls each section's latents sideways once, after "
-                  "20% of the steps, by up to this fraction of the width; later steps heal it. 0 = off.",
-                  ge=0.0, le=0.5),
-        InputSpec("lora_weights", str, "", "LoRA for the transformer: an https URL or a local path to a "
-                  ".safetensors file (musubi-tuner, diffusers/PEFT or HunyuanVideo key names)."),
+        InputSpec(
+            "end_image_strength", float, 1.0, "How strongly the end frame is imposed (0 = ignored).", ge=0.0, le=1.0
+        ),
+        InputSpec(
+            "camera_movement",
+            float,
+            0.0,
+            "Experimental: rolls each section's latents sideways once, after "
+            "20% of the steps, by up to this fraction of the width; later steps heal it. 0 = off.",
+            ge=0.0,
+            le=0.5,
+        ),
+        InputSpec(
+            "lora_weights",
+            str,
+            "",
+            "LoRA for the transformer: an https URL or a local path to a "
+            ".safetensors file (musubi-tuner, diffusers/PEFT or HunyuanVideo key names).",
+        ),
         InputSpec("lora_scale", float, 1.0, "Strength of lora_weights.", ge=-2.0, le=2.0),
         InputSpec("extra_lora", str, "", "A second LoRA, same formats as lora_weights."),
         InputSpec("extra_lora_scale", float, 1.0, "Strength of extra_lora.", ge=-2.0, le=2.0),
@@ -276,8 +363,9 @@ def build_request(inputs: Mapping[str, Any], *, check_files: bool = True) -> Gen
         raise InvalidInput("resolution", f"{values['resolution']} is not a multiple of {IMAGE_SIZE_MULTIPLE}")
     values["section_images"] = tuple(values["section_images"])
     if values["end_image"] is not None and values["model_variant"] != "original":
-        raise InvalidInput("end_image", "is only supported by model_variant 'original' (f1 generates forwards "
-                                        "and has no end slot)")
+        raise InvalidInput(
+            "end_image", "is only supported by model_variant 'original' (f1 generates forwards and has no end slot)"
+        )
     _check_controls(values)
     if check_files:
         check_image_file("input_image", values["input_image"])

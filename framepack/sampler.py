@@ -1,4 +1,4 @@
-"""The reference sampler: flux-shifted sigmas and flow-matching UniPC (bh1, order <= 3), REFERENCE.md §3.
+"""The reference sampler: flux-shifted sigmas and flow-matching UniPC (bh1, order <= 3), docs/ALGORITHM.md §4.
 
 Latents are rectified-flow states x_s = (1 - s) x_0 + s eps. The model wrapper returns the x_0 prediction
 x - s * v. UniPC runs in log-SNR time lambda = -ln(sigma). The reference computes the UniPC coefficients in
@@ -9,8 +9,8 @@ the coefficients differ visibly from float64 ones: we keep float32 to stay exact
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -31,7 +31,7 @@ def flux_mu(sequence_length: int) -> float:
 def flux_sigmas(steps: int, mu: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(steps + 1,) sigmas e^mu / (e^mu + 1/t - 1) over t = linspace(1, 0); sigma_0 = 1, last = 0.
 
-    float32 is what the reference samples with; float64 reproduces REFERENCE.md's test vectors.
+    float32 is what the reference samples with; float64 reproduces the test vectors of docs/ALGORITHM.md §4.4.
     """
     t = torch.linspace(1, 0, steps + 1, dtype=dtype)
     return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
@@ -142,12 +142,16 @@ def unipc_schedule(sigmas: torch.Tensor) -> list[UniPCCoefficients | None]:
 
 def _to_device(c: UniPCCoefficients, device: torch.device) -> UniPCCoefficients:
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return UniPCCoefficients(h=move(c.h), rks=move(c.rks), b_h=move(c.b_h), phi_1=move(c.phi_1),
-                             rhos_p=move(c.rhos_p), rhos_c=move(c.rhos_c))
+    return UniPCCoefficients(
+        h=move(c.h), rks=move(c.rks), b_h=move(c.b_h), phi_1=move(c.phi_1), rhos_p=move(c.rhos_p), rhos_c=move(c.rhos_c)
+    )
 
 
 def sample_unipc(
-    denoise: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, callback: StepCallback | None = None,
+    denoise: Denoiser,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: StepCallback | None = None,
     edit_state: StateEdit | None = None,
 ) -> torch.Tensor:
     """Run len(sigmas) - 1 model evaluations and return the last x_0 prediction (B, C, T, H, W).

@@ -14,8 +14,9 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -26,9 +27,9 @@ from .engine import load_engine
 from .models import FramePackModels
 from .outputs import generate_video
 from .pipeline import TensorRecorder
+from .planner import section_count
 from .progress import ProgressReporter
 from .request import build_request
-from .planner import section_count
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class FramePackService:
         self.last_output: Path | None = None
 
     @classmethod
-    def setup(cls, config: EngineConfig | None = None) -> "FramePackService":
+    def setup(cls, config: EngineConfig | None = None) -> FramePackService:
         """Start the engine (`config`, by default from the FRAMEPACK_* variables) and prepare the output folder."""
         config = config or EngineConfig.from_env()
         engine = load_engine(config, log=_log)
@@ -66,8 +67,12 @@ class FramePackService:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def predict(self, inputs: Mapping[str, Any], record_metric: MetricRecorder | None = None,
-                record: TensorRecorder | None = None) -> Path:
+    def predict(
+        self,
+        inputs: Mapping[str, Any],
+        record_metric: MetricRecorder | None = None,
+        record: TensorRecorder | None = None,
+    ) -> Path:
         """Validate `inputs` (API names), generate and return the MP4's path (valid until the next call).
 
         `record` receives the intermediate tensors, as the CLI's --dump-tensors does.
@@ -78,8 +83,9 @@ class FramePackService:
         started = time.monotonic()
         memory.make_resident(self.models, request.model_variant, self.plan)
         settle_cublas(self.models.device)  # per prediction: Cog runs predictions on threads of their own
-        progress = ProgressReporter(section_count(request.total_video_length_seconds, request.latent_window_size),
-                                    request.steps, write=_log)
+        progress = ProgressReporter(
+            section_count(request.total_video_length_seconds, request.latent_window_size), request.steps, write=_log
+        )
         output = self.output_dir / f"framepack-{request.seed}.mp4"
         compiled = self.models.compile_record
         graphs_before = (compiled.graphs, len(compiled.failures)) if compiled is not None else None

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 _ALIGN = 512  # bytes; keeps every tensor's start aligned for any dtype and for DMA
 _MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages; contents stay valid (never discards data)
-_streamers: "weakref.WeakKeyDictionary[torch.nn.Module, BlockStreamer]" = weakref.WeakKeyDictionary()
+_streamers: weakref.WeakKeyDictionary[torch.nn.Module, BlockStreamer] = weakref.WeakKeyDictionary()
 
 
 def _align(n: int) -> int:
@@ -68,7 +68,7 @@ class WeightGroup:
 
     def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
         """Tensors shaped like the group's, over `buffer` (uint8, at least `nbytes`, group-relative)."""
-        return [buffer[o:o + h.nbytes].view(h.dtype).view(h.shape) for o, h in zip(self.offsets, self.host)]
+        return [buffer[o : o + h.nbytes].view(h.dtype).view(h.shape) for o, h in zip(self.offsets, self.host)]
 
     def point_to(self, views: list[torch.Tensor]) -> None:
         for tensor, view in zip(self.tensors, views):
@@ -87,7 +87,7 @@ class HostWeights:
         for group_tensors in tensors:
             start, offsets, host = cursor, [], []
             for tensor in group_tensors:
-                view = self.buffer[cursor:cursor + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
+                view = self.buffer[cursor : cursor + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
                 view.copy_(tensor.data)
                 if tensor.device.type == "cpu":
                     _release_source_pages(tensor.data)
@@ -103,14 +103,17 @@ class HostWeights:
         pointer, size = self.buffer.data_ptr(), self.buffer.numel()
         error = int(cudart.cudaHostRegister(pointer, size, 0))
         if error != 0:
-            logger.warning("could not page-lock %.1f GiB of host weights (cudaError %d); copies will be slower",
-                           size / 2**30, error)
+            logger.warning(
+                "could not page-lock %.1f GiB of host weights (cudaError %d); copies will be slower",
+                size / 2**30,
+                error,
+            )
             return False
         weakref.finalize(self.buffer, cudart.cudaHostUnregister, pointer)
         return True
 
     def bytes_of(self, group: WeightGroup) -> torch.Tensor:
-        return self.buffer[group.offset:group.offset + group.nbytes]
+        return self.buffer[group.offset : group.offset + group.nbytes]
 
 
 class OnDeviceWhileCalled:
@@ -135,6 +138,7 @@ class OnDeviceWhileCalled:
                 return method(*map(self._to_device, args), **{k: self._to_device(v) for k, v in kwargs.items()})
             finally:
                 group.point_to(group.host)
+
         return call
 
 
@@ -151,7 +155,7 @@ class BlockStreamer:
         self.resident_modules = [child for name, child in model.named_children() if name not in block_lists]
         self.host = HostWeights(self.resident_modules + self.blocks, pin)
         self.resident = self.host.groups[: len(self.resident_modules)]
-        self.block_groups = self.host.groups[len(self.resident_modules):]
+        self.block_groups = self.host.groups[len(self.resident_modules) :]
         self.slot_bytes = max(group.nbytes for group in self.block_groups)
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
@@ -161,13 +165,11 @@ class BlockStreamer:
         """Put the non-block weights on the device, allocate the two slots and start loading block 0."""
         if self._active:
             return
-        self._resident_buffer = torch.empty(sum(g.nbytes for g in self.resident), dtype=torch.uint8,
-                                            device=self.device)
+        self._resident_buffer = torch.empty(sum(g.nbytes for g in self.resident), dtype=torch.uint8, device=self.device)
         start = self.resident[0].offset
-        self._resident_buffer.copy_(self.host.buffer[start:start + self._resident_buffer.numel()],
-                                    non_blocking=True)
+        self._resident_buffer.copy_(self.host.buffer[start : start + self._resident_buffer.numel()], non_blocking=True)
         for group in self.resident:
-            group.point_to(group.views(self._resident_buffer[group.offset - start:]))
+            group.point_to(group.views(self._resident_buffer[group.offset - start :]))
         self.slots = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(2)]
         self.slot_holds: list[int | None] = [None, None]
         self.copied = [torch.cuda.Event() if self.cuda else None for _ in range(2)]

@@ -1,4 +1,4 @@
-"""TeaCache: skip the transformer's block stack when its modulated input barely changed (REFERENCE.md §2).
+"""TeaCache: skip the transformer's block stack when its modulated input barely changed (docs/ALGORITHM.md §5).
 
 The decision looks at the AdaLN-modulated input of the first dual-stream block. Its relative L1 change is
 mapped through a polynomial fitted for HunyuanVideo and accumulated; the block stack runs when the sum reaches

@@ -1,8 +1,8 @@
 """The HunyuanVideo VAE's framewise decode, tile by tile, so that a tile two sections share is decoded once.
 
-diffusers decodes more than 4 latents in temporal tiles (REFERENCE.md §5.3): tiles of 5 latents every 3, each
+diffusers decodes more than 4 latents in temporal tiles (docs/ALGORITHM.md §7.1): tiles of 5 latents every 3, each
 decoded on its own, neighbours cross-faded over 4 pixel frames. A tile's pixels depend only on its own latents.
-A section's decode window is its new latents plus the previous section's (§6.4). With a latent window of 9, a
+A section's decode window is its new latents plus the previous section's (§7.2). With a latent window of 9, a
 multiple of the stride, two of the previous decode's tiles come back with the same latents; decoding them again
 gives the same pixels bit for bit (same inputs, same kernels), so `TileDecoder` keeps them. Tiles that lie
 wholly in latents known before a section samples can also be decoded ahead (`TileDecoder.prefetch`), in the
@@ -34,10 +34,12 @@ class TemporalTiling:
         if not vae.use_framewise_decoding:
             return None
         ratio = vae.temporal_compression_ratio
-        return cls(tile_latents=vae.tile_sample_min_num_frames // ratio + 1,
-                   stride_latents=vae.tile_sample_stride_num_frames // ratio,
-                   blend_frames=vae.tile_sample_min_num_frames - vae.tile_sample_stride_num_frames,
-                   stride_frames=vae.tile_sample_stride_num_frames)
+        return cls(
+            tile_latents=vae.tile_sample_min_num_frames // ratio + 1,
+            stride_latents=vae.tile_sample_stride_num_frames // ratio,
+            blend_frames=vae.tile_sample_min_num_frames - vae.tile_sample_stride_num_frames,
+            stride_frames=vae.tile_sample_stride_num_frames,
+        )
 
 
 def tile_spans(num_latents: int, tiling: TemporalTiling | None) -> list[tuple[int, int]]:
@@ -47,8 +49,9 @@ def tile_spans(num_latents: int, tiling: TemporalTiling | None) -> list[tuple[in
     """
     if tiling is None or num_latents < tiling.tile_latents:
         return [(0, num_latents)]
-    return [(start, min(start + tiling.tile_latents, num_latents))
-            for start in range(0, num_latents, tiling.stride_latents)]
+    return [
+        (start, min(start + tiling.tile_latents, num_latents)) for start in range(0, num_latents, tiling.stride_latents)
+    ]
 
 
 def cross_fade(previous: torch.Tensor, current: torch.Tensor, frames: int) -> torch.Tensor:
@@ -79,9 +82,9 @@ def join_tiles(tiles: list[torch.Tensor], tiling: TemporalTiling | None, num_lat
     for index, pixels in enumerate(tiles):
         if index:
             pixels = cross_fade(previous, pixels[:, :, 1:], tiling.blend_frames)
-        kept.append(pixels[:, :, :tiling.stride_frames + (0 if index else 1)])
+        kept.append(pixels[:, :, : tiling.stride_frames + (0 if index else 1)])
         previous = pixels
-    return torch.cat(kept, dim=2)[:, :, :pixel_frames(num_latents)]
+    return torch.cat(kept, dim=2)[:, :, : pixel_frames(num_latents)]
 
 
 class TileDecoder:
@@ -121,7 +124,7 @@ class TileDecoder:
         """
         for start, stop in tile_spans(window_latents, self.tiling):
             if start >= offset and stop <= offset + known.shape[2]:
-                tile = known[:, :, start - offset:stop - offset]
+                tile = known[:, :, start - offset : stop - offset]
                 if self._find(tile) is None:
                     self._kept.append((tile, self._decode_tile(tile)))
                     self.prefetched += 1

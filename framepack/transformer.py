@@ -87,8 +87,10 @@ class PackedTransformer:
         self.blocks = all_blocks(model)
         # The reference runs the output head in float32 ("high quality fp32 output"); a float32 copy of this
         # small layer (D x 64) on the compute device also works when the weights stream from the host.
-        self.head = (model.proj_out.weight.detach().float().to(self.device),
-                     model.proj_out.bias.detach().float().to(self.device))
+        self.head = (
+            model.proj_out.weight.detach().float().to(self.device),
+            model.proj_out.bias.detach().float().to(self.device),
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -103,8 +105,7 @@ class PackedTransformer:
         """Embed the history latents, build the RoPE tables and project the image features once."""
         model, device, dtype = self.model, self.device, self.dtype
         rope = model.rope
-        noisy_rope = rope(frame_indices=section.latent_indices, height=latent_height, width=latent_width,
-                          device=device)
+        noisy_rope = rope(frame_indices=section.latent_indices, height=latent_height, width=latent_width, device=device)
         clean, clean_2x, clean_4x = model.clean_x_embedder(
             section.clean_latents.to(device=device, dtype=dtype),
             section.clean_latents_2x.to(device=device, dtype=dtype),
@@ -112,14 +113,25 @@ class PackedTransformer:
         )
         clean_rope, rope_2x, rope_4x = (
             rope(frame_indices=indices, height=latent_height, width=latent_width, device=device)
-            for indices in (section.clean_latent_indices, section.clean_latent_2x_indices,
-                            section.clean_latent_4x_indices)
+            for indices in (
+                section.clean_latent_indices,
+                section.clean_latent_2x_indices,
+                section.clean_latent_4x_indices,
+            )
         )
         # Packing with an empty noisy group gives the history tokens alone, in the model's own order.
         empty = clean.new_zeros(clean.shape[0], 0, clean.shape[2])
         history_tokens, rotary_emb = model._pack_history_states(
-            empty, clean, clean_2x, clean_4x, noisy_rope, clean_rope, rope_2x, rope_4x,
-            latent_height // model.config.patch_size, latent_width // model.config.patch_size,
+            empty,
+            clean,
+            clean_2x,
+            clean_4x,
+            noisy_rope,
+            clean_rope,
+            rope_2x,
+            rope_4x,
+            latent_height // model.config.patch_size,
+            latent_width // model.config.patch_size,
         )
         image_tokens = model.image_projection(section.image_embeds.to(device=device, dtype=dtype))
         return PreparedSection(history_tokens, rotary_emb, image_tokens, latent_height, latent_width)
@@ -144,7 +156,9 @@ class PackedTransformer:
         temb, _ = model.time_text_embed(timestep, text.pooled, guidance)
         context = model.context_embedder(text.embeds, timestep, text.mask)
         # Text padding sits at the tail, so with batch 1 cropping it is exact and needs no attention mask.
-        context = torch.cat([section.image_tokens, context], dim=1)[:, : section.image_tokens.shape[1] + text.valid_tokens]
+        context = torch.cat([section.image_tokens, context], dim=1)[
+            :, : section.image_tokens.shape[1] + text.valid_tokens
+        ]
 
         if teacache is not None:
             with self._block_weights(0):

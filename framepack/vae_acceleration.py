@@ -39,8 +39,9 @@ def replicate_pad(x: torch.Tensor, pad: tuple[int, int, int, int, int, int]) -> 
     return out
 
 
-def upsample_replicate_pad(x: torch.Tensor, factors: tuple[int, int, int],
-                           pad: tuple[int, int, int, int, int, int]) -> torch.Tensor:
+def upsample_replicate_pad(
+    x: torch.Tensor, factors: tuple[int, int, int], pad: tuple[int, int, int, int, int, int]
+) -> torch.Tensor:
     """The causal upsampler's nearest upsampling, written straight into its convolution's replicate padding.
 
     (B, C, T, H, W) -> `replicate_pad` of (B, C, 1 + (T - 1) ft, H fh, W fw): the first frame is upsampled in
@@ -66,27 +67,28 @@ def _padded_empty(x: torch.Tensor, size: tuple[int, int, int], pad: tuple[int, i
     left, right, top, bottom, front, back = pad
     frames, height, width = size
     out = x.new_empty(x.shape[0], x.shape[1], frames + front + back, height + top + bottom, width + left + right)
-    return out, out[:, :, front:front + frames, top:top + height, left:left + width]
+    return out, out[:, :, front : front + frames, top : top + height, left : left + width]
 
 
-def _replicate_edges(out: torch.Tensor, pad: tuple[int, int, int, int, int, int], frames: int, height: int,
-                     width: int) -> None:
+def _replicate_edges(
+    out: torch.Tensor, pad: tuple[int, int, int, int, int, int], frames: int, height: int, width: int
+) -> None:
     """Fill the padding of `out` from its written interior: columns, then rows, then frames."""
     left, right, top, bottom, front, back = pad
-    rows = out[:, :, front:front + frames, top:top + height]
+    rows = out[:, :, front : front + frames, top : top + height]
     if left:
-        rows[..., :left] = rows[..., left:left + 1]
+        rows[..., :left] = rows[..., left : left + 1]
     if right:
-        rows[..., left + width:] = rows[..., left + width - 1:left + width]
-    frames_view = out[:, :, front:front + frames]  # rows are complete now: replicate them upwards and down
+        rows[..., left + width :] = rows[..., left + width - 1 : left + width]
+    frames_view = out[:, :, front : front + frames]  # rows are complete now: replicate them upwards and down
     if top:
-        frames_view[:, :, :, :top] = frames_view[:, :, :, top:top + 1]
+        frames_view[:, :, :, :top] = frames_view[:, :, :, top : top + 1]
     if bottom:
-        frames_view[:, :, :, top + height:] = frames_view[:, :, :, top + height - 1:top + height]
+        frames_view[:, :, :, top + height :] = frames_view[:, :, :, top + height - 1 : top + height]
     if front:  # frames are complete now
-        out[:, :, :front] = out[:, :, front:front + 1]
+        out[:, :, :front] = out[:, :, front : front + 1]
     if back:
-        out[:, :, front + frames:] = out[:, :, front + frames - 1:front + frames]
+        out[:, :, front + frames :] = out[:, :, front + frames - 1 : front + frames]
 
 
 def _causal_conv_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -102,8 +104,9 @@ def _upsample_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     return self.conv.conv(upsample_replicate_pad(hidden_states, factors, self.conv.time_causal_padding))
 
 
-def group_norm_scale_shift(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
-                           eps: float) -> torch.Tensor:
+def group_norm_scale_shift(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
     """`F.group_norm` for (N, C, *) `x`, written as statistics per group then one scale and shift per channel.
 
     Statistics in float32 over the (N, G, C/G * L) view; then y = x * scale + shift with (N, C, 1) float32 scale
@@ -143,12 +146,19 @@ def accelerate_vae(vae: torch.nn.Module, compile_norms: bool = False) -> list[st
     convs = [m for m in vae.modules() if isinstance(m, HunyuanVideoCausalConv3d)]
     for conv in convs:
         conv.forward = types.MethodType(_causal_conv_forward, conv)
-    upsamplers = [m for m in vae.modules() if isinstance(m, HunyuanVideoUpsampleCausal3D)
-                  and m.conv.pad_mode == "replicate" and all(float(f).is_integer() for f in m.upsample_factor)]
+    upsamplers = [
+        m
+        for m in vae.modules()
+        if isinstance(m, HunyuanVideoUpsampleCausal3D)
+        and m.conv.pad_mode == "replicate"
+        and all(float(f).is_integer() for f in m.upsample_factor)
+    ]
     for upsampler in upsamplers:
         upsampler.forward = types.MethodType(_upsample_forward, upsampler)
-    notes = [f"copy-based causal padding on {len(convs)} convolutions",
-             f"one-pass upsampling and padding on {len(upsamplers)} upsamplers"]
+    notes = [
+        f"copy-based causal padding on {len(convs)} convolutions",
+        f"one-pass upsampling and padding on {len(upsamplers)} upsamplers",
+    ]
     missing = compiler_missing(next(vae.parameters()).device) if compile_norms else None
     if missing is not None:
         notes.append(f"{missing}: GroupNorm stays eager")

@@ -35,8 +35,9 @@ class Variant:
         """The history before the first section (from `empty` zeros), and how many latents of it are video."""
         raise NotImplementedError
 
-    def add_section(self, history: torch.Tensor, latents: torch.Tensor, section: SectionPlan,
-                    start_latent: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def add_section(
+        self, history: torch.Tensor, latents: torch.Tensor, section: SectionPlan, start_latent: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
         """The history with a sampled section joined, and how many video latents that added.
 
         torch.cat makes a new tensor, so slices of the previous history handed elsewhere never change.
@@ -107,7 +108,7 @@ class Forward(Variant):
         return torch.cat([history, latents], dim=2), latents.shape[2]
 
     def newest(self, history: torch.Tensor, count: int) -> torch.Tensor:
-        return history[:, :, history.shape[2] - count:]
+        return history[:, :, history.shape[2] - count :]
 
 
 VARIANTS: dict[str, Variant] = {variant.name: variant for variant in (Inverted(), Forward())}

@@ -71,7 +71,8 @@ class MissingWeights(FileNotFoundError):
     def __init__(self, weights_dir: Path, missing: list[tuple[Component, list[str]]], note: str = ""):
         lines = [f"  {c.name}: {c.path(weights_dir)} (missing {', '.join(files)})" for c, files in missing]
         super().__init__(
-            f"Weights missing in {weights_dir}:\n" + "\n".join(lines)
+            f"Weights missing in {weights_dir}:\n"
+            + "\n".join(lines)
             + (f"\n{note}" if note else "")
             + "\nPoint --weights (or FRAMEPACK_WEIGHTS) at a folder in the hub layout <owner>/<repo>/<subfolder>,"
             " or fetch them with `python -m framepack download-weights`."
@@ -106,8 +107,9 @@ def download_components(weights_dir: Path, components: list[Component]) -> None:
     """
     weights_dir = Path(weights_dir)
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise MissingWeights(weights_dir, find_missing(weights_dir, components),
-                             note="HF_HUB_OFFLINE is set, so nothing was downloaded.")
+        raise MissingWeights(
+            weights_dir, find_missing(weights_dir, components), note="HF_HUB_OFFLINE is set, so nothing was downloaded."
+        )
     from huggingface_hub import snapshot_download
 
     by_repo: dict[str, list[str]] = {}
@@ -118,8 +120,9 @@ def download_components(weights_dir: Path, components: list[Component]) -> None:
             logger.info("downloading %s (%s) into %s", repo, ", ".join(patterns), weights_dir / repo)
             snapshot_download(repo_id=repo, allow_patterns=patterns, local_dir=weights_dir / repo)
     except Exception as error:  # any hub or network failure ends in the same clear report
-        raise MissingWeights(weights_dir, find_missing(weights_dir, components),
-                             note=f"Download failed: {type(error).__name__}: {error}") from error
+        raise MissingWeights(
+            weights_dir, find_missing(weights_dir, components), note=f"Download failed: {type(error).__name__}: {error}"
+        ) from error
 
 
 def ensure_weights(weights_dir: Path, variants: tuple[str, ...], download: bool = True) -> None:

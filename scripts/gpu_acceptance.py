@@ -76,9 +76,18 @@ def lora_file(model_config: dict, path: Path, targets: tuple[str, ...], seed: in
 def requests_to_make(size: tuple[int, int], loras: dict[str, str], tiny: bool) -> dict[str, dict]:
     """name -> inputs. One section of 9 latents (two for the controls), few steps, lossless MP4s."""
     width, height = size
-    base = {"input_image": data_uri(IMAGES / "start_100x140.png"), "prompt": "a dancer on a stage", "seed": 11,
-            "width": width, "height": height, "total_video_length_seconds": 1.2, "latent_window_size": 9,
-            "steps": 4, "use_teacache": False, "mp4_crf": 0}
+    base = {
+        "input_image": data_uri(IMAGES / "start_100x140.png"),
+        "prompt": "a dancer on a stage",
+        "seed": 11,
+        "width": width,
+        "height": height,
+        "total_video_length_seconds": 1.2,
+        "latent_window_size": 9,
+        "steps": 4,
+        "use_teacache": False,
+        "mp4_crf": 0,
+    }
     if tiny:
         base["latent_window_size"] = 3
     end = data_uri(IMAGES / "end_100x140.png")
@@ -93,9 +102,16 @@ def requests_to_make(size: tuple[int, int], loras: dict[str, str], tiny: bool) -
         "none_after_AB": base,
         "f1_lora_A": {**base, "model_variant": "f1", "lora_weights": loras["A"]},
         "teacache": {**base, "use_teacache": True, "steps": 8},
-        "controls": {**base, "total_video_length_seconds": 2.4, "section_prompts": "a calm sea\na storm",
-                     "section_images": [end], "section_image_indices": "1", "end_image": end,
-                     "end_image_strength": 0.5, "camera_movement": 0.2},
+        "controls": {
+            **base,
+            "total_video_length_seconds": 2.4,
+            "section_prompts": "a calm sea\na storm",
+            "section_images": [end],
+            "section_image_indices": "1",
+            "end_image": end,
+            "end_image_strength": 0.5,
+            "camera_movement": 0.2,
+        },
         "after_cancel": base,
     }
 
@@ -112,11 +128,21 @@ class CogServer:
             port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
-        full_env = {**os.environ, **env, "PORT": str(port), "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        full_env = {
+            **os.environ,
+            **env,
+            "PORT": str(port),
+            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
         with open(log, "w") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
-                                            cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
+                cwd=ROOT,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + start_timeout
         while self.health().get("status") != "READY":
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -154,9 +180,12 @@ class CogServer:
         threading.Thread(target=hooks.serve_forever, daemon=True).start()
         try:
             self.wait_ready()
-            requests.put(f"{self.url}/predictions/{prediction_id}", headers={"Prefer": "respond-async"},
-                         json={"input": inputs, "webhook": f"http://127.0.0.1:{hooks.server_address[1]}/"},
-                         timeout=60)
+            requests.put(
+                f"{self.url}/predictions/{prediction_id}",
+                headers={"Prefer": "respond-async"},
+                json={"input": inputs, "webhook": f"http://127.0.0.1:{hooks.server_address[1]}/"},
+                timeout=60,
+            )
             while not any(after_step in text for text in logs):
                 time.sleep(0.1)
             cancelled = time.monotonic()
@@ -210,9 +239,11 @@ def serve(name: str, env: dict[str, str], todo: dict[str, dict], out: Path, repo
             t0 = time.monotonic()
             body = server.predict(inputs, f"{name}-{key}")
             save_output(body, out / f"{name}-{key}.mp4")
-            report[name]["requests"][key] = {"seconds": time.monotonic() - t0, "metrics": body.get("metrics"),
-                                             "compile_log": [line for line in body["logs"].splitlines()
-                                                             if line.startswith("compiled blocks")]}
+            report[name]["requests"][key] = {
+                "seconds": time.monotonic() - t0,
+                "metrics": body.get("metrics"),
+                "compile_log": [line for line in body["logs"].splitlines() if line.startswith("compiled blocks")],
+            }
             print(f"{name} {key}: {time.monotonic() - t0:.1f} s", flush=True)
     finally:
         server.stop()
@@ -220,8 +251,9 @@ def serve(name: str, env: dict[str, str], todo: dict[str, dict], out: Path, repo
 
 def eager_twins(todo: dict[str, dict], fp8_todo: dict[str, dict], env: dict[str, str], out: Path) -> None:
     """The same requests through an eager service in this process (FP8: its blocks quantised in place)."""
-    os.environ.update({**env, "FRAMEPACK_COMPILE": "off", "FRAMEPACK_FP8": "0",
-                       "FRAMEPACK_OUTPUT_DIR": str(out / "eager-outputs")})
+    os.environ.update(
+        {**env, "FRAMEPACK_COMPILE": "off", "FRAMEPACK_FP8": "0", "FRAMEPACK_OUTPUT_DIR": str(out / "eager-outputs")}
+    )
     service = FramePackService.setup()
     for prefix, requests_ in (("eager", todo), ("eager-fp8", fp8_todo)):
         if prefix == "eager-fp8":
@@ -235,8 +267,9 @@ def eager_twins(todo: dict[str, dict], fp8_todo: dict[str, dict], env: dict[str,
                 if image_key in decoded:
                     decoded[image_key] = _uri_file(decoded[image_key], out / f"{image_key}.png")
             if "section_images" in decoded:
-                decoded["section_images"] = [_uri_file(u, out / f"keyframe{i}.png")
-                                             for i, u in enumerate(decoded["section_images"])]
+                decoded["section_images"] = [
+                    _uri_file(u, out / f"keyframe{i}.png") for i, u in enumerate(decoded["section_images"])
+                ]
             path = service.predict(decoded)
             (out / f"{prefix}-{key}.mp4").write_bytes(Path(path).read_bytes())
 
@@ -248,8 +281,7 @@ def _uri_file(uri: str, path: Path) -> Path:
 
 def compare(out: Path, keys: list[str], served: str, eager: str, report: dict) -> list[str]:
     """Relative L2 of each served video to its eager twin, and the LoRAs' effects; returns failed checks."""
-    frames = {key: (mp4_frames(out / f"{served}-{key}.mp4"), mp4_frames(out / f"{eager}-{key}.mp4"))
-              for key in keys}
+    frames = {key: (mp4_frames(out / f"{served}-{key}.mp4"), mp4_frames(out / f"{eager}-{key}.mp4")) for key in keys}
     failures, rows = [], {}
     for key, (compiled, reference) in frames.items():
         rows[key] = {"vs_eager": relative_l2(compiled, reference)}
@@ -267,8 +299,10 @@ def compare(out: Path, keys: list[str], served: str, eager: str, report: dict) -
             rows[key]["identical_to_first_base_run"] = bool(np.array_equal(frames[key][0], base))
             rows[key]["vs_first_base_run"] = relative_l2(frames[key][0], base)
             if rows[key]["vs_first_base_run"] > MAX_BASE_DRIFT:
-                failures.append(f"{served} {key}: the base after a LoRA is {rows[key]['vs_first_base_run']:.3e} "
-                                "from the first base run")
+                failures.append(
+                    f"{served} {key}: the base after a LoRA is {rows[key]['vs_first_base_run']:.3e} "
+                    "from the first base run"
+                )
     report[f"{served}_comparison"] = rows
     return failures
 
@@ -281,17 +315,23 @@ def print_table(report: dict, todo: dict) -> None:
         if name in report:
             kernels = [line for line in report[name]["setup_log"].splitlines() if "attention " in line]
             print(f"{name}: setup {report[name]['setup_seconds']:.0f} s; " + " | ".join(kernels))
-            print(f"  cancel took {report[name].get('cancel_seconds', float('nan')):.2f} s; graphs compiled per "
-                  "request: " + ", ".join(f"{k} {v['compile_log']}" for k, v in report[name]["requests"].items()))
-    print(f"{'request':<16} {'served vs eager':>16} {'LoRA effect':>12} {'vs 1st base':>12}   {'fp8 vs eager':>13} "
-          f"{'fp8 LoRA':>10} {'fp8 vs 1st':>11}")
+            print(
+                f"  cancel took {report[name].get('cancel_seconds', float('nan')):.2f} s; graphs compiled per "
+                "request: " + ", ".join(f"{k} {v['compile_log']}" for k, v in report[name]["requests"].items())
+            )
+    print(
+        f"{'request':<16} {'served vs eager':>16} {'LoRA effect':>12} {'vs 1st base':>12}   {'fp8 vs eager':>13} "
+        f"{'fp8 LoRA':>10} {'fp8 vs 1st':>11}"
+    )
     nan = float("nan")
     for key in todo:
         row = report.get("served_comparison", {}).get(key, {})
         fp8 = report.get("served-fp8_comparison", {}).get(key, {})
-        print(f"{key:<16} {row.get('vs_eager', nan):>16.3e} {row.get('lora_effect', nan):>12.3e} "
-              f"{row.get('vs_first_base_run', nan):>12.3e}   {fp8.get('vs_eager', nan):>13.3e} "
-              f"{fp8.get('lora_effect', nan):>10.3e} {fp8.get('vs_first_base_run', nan):>11.3e}")
+        print(
+            f"{key:<16} {row.get('vs_eager', nan):>16.3e} {row.get('lora_effect', nan):>12.3e} "
+            f"{row.get('vs_first_base_run', nan):>12.3e}   {fp8.get('vs_eager', nan):>13.3e} "
+            f"{fp8.get('lora_effect', nan):>10.3e} {fp8.get('vs_first_base_run', nan):>11.3e}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,8 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("acceptance"))
     parser.add_argument("--tiny", action="store_true", help="CPU dry run on the tiny test weights")
     parser.add_argument("--size", default="320x256", help="WIDTHxHEIGHT of the requests")
-    parser.add_argument("--phases", default=",".join(PHASES),
-                        help="comma-separated subset of " + ", ".join(PHASES) + " (to split the run across calls)")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="comma-separated subset of " + ", ".join(PHASES) + " (to split the run across calls)",
+    )
     args = parser.parse_args(argv)
     phases = args.phases.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -320,13 +363,18 @@ def main(argv: list[str] | None = None) -> int:
         (weights / "random.done").write_text("random full-size weights\n")
         report["weights_seconds"] = time.monotonic() - t0
     config = json.loads((transformer_component("original").path(weights) / "config.json").read_text())
-    loras = {"A": lora_file(config, args.out / "lora_a.safetensors", ("attn.to_q", "attn.to_k", "attn.to_v"), 1),
-             "B": lora_file(config, args.out / "lora_b.safetensors", ("proj_mlp", "proj_out"), 2)}
+    loras = {
+        "A": lora_file(config, args.out / "lora_a.safetensors", ("attn.to_q", "attn.to_k", "attn.to_v"), 1),
+        "B": lora_file(config, args.out / "lora_b.safetensors", ("proj_mlp", "proj_out"), 2),
+    }
     size = (96, 64) if args.tiny else tuple(int(v) for v in args.size.split("x"))
     todo = requests_to_make(size, loras, args.tiny)
     fp8_todo = {key: todo[key] for key in FP8_REQUESTS} if gpu else {}
-    env = {"FRAMEPACK_WEIGHTS": str(weights), "FRAMEPACK_COMPILE": "auto" if gpu else "on",
-           "FRAMEPACK_OUTPUT_DIR": str(args.out / "served-outputs")}
+    env = {
+        "FRAMEPACK_WEIGHTS": str(weights),
+        "FRAMEPACK_COMPILE": "auto" if gpu else "on",
+        "FRAMEPACK_OUTPUT_DIR": str(args.out / "served-outputs"),
+    }
     try:
         if "served" in phases:
             serve("served", {**env, "FRAMEPACK_FP8": "0"}, todo, args.out, report)

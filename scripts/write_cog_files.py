@@ -84,8 +84,12 @@ def schemacheck_binary() -> Path:
     if not (COG_SCHEMA_TOOL / "build.sh").is_file():
         raise FileNotFoundError(f"Cog's schema parser is not at {COG_SCHEMA_TOOL}; set SCHEMACHECK=/path/to/it")
     binary = Path(tempfile.gettempdir()) / "cog-schemacheck"
-    subprocess.run(["bash", str(COG_SCHEMA_TOOL / "build.sh")], env={**os.environ, "OUTBIN": str(binary)},
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["bash", str(COG_SCHEMA_TOOL / "build.sh")],
+        env={**os.environ, "OUTBIN": str(binary)},
+        check=True,
+        capture_output=True,
+    )
     return binary
 
 
@@ -93,8 +97,9 @@ def parse_with_cog(binary: Path, project: Path = ROOT) -> dict[str, Any]:
     """The OpenAPI schema Cog's parser makes of `project`/predict.py; raises RuntimeError with its error."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "schema.json"
-        result = subprocess.run([str(binary), str(project), "predict.py:Predictor", str(out)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [str(binary), str(project), "predict.py:Predictor", str(out)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise RuntimeError(f"Cog's parser rejects predict.py: {result.stdout.strip()} {result.stderr.strip()}")
         return json.loads(out.read_text())

@@ -59,8 +59,19 @@ def input_args(inputs: dict[str, object]) -> list[str]:
 
 
 def predict_args(inputs: dict[str, object], output: Path, *extra: str) -> list[str]:
-    return ["predict", *input_args(inputs), "--weights", str(TINY_WEIGHTS), "--device", "cpu",
-            "--dtype", "float32", "-o", str(output), *extra]
+    return [
+        "predict",
+        *input_args(inputs),
+        "--weights",
+        str(TINY_WEIGHTS),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "-o",
+        str(output),
+        *extra,
+    ]
 
 
 def golden_case_names() -> list[str]:
@@ -73,7 +84,7 @@ def load_golden_case(name: str) -> dict:
     return case
 
 
-# fixtures/README.md: what a correct float32 CPU implementation meets. Golden files come from one CPU;
+# docs/FIXTURES.md §4: what a correct float32 CPU implementation meets. Golden files come from one CPU;
 # another x86 CPU differs in the last float32 bits, so golden comparisons use these, not exact equality.
 MAX_RELATIVE_L2 = 1e-4
 MAX_GREY_LEVELS = 1
@@ -129,8 +140,9 @@ def section_and_text(model, generator):
     mask = torch.zeros(1, 512, dtype=torch.bool)
     mask[:, :11] = True
     embeds = torch.randn(1, 512, model.config.text_embed_dim, generator=generator) * mask[..., None]
-    text = TextInputs(embeds=embeds, mask=mask,
-                      pooled=torch.randn(1, model.config.pooled_projection_dim, generator=generator))
+    text = TextInputs(
+        embeds=embeds, mask=mask, pooled=torch.randn(1, model.config.pooled_projection_dim, generator=generator)
+    )
     latents = torch.randn(1, 16, lws, h, w, generator=generator)
     return inputs, text, latents
 
@@ -152,8 +164,13 @@ def musubi_lora(model, seed=1) -> dict[str, torch.Tensor]:
         module = model.get_submodule(path)
         down, up = _pair(module.out_features, module.in_features, g)
         key = "lora_unet_" + path.replace(".", "_")
-        state.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
-                      f"{key}.alpha": torch.tensor(float(RANK) / 2)})
+        state.update(
+            {
+                f"{key}.lora_down.weight": down,
+                f"{key}.lora_up.weight": up,
+                f"{key}.alpha": torch.tensor(float(RANK) / 2),
+            }
+        )
     return state
 
 

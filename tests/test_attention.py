@@ -4,12 +4,17 @@ import copy
 
 import pytest
 import torch
+from conftest import section_and_text
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from conftest import section_and_text
-from framepack.acceleration import (FLASH_ATTENTION_4, Acceleration, attention_unavailable,
-                                    block_attention_modules, set_block_attention)
+from framepack.acceleration import (
+    FLASH_ATTENTION_4,
+    Acceleration,
+    attention_unavailable,
+    block_attention_modules,
+    set_block_attention,
+)
 from framepack.attention import JointAttnProcessor, flash_attention4, flash_attention4_unavailable, sdpa_attention
 from framepack.models import all_blocks
 from framepack.transformer import PackedTransformer
@@ -61,8 +66,10 @@ def test_flash_attention4_has_a_shape_function_for_the_compiler():
 
 def test_flash_attention4_falls_back_off_a_supported_gpu():
     assert flash_attention4_unavailable(torch.device("cpu")) == "FlashAttention 4 needs a CUDA GPU"
-    assert attention_unavailable(FLASH_ATTENTION_4, torch.device("cpu"), torch.float32) == \
-        "FlashAttention 4 needs a CUDA GPU"
+    assert (
+        attention_unavailable(FLASH_ATTENTION_4, torch.device("cpu"), torch.float32)
+        == "FlashAttention 4 needs a CUDA GPU"
+    )
 
 
 def test_set_block_attention_installs_and_removes_the_fa4_processor(tiny_models):
@@ -73,8 +80,9 @@ def test_set_block_attention_installs_and_removes_the_fa4_processor(tiny_models)
         assert all(isinstance(p, JointAttnProcessor) and p.kernel is flash_attention4 for p in processors)
         set_block_attention(model, "_native_cudnn")
         processors = [attention.processor for attention in block_attention_modules(model)]
-        assert all(type(p) is HunyuanVideoAttnProcessor2_0 and p._attention_backend == "_native_cudnn"
-                   for p in processors)
+        assert all(
+            type(p) is HunyuanVideoAttnProcessor2_0 and p._attention_backend == "_native_cudnn" for p in processors
+        )
     finally:
         set_block_attention(model, None)
 
@@ -95,7 +103,12 @@ def test_joint_processor_traces_as_one_graph_per_block(tiny_models):
 
 
 def test_acceleration_summary_names_skipped_kernels():
-    applied = Acceleration(attention="_native_cudnn", compiled=True,
-                           notes=["attention flash_attention_4 skipped: flash-attn-4 is not installed"])
-    assert applied.summary() == ("attention _native_cudnn, compiled True, FP8 layers 0; "
-                                 "attention flash_attention_4 skipped: flash-attn-4 is not installed")
+    applied = Acceleration(
+        attention="_native_cudnn",
+        compiled=True,
+        notes=["attention flash_attention_4 skipped: flash-attn-4 is not installed"],
+    )
+    assert applied.summary() == (
+        "attention _native_cudnn, compiled True, FP8 layers 0; "
+        "attention flash_attention_4 skipped: flash-attn-4 is not installed"
+    )

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TINY_INPUTS, TINY_WEIGHTS, input_args, predict_args
 
 
@@ -58,12 +57,16 @@ def test_module_entry_point_runs_as_a_process(tmp_path):
     output = tmp_path / "video.mp4"
     process = subprocess.run(
         [sys.executable, "-m", "framepack", *predict_args({**TINY_INPUTS, "steps": "1"}, output)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert process.returncode == 0, process.stderr
     assert output.stat().st_size > 0
     bad = subprocess.run(
         [sys.executable, "-m", "framepack", "predict", "-i", "prompt=x", "--weights", str(TINY_WEIGHTS)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert bad.returncode == 2 and "Invalid input 'input_image': is required" in bad.stderr

@@ -13,11 +13,19 @@ from framepack.compilation import CompileRecord, capture_problem, compile_decisi
 from framepack.models import all_blocks
 
 
-@pytest.mark.parametrize(("mode", "memory_mode", "compiled"), [
-    ("auto", "high", True), ("auto", "cpu", False), ("auto", "low", False),
-    ("on", "high", True), ("on", "cpu", True), ("on", "low", False),
-    ("off", "high", False), ("off", "cpu", False),
-])
+@pytest.mark.parametrize(
+    ("mode", "memory_mode", "compiled"),
+    [
+        ("auto", "high", True),
+        ("auto", "cpu", False),
+        ("auto", "low", False),
+        ("on", "high", True),
+        ("on", "cpu", True),
+        ("on", "low", False),
+        ("off", "high", False),
+        ("off", "cpu", False),
+    ],
+)
 def test_compile_decision(mode, memory_mode, compiled):
     decided, reason = compile_decision(mode, memory_mode)
     assert decided is compiled and reason

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import IMAGES, START_IMAGE, TINY_WEIGHTS, musubi_lora, peft_lora, relative_l2
 from safetensors.torch import save_file
 
-from conftest import IMAGES, START_IMAGE, TINY_WEIGHTS, musubi_lora, peft_lora, relative_l2
 from framepack.models import all_blocks
 from framepack.pipeline import TensorRecorder
 from framepack.service import FramePackService
@@ -19,8 +19,17 @@ from framepack.service import FramePackService
 # float32 on the CPU: compiled kernels reassociate sums, so results agree to rounding, not bit for bit.
 MAX_RELATIVE_L2 = 1e-5
 END_IMAGE = IMAGES / "end_100x140.png"
-BASE = {"input_image": START_IMAGE, "prompt": "a dancer on a stage", "seed": 7, "total_video_length_seconds": 1.2,
-        "latent_window_size": 3, "steps": 2, "width": 96, "height": 64, "use_teacache": False}
+BASE = {
+    "input_image": START_IMAGE,
+    "prompt": "a dancer on a stage",
+    "seed": 7,
+    "total_video_length_seconds": 1.2,
+    "latent_window_size": 3,
+    "steps": 2,
+    "width": 96,
+    "height": 64,
+    "use_teacache": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +71,11 @@ def assert_same_as_eager(services, **overrides) -> None:
 
 
 def weights(service: FramePackService) -> dict[str, torch.Tensor]:
-    return {f"{variant}.{name}": tensor.clone() for variant, model in service.models.transformers.items()
-            for name, tensor in model.state_dict().items()}
+    return {
+        f"{variant}.{name}": tensor.clone()
+        for variant, model in service.models.transformers.items()
+        for name, tensor in model.state_dict().items()
+    }
 
 
 def test_setup_says_truthfully_what_is_compiled(services, capsys):
@@ -83,9 +95,14 @@ def test_lora_sequence_equals_eager_and_leaves_the_base_weights_bit_identical(se
     record = services["on"].models.compile_record
     predict(services["on"])  # compile for this request's shapes first
     graphs = record.graphs
-    sequence = [{"lora_weights": lora_files["A"]}, {"lora_weights": lora_files["A"], "lora_scale": 0.7}, {},
-                {"lora_weights": lora_files["B"]},
-                {"lora_weights": lora_files["A"], "extra_lora": lora_files["B"], "extra_lora_scale": -1.2}, {}]
+    sequence = [
+        {"lora_weights": lora_files["A"]},
+        {"lora_weights": lora_files["A"], "lora_scale": 0.7},
+        {},
+        {"lora_weights": lora_files["B"]},
+        {"lora_weights": lora_files["A"], "extra_lora": lora_files["B"], "extra_lora_scale": -1.2},
+        {},
+    ]
     for overrides in sequence:
         assert_same_as_eager(services, **overrides)
         after = weights(services["on"])
@@ -94,14 +111,24 @@ def test_lora_sequence_equals_eager_and_leaves_the_base_weights_bit_identical(se
     assert record.graphs == graphs
 
 
-@pytest.mark.parametrize("overrides", [
-    {"model_variant": "f1"},
-    {"model_variant": "original", "use_teacache": True, "steps": 4},
-    {"model_variant": "f1", "use_teacache": True, "steps": 4},
-    {"section_prompts": "a calm sea\n\na storm", "section_images": [END_IMAGE, END_IMAGE],
-     "section_image_indices": "1,2", "end_image": END_IMAGE, "end_image_strength": 0.5, "camera_movement": 0.2},
-    {"model_variant": "f1", "section_prompts": "\na storm", "section_images": [END_IMAGE], "camera_movement": 0.1},
-], ids=["f1", "teacache-original", "teacache-f1", "controls-original", "controls-f1"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model_variant": "f1"},
+        {"model_variant": "original", "use_teacache": True, "steps": 4},
+        {"model_variant": "f1", "use_teacache": True, "steps": 4},
+        {
+            "section_prompts": "a calm sea\n\na storm",
+            "section_images": [END_IMAGE, END_IMAGE],
+            "section_image_indices": "1,2",
+            "end_image": END_IMAGE,
+            "end_image_strength": 0.5,
+            "camera_movement": 0.2,
+        },
+        {"model_variant": "f1", "section_prompts": "\na storm", "section_images": [END_IMAGE], "camera_movement": 0.1},
+    ],
+    ids=["f1", "teacache-original", "teacache-f1", "controls-original", "controls-f1"],
+)
 def test_variants_teacache_and_controls_equal_eager(services, overrides):
     assert_same_as_eager(services, **overrides)
 

@@ -1,17 +1,22 @@
-"""Bucket rule, resize and crop, prompt template crop point and padding (REFERENCE.md §4, §5)."""
+"""Bucket rule, resize and crop, prompt template crop point and padding (docs/ALGORITHM.md §3)."""
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import START_IMAGE
+
 from framepack import conditioning
 
 
 @pytest.mark.parametrize(
     ("height", "width", "bucket"),
-    [(512, 512, (640, 608)), (1080, 1920, (480, 832)), (768, 1024, (544, 704)), (1920, 1080, (832, 480)),
-     (100, 140, (512, 768))],
+    [
+        (512, 512, (640, 608)),
+        (1080, 1920, (480, 832)),
+        (768, 1024, (544, 704)),
+        (1920, 1080, (832, 480)),
+        (100, 140, (512, 768)),
+    ],
 )
 def test_nearest_bucket(height, width, bucket):
     # Square inputs tie between 608x640 and 640x608; the later entry wins.

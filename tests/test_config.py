@@ -11,37 +11,59 @@ def test_defaults_without_variables():
     config = EngineConfig.from_env({})
     assert config == EngineConfig()
     assert (config.weights_dir, config.memory_mode, config.compile, config.fp8, config.output_dir) == (
-        Path("weights"), "auto", "auto", False, None)
+        Path("weights"),
+        "auto",
+        "auto",
+        False,
+        None,
+    )
     assert config.variants == ("original", "f1")
 
 
 def test_every_variable_is_read():
-    config = EngineConfig.from_env({"FRAMEPACK_WEIGHTS": "/w", "FRAMEPACK_OUTPUT_DIR": "/o",
-                                    "FRAMEPACK_MEMORY_MODE": " Low ", "FRAMEPACK_COMPILE": "ON",
-                                    "FRAMEPACK_FP8": "yes", "UNRELATED": "x"})
+    config = EngineConfig.from_env(
+        {
+            "FRAMEPACK_WEIGHTS": "/w",
+            "FRAMEPACK_OUTPUT_DIR": "/o",
+            "FRAMEPACK_MEMORY_MODE": " Low ",
+            "FRAMEPACK_COMPILE": "ON",
+            "FRAMEPACK_FP8": "yes",
+            "UNRELATED": "x",
+        }
+    )
     assert (config.weights_dir, config.output_dir, config.memory_mode, config.compile, config.fp8) == (
-        Path("/w"), Path("/o"), "low", "on", True)
+        Path("/w"),
+        Path("/o"),
+        "low",
+        "on",
+        True,
+    )
 
 
-@pytest.mark.parametrize(("value", "expected"), [("", False), ("0", False), ("off", False), ("1", True),
-                                                 ("TRUE", True), ("yes", True)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("", False), ("0", False), ("off", False), ("1", True), ("TRUE", True), ("yes", True)]
+)
 def test_fp8_switch(value, expected):
     assert EngineConfig.from_env({"FRAMEPACK_FP8": value}).fp8 is expected
 
 
 def test_flags_take_precedence_and_none_leaves_the_variable():
     environ = {"FRAMEPACK_COMPILE": "off", "FRAMEPACK_FP8": "1", "FRAMEPACK_WEIGHTS": "/w"}
-    config = EngineConfig.from_env(environ, compile="on", fp8=None, weights_dir=None, variants=("f1",),
-                                   device="cpu", dtype="float32")
+    config = EngineConfig.from_env(
+        environ, compile="on", fp8=None, weights_dir=None, variants=("f1",), device="cpu", dtype="float32"
+    )
     assert (config.compile, config.fp8, config.weights_dir, config.variants) == ("on", True, Path("/w"), ("f1",))
     assert str(config.resolved_device()) == "cpu" and str(config.resolved_dtype()) == "torch.float32"
 
 
-@pytest.mark.parametrize(("environ", "message"), [
-    ({"FRAMEPACK_FP8": "maybe"}, "FRAMEPACK_FP8 must be 1 or 0"),
-    ({"FRAMEPACK_COMPILE": "always"}, "FRAMEPACK_COMPILE must be one of auto, on, off, got 'always'"),
-    ({"FRAMEPACK_MEMORY_MODE": "medium"}, "FRAMEPACK_MEMORY_MODE must be one of auto, high, low"),
-])
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"FRAMEPACK_FP8": "maybe"}, "FRAMEPACK_FP8 must be 1 or 0"),
+        ({"FRAMEPACK_COMPILE": "always"}, "FRAMEPACK_COMPILE must be one of auto, on, off, got 'always'"),
+        ({"FRAMEPACK_MEMORY_MODE": "medium"}, "FRAMEPACK_MEMORY_MODE must be one of auto, high, low"),
+    ],
+)
 def test_bad_values_name_the_variable(environ, message):
     with pytest.raises(ValueError, match=message):
         EngineConfig.from_env(environ)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import IMAGES, START_IMAGE, TINY_INPUTS, predict_args
 from transformers import LlamaModel
 
-from conftest import IMAGES, START_IMAGE, TINY_INPUTS, predict_args
 from framepack import conditioning, controls
 from framepack.pipeline import TensorRecorder, generate
 from framepack.request import build_request
@@ -14,8 +14,17 @@ from framepack.request import build_request
 END_IMAGE = IMAGES / "end_100x140.png"
 SMALL_IMAGE = IMAGES / "start_90x60.png"
 # 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.
-BASE = {"input_image": START_IMAGE, "prompt": "base prompt", "seed": 5, "total_video_length_seconds": 1.6,
-        "latent_window_size": 3, "steps": 2, "width": 96, "height": 64, "use_teacache": False}
+BASE = {
+    "input_image": START_IMAGE,
+    "prompt": "base prompt",
+    "seed": 5,
+    "total_video_length_seconds": 1.6,
+    "latent_window_size": 3,
+    "steps": 2,
+    "width": 96,
+    "height": 64,
+    "use_teacache": False,
+}
 
 
 def run(tiny_models, **overrides):
@@ -53,7 +62,8 @@ def test_camera_shifts_and_grid():
 def test_section_prompts_follow_video_order(tiny_models, variant, generation_order):
     calls = []
     handle = torch.nn.modules.module.register_module_forward_hook(
-        lambda module, args, out: calls.append(1) if isinstance(module, LlamaModel) else None)
+        lambda module, args, out: calls.append(1) if isinstance(module, LlamaModel) else None
+    )
     try:
         result, tensors = run(tiny_models, model_variant=variant, section_prompts="first\n\nthird")
     finally:
@@ -70,13 +80,16 @@ def test_section_prompts_follow_video_order(tiny_models, variant, generation_ord
 
 @pytest.mark.parametrize("variant", ["original", "f1"])
 def test_keyframes_fill_the_start_slot_of_their_sections(tiny_models, variant):
-    result, tensors = run(tiny_models, model_variant=variant, section_images=[END_IMAGE, SMALL_IMAGE],
-                          section_image_indices="1,3")
+    result, tensors = run(
+        tiny_models, model_variant=variant, section_images=[END_IMAGE, SMALL_IMAGE], section_image_indices="1,3"
+    )
     keyframe_latents = [
-        conditioning.vae_encode_mean(conditioning.resize_and_center_crop(
-            conditioning.load_rgb_image(path), 96, 64), tiny_models.vae) for path in (END_IMAGE, SMALL_IMAGE)]
-    expected_slot = {0: tensors["start_latent"], 1: keyframe_latents[0], 2: keyframe_latents[0],
-                     3: keyframe_latents[1]}
+        conditioning.vae_encode_mean(
+            conditioning.resize_and_center_crop(conditioning.load_rgb_image(path), 96, 64), tiny_models.vae
+        )
+        for path in (END_IMAGE, SMALL_IMAGE)
+    ]
+    expected_slot = {0: tensors["start_latent"], 1: keyframe_latents[0], 2: keyframe_latents[0], 3: keyframe_latents[1]}
     for step in result.plan:
         slot = tensors[f"section_{step['generation_index']}_clean_latents"][:, :, :1]
         assert torch.equal(slot, expected_slot[step["video_index"]]), step
@@ -88,8 +101,9 @@ def test_keyframes_fill_the_start_slot_of_their_sections(tiny_models, variant):
 def test_end_frame_reaches_only_the_first_generated_sections_1x_slot(tiny_models):
     baseline, base_tensors = run(tiny_models)
     result, tensors = run(tiny_models, end_image=END_IMAGE, end_image_strength=0.7)
-    end_latent = conditioning.vae_encode_mean(conditioning.resize_and_center_crop(
-        conditioning.load_rgb_image(END_IMAGE), 96, 64), tiny_models.vae)
+    end_latent = conditioning.vae_encode_mean(
+        conditioning.resize_and_center_crop(conditioning.load_rgb_image(END_IMAGE), 96, 64), tiny_models.vae
+    )
     assert torch.allclose(tensors["section_0_clean_latents"][:, :, 1:], end_latent * 0.7)
     for g in (1, 2, 3):  # later sections read the generated history, as without an end frame
         generated = tensors[f"section_{g - 1}_latents"][:, :, :1]
@@ -112,26 +126,30 @@ def test_camera_movement_changes_output_deterministically(tiny_models):
 
 
 def test_camera_zero_keeps_a_golden_case(run_cli, tmp_path):
-    from safetensors.torch import load_file
-
     from conftest import GOLDEN, assert_matches_golden, load_golden_case
+    from safetensors.torch import load_file
 
     case = load_golden_case("inverted-basic")
     dump = tmp_path / "dump.safetensors"
-    result = run_cli(*predict_args({**case["input"], "camera_movement": 0}, tmp_path / "o.mp4",
-                                   "--dump-tensors", str(dump)))
+    result = run_cli(
+        *predict_args({**case["input"], "camera_movement": 0}, tmp_path / "o.mp4", "--dump-tensors", str(dump))
+    )
     assert result.code == 0
     expected = load_file(GOLDEN / "inverted-basic" / "expected.safetensors")
     assert_matches_golden(load_file(dump), {"video_latents": expected["video_latents"]})
 
 
 def test_section_grid_and_plan_in_the_log_and_dump(run_cli, tmp_path):
-    from safetensors import safe_open
     import json
 
+    from safetensors import safe_open
+
     dump = tmp_path / "dump.safetensors"
-    result = run_cli(*predict_args({**TINY_INPUTS, "section_prompts": "a\nb\nc\nd\ne"}, tmp_path / "o.mp4",
-                                   "--dump-tensors", str(dump)))
+    result = run_cli(
+        *predict_args(
+            {**TINY_INPUTS, "section_prompts": "a\nb\nc\nd\ne"}, tmp_path / "o.mp4", "--dump-tensors", str(dump)
+        )
+    )
     assert result.code == 0, result.stderr
     assert "section 0 covers 0.00 to 0.43 s: start image, prompt 'a'" in result.stderr
     assert "section 2 covers 0.83 to 1.23 s" in result.stderr
@@ -144,14 +162,20 @@ def test_section_grid_and_plan_in_the_log_and_dump(run_cli, tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"section_images": f"@{END_IMAGE}", "section_image_indices": "3"},
-         "Invalid input 'section_image_indices': section 3 is out of range; this video has sections 0 to 2"),
-        ({"section_images": f"@{END_IMAGE}", "section_image_indices": "0,1"},
-         "Invalid input 'section_image_indices': 2 indices for 1 section_images"),
+        (
+            {"section_images": f"@{END_IMAGE}", "section_image_indices": "3"},
+            "Invalid input 'section_image_indices': section 3 is out of range; this video has sections 0 to 2",
+        ),
+        (
+            {"section_images": f"@{END_IMAGE}", "section_image_indices": "0,1"},
+            "Invalid input 'section_image_indices': 2 indices for 1 section_images",
+        ),
         ({"section_image_indices": "1"}, "Invalid input 'section_image_indices': given without section_images"),
         ({"section_images": "@/nonexistent/key.png"}, "Invalid input 'section_images': file not found"),
-        ({"end_image": f"@{END_IMAGE}", "model_variant": "f1"},
-         "Invalid input 'end_image': is only supported by model_variant 'original'"),
+        (
+            {"end_image": f"@{END_IMAGE}", "model_variant": "f1"},
+            "Invalid input 'end_image': is only supported by model_variant 'original'",
+        ),
         ({"end_image_strength": "1.5"}, "Invalid input 'end_image_strength': 1.5 is out of range; allowed 0 to 1"),
         ({"camera_movement": "0.6"}, "Invalid input 'camera_movement': 0.6 is out of range; allowed 0 to 0.5"),
     ],

@@ -7,8 +7,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import START_IMAGE
+
 from framepack import decoding
 from framepack.decoding import (
     background_decode_bytes,
@@ -21,8 +21,17 @@ from framepack.progress import ProgressReporter
 from framepack.request import build_request
 
 # 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.
-REQUEST = {"input_image": START_IMAGE, "prompt": "a cat", "seed": 7, "total_video_length_seconds": 1.6,
-           "latent_window_size": 3, "steps": 2, "width": 96, "height": 64, "use_teacache": False}
+REQUEST = {
+    "input_image": START_IMAGE,
+    "prompt": "a cat",
+    "seed": 7,
+    "total_video_length_seconds": 1.6,
+    "latent_window_size": 3,
+    "steps": 2,
+    "width": 96,
+    "height": 64,
+    "use_teacache": False,
+}
 SECTIONS, STEPS = 4, 2
 
 
@@ -55,7 +64,8 @@ def test_background_decode_needs_room_for_the_decode_and_the_sampling():
     linear = (decoding.DECODE_GIB_640 + decoding.SAMPLING_GIB_640) * 2**30 * area * 1.15
     assert background_decode_bytes(1536, 1536) > linear
     assert background_decode_bytes(1536, 1536) == int(
-        (mid_block_mask_bytes(1536, 1536) + decoding.SAMPLING_GIB_640 * 2**30 * area) * 1.15)
+        (mid_block_mask_bytes(1536, 1536) + decoding.SAMPLING_GIB_640 * 2**30 * area) * 1.15
+    )
 
 
 def test_a_vae_off_the_gpu_decodes_in_line(tiny_models):
@@ -134,23 +144,30 @@ def test_cancelling_waits_for_the_decode_in_flight(tiny_models, monkeypatch):
 
     monkeypatch.setattr(decoding, "vae_decode", slow_decode)
     with pytest.raises(Cancelled):
-        generate(build_request(REQUEST), tiny_models, progress=_progress(on_write=cancel_in_second_section),
-                 background_decode=True)
+        generate(
+            build_request(REQUEST),
+            tiny_models,
+            progress=_progress(on_write=cancel_in_second_section),
+            background_decode=True,
+        )
     assert len(finished) == 1  # the first section's decode ran to its end before generate returned
     assert not _decode_threads()
 
 
-@pytest.mark.parametrize("variant, background, tile_line", [
-    ("original", True, "VAE decode: 13 tiles decoded (3 ahead of their section), 6 reused"),
-    ("original", False, "VAE decode: 13 tiles decoded (0 ahead of their section), 3 reused"),
-    ("f1", True, "VAE decode: 14 tiles decoded (2 ahead of their section), 4 reused"),
-])
+@pytest.mark.parametrize(
+    "variant, background, tile_line",
+    [
+        ("original", True, "VAE decode: 13 tiles decoded (3 ahead of their section), 6 reused"),
+        ("original", False, "VAE decode: 13 tiles decoded (0 ahead of their section), 3 reused"),
+        ("f1", True, "VAE decode: 14 tiles decoded (2 ahead of their section), 4 reused"),
+    ],
+)
 def test_shared_tiles_are_decoded_once_and_the_video_is_the_same(tiny_models, variant, background, tile_line):
     # A window of 9, the default: a multiple of the VAE's tile stride of 3, so whole tiles recur.
-    request = build_request({**REQUEST, "model_variant": variant, "latent_window_size": 9,
-                             "total_video_length_seconds": 3.6})
-    reference = generate(request, tiny_models, progress=_progress(), background_decode=False,
-                         reuse_decoded_tiles=False)
+    request = build_request(
+        {**REQUEST, "model_variant": variant, "latent_window_size": 9, "total_video_length_seconds": 3.6}
+    )
+    reference = generate(request, tiny_models, progress=_progress(), background_decode=False, reuse_decoded_tiles=False)
     lines: list[str] = []
     ours = generate(request, tiny_models, progress=_progress(lines), background_decode=background)
     assert torch.equal(ours.frames, reference.frames)

@@ -6,12 +6,18 @@ import copy
 
 import pytest
 import torch
-
 from conftest import peft_lora, relative_l2, section_and_text
+
 from framepack import lora
 from framepack.acceleration import accelerate
-from framepack.float8 import (FP8_DTYPE, FP8_MAX, Float8Linear, float8_unsupported_reason, quantize_rows,
-                              quantize_transformer_blocks)
+from framepack.float8 import (
+    FP8_DTYPE,
+    FP8_MAX,
+    Float8Linear,
+    float8_unsupported_reason,
+    quantize_rows,
+    quantize_transformer_blocks,
+)
 from framepack.models import all_blocks
 from framepack.transformer import PackedTransformer
 

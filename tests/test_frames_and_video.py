@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import TINY_INPUTS, predict_args
+
 from framepack.frames import FrameAssembler, soft_append, to_uint8_frames
 from framepack.video import Mp4Writer, read_mp4_frames, read_mp4_metadata, write_mp4
 
@@ -68,7 +68,7 @@ def test_mp4_roundtrip(tmp_path):
 def _moving_frames(count: int) -> torch.Tensor:
     frames = torch.zeros(count, 32, 48, 3, dtype=torch.uint8)
     for t in range(count):
-        frames[t, :, t:t + 8] = 40 + 10 * t
+        frames[t, :, t : t + 8] = 40 + 10 * t
     return frames
 
 

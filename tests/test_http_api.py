@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import START_IMAGE, TINY_WEIGHTS
+
 from framepack.request import INPUT_SPECS
 from framepack.video import read_mp4_frames, read_mp4_metadata
 
@@ -35,8 +35,16 @@ def _data_uri(data: bytes, mime: str = "image/png") -> str:
 
 
 IMAGE = _data_uri(START_IMAGE.read_bytes())
-TINY_REQUEST = {"input_image": IMAGE, "prompt": "a cat on a beach", "seed": 3, "total_video_length_seconds": 1.2,
-                "latent_window_size": 3, "steps": 2, "width": 96, "height": 64}
+TINY_REQUEST = {
+    "input_image": IMAGE,
+    "prompt": "a cat on a beach",
+    "seed": 3,
+    "total_video_length_seconds": 1.2,
+    "latent_window_size": 3,
+    "steps": 2,
+    "width": 96,
+    "height": 64,
+}
 # Long enough on the tiny weights (15 sections x 60 steps) to be cancelled mid-run.
 SLOW_REQUEST = {**TINY_REQUEST, "total_video_length_seconds": 6.0, "steps": 60}
 
@@ -47,13 +55,23 @@ def server(tmp_path_factory):
     port = _free_port()
     output_dir = tmp_path_factory.mktemp("outputs")
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "PORT": str(port), "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
-           "FRAMEPACK_WEIGHTS": str(TINY_WEIGHTS), "FRAMEPACK_OUTPUT_DIR": str(output_dir),
-           # coglet starts its worker with the `python` on PATH: make that this interpreter.
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+        "FRAMEPACK_WEIGHTS": str(TINY_WEIGHTS),
+        "FRAMEPACK_OUTPUT_DIR": str(output_dir),
+        # coglet starts its worker with the `python` on PATH: make that this interpreter.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     with open(log, "w") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"], cwd=ROOT,
-                                   env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     try:
@@ -165,7 +183,8 @@ def test_sync_prediction_returns_a_playable_mp4(server, tmp_path):
     assert frames.shape == (37, 64, 96, 3) and fps == 30
     assert read_mp4_metadata(tmp_path / "out.mp4")["seed"] == 3
     assert {"encode_seconds", "sampling_seconds", "decode_seconds", "mp4_seconds", "total_seconds"} <= set(
-        body["metrics"])
+        body["metrics"]
+    )
     assert "section 3/3, step 2/2" in body["logs"] and "seed: 3" in body["logs"]
     print(f"sync prediction on the tiny weights: {elapsed:.2f} s")
 
@@ -184,8 +203,12 @@ def test_random_seed_is_logged_and_stored(server, tmp_path):
 
 def test_async_prediction_delivers_webhooks(server, webhooks):
     url, received = webhooks
-    response = requests.post(f"{server['url']}/predictions", timeout=30, headers={"Prefer": "respond-async"},
-                             json={"input": TINY_REQUEST, "webhook": url})
+    response = requests.post(
+        f"{server['url']}/predictions",
+        timeout=30,
+        headers={"Prefer": "respond-async"},
+        json={"input": TINY_REQUEST, "webhook": url},
+    )
     assert response.status_code == 202
     _wait_for(lambda: _terminal(received))
     final = _terminal(received)[0]
@@ -195,8 +218,12 @@ def test_async_prediction_delivers_webhooks(server, webhooks):
 
 def test_cancel_ends_canceled_and_the_next_prediction_succeeds(server, webhooks, tmp_path):
     url, received = webhooks
-    response = requests.put(f"{server['url']}/predictions/cancel-me", timeout=30,
-                            headers={"Prefer": "respond-async"}, json={"input": SLOW_REQUEST, "webhook": url})
+    response = requests.put(
+        f"{server['url']}/predictions/cancel-me",
+        timeout=30,
+        headers={"Prefer": "respond-async"},
+        json={"input": SLOW_REQUEST, "webhook": url},
+    )
     assert response.status_code == 202
     _wait_for(lambda: any("step 3/60" in (hook.get("logs") or "") for hook in received))
     assert requests.post(f"{server['url']}/predictions/cancel-me/cancel", timeout=30).status_code == 200
@@ -248,9 +275,18 @@ def test_engine_validation_beyond_the_schema_fails_clearly(server):
 
 def test_controls_through_the_server(server, tmp_path):
     end = _data_uri((START_IMAGE.parent / "end_100x140.png").read_bytes())
-    body = _predict(server, {**TINY_REQUEST, "section_prompts": "a calm sea\n\na storm", "section_images": [end, end],
-                             "section_image_indices": "1,2", "end_image": end, "end_image_strength": 0.5,
-                             "camera_movement": 0.1}).json()
+    body = _predict(
+        server,
+        {
+            **TINY_REQUEST,
+            "section_prompts": "a calm sea\n\na storm",
+            "section_images": [end, end],
+            "section_image_indices": "1,2",
+            "end_image": end,
+            "end_image_strength": 0.5,
+            "camera_movement": 0.1,
+        },
+    ).json()
     assert body["status"] == "succeeded", body.get("error")
     assert "section 1 covers 0.43 to 0.83 s: keyframe 0, prompt 'a calm sea'" in body["logs"]
     assert "section 2 covers 0.83 to 1.23 s: keyframe 1, prompt 'a storm'" in body["logs"]

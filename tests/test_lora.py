@@ -11,16 +11,25 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import START_IMAGE, musubi_lora, original_lora, peft_lora, section_and_text
 from safetensors.torch import save_file
 
-from conftest import START_IMAGE, musubi_lora, original_lora, peft_lora, section_and_text
 from framepack import lora
 from framepack.pipeline import generate
 from framepack.request import InvalidInput, build_request
 from framepack.transformer import PackedTransformer
 
-BASE = {"input_image": START_IMAGE, "prompt": "a dancer", "seed": 9, "total_video_length_seconds": 0.8,
-        "latent_window_size": 3, "steps": 2, "width": 96, "height": 64, "use_teacache": False}
+BASE = {
+    "input_image": START_IMAGE,
+    "prompt": "a dancer",
+    "seed": 9,
+    "total_video_length_seconds": 0.8,
+    "latent_window_size": 3,
+    "steps": 2,
+    "width": 96,
+    "height": 64,
+    "use_teacache": False,
+}
 FORMATS = {"musubi": musubi_lora, "peft": peft_lora, "original": original_lora}
 
 
@@ -50,7 +59,10 @@ def test_each_format_changes_output_and_removal_restores_it(tiny_models, tmp_pat
 
 def test_two_loras_together(tiny_models, tmp_path):
     model = tiny_models.transformers["original"]
-    first, second = _file(tmp_path, musubi_lora(model), "a.safetensors"), _file(tmp_path, peft_lora(model), "b.safetensors")
+    first, second = (
+        _file(tmp_path, musubi_lora(model), "a.safetensors"),
+        _file(tmp_path, peft_lora(model), "b.safetensors"),
+    )
     alone_first = _video(tiny_models, lora_weights=first)
     alone_second = _video(tiny_models, extra_lora=second, extra_lora_scale=-1.5)
     both = _video(tiny_models, lora_weights=first, extra_lora=second, extra_lora_scale=-1.5)
@@ -63,7 +75,9 @@ def test_merged_weights_act_as_the_low_rank_update_including_fused_splits(tiny_m
     layers = lora.convert_lora(state, model, "lora_weights")
     assert sorted(layer.module for layer in layers) == sorted(
         [f"transformer_blocks.0.attn.to_{x}" for x in "qkv"]
-        + [f"single_transformer_blocks.1.attn.to_{x}" for x in "qkv"] + ["single_transformer_blocks.1.proj_mlp"])
+        + [f"single_transformer_blocks.1.attn.to_{x}" for x in "qkv"]
+        + ["single_transformer_blocks.1.proj_mlp"]
+    )
     inputs, text, latents = section_and_text(model, torch.Generator().manual_seed(4))
     timestep, guidance = torch.tensor([700.0]), torch.tensor([10000.0])
 
@@ -75,8 +89,9 @@ def test_merged_weights_act_as_the_low_rank_update_including_fused_splits(tiny_m
     reference = copy.deepcopy(model)
     for layer in layers:
         reference.get_submodule(layer.module).register_forward_hook(
-            lambda _m, args, out, layer=layer: out + 0.8 * layer.factor * F.linear(F.linear(args[0], layer.down),
-                                                                                   layer.up))
+            lambda _m, args, out, layer=layer: out
+            + 0.8 * layer.factor * F.linear(F.linear(args[0], layer.down), layer.up)
+        )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with lora.merged_loras(model, [(layers, 0.8)], torch.device("cpu")):
         merged = velocity(model)
@@ -99,11 +114,17 @@ def test_weights_are_restored_when_the_generation_fails(tiny_models, tmp_path):
 
 def test_keys_matching_nothing_are_named(tiny_models, tmp_path):
     model = tiny_models.transformers["original"]
-    foreign = {"unet.down_blocks.0.lora_A.weight": torch.zeros(4, 8), "unet.down_blocks.0.lora_B.weight": torch.zeros(8, 4)}
+    foreign = {
+        "unet.down_blocks.0.lora_A.weight": torch.zeros(4, 8),
+        "unet.down_blocks.0.lora_B.weight": torch.zeros(8, 4),
+    }
     with pytest.raises(lora.LoraError, match="2 of 2 keys match no transformer layer.*unet.down_blocks.0.lora_A"):
         _video(tiny_models, lora_weights=_file(tmp_path, foreign))
-    partial_match = {**peft_lora(model), "transformer.nonexistent.lora_A.weight": torch.zeros(4, 32),
-                     "transformer.nonexistent.lora_B.weight": torch.zeros(32, 4)}
+    partial_match = {
+        **peft_lora(model),
+        "transformer.nonexistent.lora_A.weight": torch.zeros(4, 32),
+        "transformer.nonexistent.lora_B.weight": torch.zeros(32, 4),
+    }
     with pytest.raises(lora.LoraError, match="2 of 6 keys match no transformer layer"):
         _video(tiny_models, extra_lora=_file(tmp_path, partial_match))
     assert not any(m._forward_hooks for m in model.modules())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import START_IMAGE
+
 from framepack.outputs import generate_video, open_mp4
 from framepack.pipeline import generate
 from framepack.progress import ProgressReporter
@@ -13,8 +13,17 @@ from framepack.request import build_request
 from framepack.video import read_mp4_frames, read_mp4_metadata
 
 # 4 sections of 3 latents at 96x64, 2 steps.
-REQUEST = {"input_image": START_IMAGE, "prompt": "a cat", "seed": 7, "total_video_length_seconds": 1.6,
-           "latent_window_size": 3, "steps": 2, "width": 96, "height": 64, "use_teacache": False}
+REQUEST = {
+    "input_image": START_IMAGE,
+    "prompt": "a cat",
+    "seed": 7,
+    "total_video_length_seconds": 1.6,
+    "latent_window_size": 3,
+    "steps": 2,
+    "width": 96,
+    "height": 64,
+    "use_teacache": False,
+}
 
 
 def _quiet() -> ProgressReporter:
@@ -26,10 +35,15 @@ def test_f1_hands_over_final_frames_while_later_sections_sample(tiny_models, bac
     request = build_request({**REQUEST, "model_variant": "f1"})
     progress = _quiet()
     handed: list[tuple[int, torch.Tensor]] = []
-    result = generate(request, tiny_models, progress=progress, background_decode=background,
-                      on_frames=lambda frames: handed.append((progress.steps_done, frames)))
+    result = generate(
+        request,
+        tiny_models,
+        progress=progress,
+        background_decode=background,
+        on_frames=lambda frames: handed.append((progress.steps_done, frames)),
+    )
     streamed = torch.cat([frames for _, frames in handed])
-    assert torch.equal(streamed, result.frames[:streamed.shape[0]])
+    assert torch.equal(streamed, result.frames[: streamed.shape[0]])
     # The first section decodes 13 frames, later ones 12 more each; the last 9 wait for a next section.
     assert streamed.shape[0] == 13 + 3 * 12 - 9 and result.frames.shape[0] == 13 + 3 * 12
     assert handed[0][0] < 4 * 2  # the first frames went to the encoder before the last section's steps ended
@@ -65,6 +79,7 @@ def test_a_failed_generation_leaves_no_mp4(tiny_models, tmp_path):
 
     request = build_request({**REQUEST, "model_variant": "f1"})
     with pytest.raises(Cancelled):
-        generate_video(request, tiny_models, tmp_path / "video.mp4",
-                       progress=ProgressReporter(4, 2, write=cancel_in_third_section))
+        generate_video(
+            request, tiny_models, tmp_path / "video.mp4", progress=ProgressReporter(4, 2, write=cancel_in_third_section)
+        )
     assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-"""Section planner against REFERENCE.md §6."""
+"""Section planner against docs/ALGORITHM.md §6."""
 
 import pytest
 

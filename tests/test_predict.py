@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 import write_cog_files
+
 from framepack.request import INPUT_SPECS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,8 +81,17 @@ def test_image_requirements_match_the_tested_ones():
     image = _pins(ROOT / "requirements-cog.txt")
     tested = _pins(ROOT / "requirements.txt")
     assert image.pop("torch") == "2.11.0"
-    gpu_only = {name: image.pop(name) for name in ("flash-attn-4", "nvidia-cutlass-dsl", "cuda-bindings",
-                                                   "quack-kernels", "apache-tvm-ffi", "torch-c-dlpack-ext")}
+    gpu_only = {
+        name: image.pop(name)
+        for name in (
+            "flash-attn-4",
+            "nvidia-cutlass-dsl",
+            "cuda-bindings",
+            "quack-kernels",
+            "apache-tvm-ffi",
+            "torch-c-dlpack-ext",
+        )
+    }
     assert all(gpu_only.values())
     assert image == tested
 

@@ -33,13 +33,16 @@ def _run(num_sections: int, steps: int, seconds_per_step: float, setup_seconds: 
     return lines, [line for line in lines if REPLICATE_PROGRESS.match(line)]
 
 
-@pytest.mark.parametrize(("done", "total", "expected"), [
-    (0, 75, "  0%|          | 0/75"),
-    (30, 75, " 40%|████      | 30/75"),
-    (29, 100, " 29%|██        | 29/100"),  # floored without float error (0.29 * 100 < 29)
-    (74, 75, " 98%|█████████ | 74/75"),
-    (75, 75, "100%|██████████| 75/75"),
-])
+@pytest.mark.parametrize(
+    ("done", "total", "expected"),
+    [
+        (0, 75, "  0%|          | 0/75"),
+        (30, 75, " 40%|████      | 30/75"),
+        (29, 100, " 29%|██        | 29/100"),  # floored without float error (0.29 * 100 < 29)
+        (74, 75, " 98%|█████████ | 74/75"),
+        (75, 75, "100%|██████████| 75/75"),
+    ],
+)
 def test_tqdm_bar(done, total, expected):
     assert tqdm_bar(done, total) == expected
     percent, current, count = REPLICATE_PROGRESS.match(expected).groups()
@@ -52,8 +55,7 @@ def test_tqdm_bar_width_and_degenerate_total():
 
 
 def test_format_interval():
-    assert [format_interval(s) for s in (0, 12.4, 61, 3600, 3725)] == ["00:00", "00:12", "01:01", "1:00:00",
-                                                                        "1:02:05"]
+    assert [format_interval(s) for s in (0, 12.4, 61, 3600, 3725)] == ["00:00", "00:12", "01:01", "1:00:00", "1:02:05"]
 
 
 def test_one_tqdm_line_per_step_over_all_sections():

@@ -1,8 +1,8 @@
 """Request parsing and validation: the API table's defaults and ranges."""
 
 import pytest
-
 from conftest import START_IMAGE
+
 from framepack.request import INPUT_SPECS, MAX_SEED, InvalidInput, build_request
 
 

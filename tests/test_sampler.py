@@ -1,4 +1,4 @@
-"""Sigma schedule and UniPC coefficients against REFERENCE.md §3.3 and §3.4."""
+"""Sigma schedule and UniPC coefficients against docs/ALGORITHM.md §4.1, §4.3 and §4.4."""
 
 import math
 
@@ -8,13 +8,59 @@ import torch
 from framepack import sampler
 
 REFERENCE_SIGMAS_25 = [
-    1.0, 0.99408, 0.98773, 0.98089, 0.97351, 0.96552, 0.95683, 0.94737, 0.93701, 0.92562, 0.91304, 0.89908,
-    0.88350, 0.86598, 0.84615, 0.82353, 0.79747, 0.76712, 0.73134, 0.68852, 0.63636, 0.57143, 0.48837,
-    0.37838, 0.22581, 0.0,
+    1.0,
+    0.99408,
+    0.98773,
+    0.98089,
+    0.97351,
+    0.96552,
+    0.95683,
+    0.94737,
+    0.93701,
+    0.92562,
+    0.91304,
+    0.89908,
+    0.88350,
+    0.86598,
+    0.84615,
+    0.82353,
+    0.79747,
+    0.76712,
+    0.73134,
+    0.68852,
+    0.63636,
+    0.57143,
+    0.48837,
+    0.37838,
+    0.22581,
+    0.0,
 ]
 REFERENCE_TIMESTEPS_BF16 = [
-    1000, 996, 988, 980, 972, 964, 956, 948, 936, 924, 912, 900, 884, 864, 848, 824, 796, 768, 732, 688, 636,
-    572, 488, 378, 226,
+    1000,
+    996,
+    988,
+    980,
+    972,
+    964,
+    956,
+    948,
+    936,
+    924,
+    912,
+    900,
+    884,
+    864,
+    848,
+    824,
+    796,
+    768,
+    732,
+    688,
+    636,
+    572,
+    488,
+    378,
+    226,
 ]
 
 
@@ -93,8 +139,7 @@ def test_flow_x0_with_cfg_and_rescale():
     assert torch.allclose(x0, x - 0.5 * expected_v)
     # cfg 1 never evaluates the negative branch.
     seen = []
-    sampler.flow_x0(x, sigma, lambda x_, t, branch: seen.append(branch) or velocities[branch], torch.float32,
-                    1.0, 0.7)
+    sampler.flow_x0(x, sigma, lambda x_, t, branch: seen.append(branch) or velocities[branch], torch.float32, 1.0, 0.7)
     assert seen == ["positive"]
     # Full rescale matches the positive branch's standard deviation.
     guided = sampler.rescale_guidance(expected_v, velocities["positive"], 1.0)

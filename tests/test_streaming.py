@@ -11,8 +11,8 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import START_IMAGE, peft_lora, section_and_text
+
 from framepack import streaming
 from framepack.pipeline import generate
 from framepack.request import build_request
@@ -20,8 +20,16 @@ from framepack.teacache import TeaCacheState
 from framepack.transformer import PackedTransformer
 
 CPU = torch.device("cpu")
-REQUEST = {"input_image": START_IMAGE, "prompt": "a dancer", "seed": 5, "total_video_length_seconds": 1.2,
-           "latent_window_size": 3, "steps": 3, "width": 96, "height": 64}
+REQUEST = {
+    "input_image": START_IMAGE,
+    "prompt": "a dancer",
+    "seed": 5,
+    "total_video_length_seconds": 1.2,
+    "latent_window_size": 3,
+    "steps": 3,
+    "width": 96,
+    "height": 64,
+}
 
 
 def _in_buffer(tensor: torch.Tensor, buffer: torch.Tensor) -> bool:
@@ -78,8 +86,10 @@ def test_streamed_blocks_give_bit_identical_velocities(tiny_models, use_teacache
         x = latents
         for step in range(steps):  # with TeaCache some steps skip the blocks: the slots must stay in step
             timestep = torch.tensor([1000.0 - 150 * step])
-            outs = [r.velocity(x, timestep, guidance, text, p, c)
-                    for r, p, c in zip((resident_runner, streamed_runner), prepared, caches)]
+            outs = [
+                r.velocity(x, timestep, guidance, text, p, c)
+                for r, p, c in zip((resident_runner, streamed_runner), prepared, caches)
+            ]
             assert torch.equal(outs[0], outs[1]), f"step {step}"
             x = x - 0.1 * outs[0]
     assert (len(block_runs) < steps) if use_teacache else (len(block_runs) == steps)
@@ -94,13 +104,17 @@ def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path):
     lora_file = tmp_path / "lora.safetensors"
     save_file(peft_lora(tiny_models.transformers["original"]), str(lora_file))
     request = build_request({**REQUEST, "lora_weights": str(lora_file), "use_teacache": True})
-    resident_models = dataclasses.replace(tiny_models, vae=_packed(tiny_models.vae),
-                                          transformers={"original": _packed(tiny_models.transformers["original"])})
+    resident_models = dataclasses.replace(
+        tiny_models,
+        vae=_packed(tiny_models.vae),
+        transformers={"original": _packed(tiny_models.transformers["original"])},
+    )
     resident = generate(request, resident_models)
     vae = copy.deepcopy(tiny_models.vae)
     streaming.OnDeviceWhileCalled(vae, CPU, ("encode", "decode"), pin=False)
-    models = dataclasses.replace(tiny_models, vae=vae,
-                                 transformers={"original": _streamed(tiny_models.transformers["original"])})
+    models = dataclasses.replace(
+        tiny_models, vae=vae, transformers={"original": _streamed(tiny_models.transformers["original"])}
+    )
     streamed = generate(request, models)
     assert torch.equal(streamed.video_latents, resident.video_latents)
     assert torch.equal(streamed.frames, resident.frames)

@@ -1,4 +1,4 @@
-"""TeaCache rule (REFERENCE.md §2)."""
+"""TeaCache rule (docs/ALGORITHM.md §5)."""
 
 import numpy as np
 import pytest

@@ -49,8 +49,12 @@ def test_cross_fade_rounds_like_diffusers(tiny_models):
 def test_tile_by_tile_decode_equals_vae_decode(tiny_models, spatial_tiles):
     vae = copy.copy(tiny_models.vae)
     if spatial_tiles:  # 32-pixel tiles, so the 64x96 frames are decoded in spatial tiles too
-        vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24,
-                          tile_sample_stride_width=24)
+        vae.enable_tiling(
+            tile_sample_min_height=32,
+            tile_sample_min_width=32,
+            tile_sample_stride_height=24,
+            tile_sample_stride_width=24,
+        )
     for frames in (4, 5, 19, 20):  # one piece; the shortest tiled; a 1-latent last tile; a 2-latent one
         latents = _latents(frames, seed=frames)
         tiles = TileDecoder(vae)

@@ -4,21 +4,30 @@ import json
 
 import pytest
 import torch
+from conftest import FIXTURES, section_and_text
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-from conftest import FIXTURES, section_and_text
 from framepack.teacache import TeaCacheState
 from framepack.transformer import PackedTransformer
 
 
 def _stock_forward(model, inputs, text, latents, timestep, guidance):
     return model(
-        hidden_states=latents, timestep=timestep, encoder_hidden_states=text.embeds,
-        encoder_attention_mask=text.mask, pooled_projections=text.pooled, image_embeds=inputs.image_embeds,
-        indices_latents=inputs.latent_indices, guidance=guidance, latents_clean=inputs.clean_latents,
-        indices_latents_clean=inputs.clean_latent_indices, latents_history_2x=inputs.clean_latents_2x,
-        indices_latents_history_2x=inputs.clean_latent_2x_indices, latents_history_4x=inputs.clean_latents_4x,
-        indices_latents_history_4x=inputs.clean_latent_4x_indices, return_dict=False,
+        hidden_states=latents,
+        timestep=timestep,
+        encoder_hidden_states=text.embeds,
+        encoder_attention_mask=text.mask,
+        pooled_projections=text.pooled,
+        image_embeds=inputs.image_embeds,
+        indices_latents=inputs.latent_indices,
+        guidance=guidance,
+        latents_clean=inputs.clean_latents,
+        indices_latents_clean=inputs.clean_latent_indices,
+        latents_history_2x=inputs.clean_latents_2x,
+        indices_latents_history_2x=inputs.clean_latent_2x_indices,
+        latents_history_4x=inputs.clean_latents_4x,
+        indices_latents_history_4x=inputs.clean_latent_4x_indices,
+        return_dict=False,
     )[0]
 
 

@@ -49,8 +49,9 @@ def test_group_norm_scale_shift_equals_f_group_norm(shape):
     assert relative_l2(group_norm_scale_shift(view, 4, weight, bias, 1e-6), expected) < 1e-6
     half = group_norm_scale_shift(x.half(), 4, weight.half(), bias.half(), 1e-6)
     assert half.dtype == torch.float16
-    assert relative_l2(half, F.group_norm(x.half().double(), 4, weight.half().double(), bias.half().double(),
-                                          1e-6)) < 1e-3
+    assert (
+        relative_l2(half, F.group_norm(x.half().double(), 4, weight.half().double(), bias.half().double(), 1e-6)) < 1e-3
+    )
 
 
 def _decode_latents(vae) -> torch.Tensor:

@@ -5,12 +5,17 @@ import socket
 
 import pytest
 import torch
+from conftest import TINY_WEIGHTS
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY_WEIGHTS
 from framepack.weights import (
-    CheckpointMismatch, MissingWeights, ensure_weights, required_components, transformer_component,
-    verify_transformer_checkpoint, download_patterns,
+    CheckpointMismatch,
+    MissingWeights,
+    download_patterns,
+    ensure_weights,
+    required_components,
+    transformer_component,
+    verify_transformer_checkpoint,
 )
 
 TRANSFORMER = transformer_component("original").path(TINY_WEIGHTS)
@@ -50,8 +55,12 @@ def test_only_needed_subfolders_are_downloaded():
     patterns = {c.name: download_patterns(c) for c in required_components(("original", "f1"))}
     assert patterns["text_encoder"] == ["text_encoder/*"] and patterns["vae"] == ["vae/*"]
     assert patterns["transformer_original"] == ["*.json", "*.safetensors"]
-    hunyuan = [p for c in required_components(("original",)) if c.repo == "hunyuanvideo-community/HunyuanVideo"
-               for p in download_patterns(c)]
+    hunyuan = [
+        p
+        for c in required_components(("original",))
+        if c.repo == "hunyuanvideo-community/HunyuanVideo"
+        for p in download_patterns(c)
+    ]
     assert not any(p.startswith("transformer") for p in hunyuan)  # never the 25 GB HunyuanVideo transformer
 
 
