@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from .config import COMPILE_MODES, DTYPES, EngineConfig
-from .lora import LoraError
-from .request import INPUT_SPECS, GenerationRequest, InvalidInput, build_request, parse_text_value
+from .errors import InvalidInput
+from .request import INPUT_SPECS, GenerationRequest, build_request, parse_text_value
 from .weights import CheckpointMismatch, MissingWeights, check_weights
 
 EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     try:
         output = run_download(args) if args.command == "download-weights" else run_predict(args)
-    except (InvalidInput, LoraError, MissingWeights, CheckpointMismatch) as error:
+    except (InvalidInput, MissingWeights, CheckpointMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

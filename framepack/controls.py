@@ -13,18 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .errors import InvalidInput
 from .planner import LATENT_FRAMES_TO_PIXELS, VIDEO_FPS
 
 T = TypeVar("T")
 CAMERA_STEP_FRACTION = 0.2  # roll the latents once, after 20% of the steps (step 5 of 25)
-
-
-class ControlError(ValueError):
-    """A control input is inconsistent; `name` is the API input to blame."""
-
-    def __init__(self, name: str, message: str):
-        super().__init__(f"Invalid input '{name}': {message}")
-        self.name = name
 
 
 def cascade(values: dict[int, T], num_sections: int, default: T) -> list[T]:
@@ -61,16 +54,16 @@ def parse_keyframe_indices(text: str, num_images: int, num_sections: int) -> lis
         try:
             indices = [int(part) for part in text.split(",")]
         except ValueError:
-            raise ControlError(name, f"expected comma-separated section numbers, got {text!r}") from None
+            raise InvalidInput(name, f"expected comma-separated section numbers, got {text!r}") from None
         if len(indices) != num_images:
-            raise ControlError(name, f"{len(indices)} indices for {num_images} section_images; give one per image")
+            raise InvalidInput(name, f"{len(indices)} indices for {num_images} section_images; give one per image")
     for index in indices:
         if not 0 <= index < num_sections:
-            raise ControlError(
+            raise InvalidInput(
                 name, f"section {index} is out of range; this video has sections 0 to {num_sections - 1}"
             )
     if len(set(indices)) != len(indices):
-        raise ControlError(name, f"each section can have one keyframe, got {indices}")
+        raise InvalidInput(name, f"each section can have one keyframe, got {indices}")
     return indices
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .errors import InvalidInput
 from .float8 import Float8Linear, quantize_rows
 from .weights import CheckpointMismatch, safetensors_shapes
 
@@ -70,14 +71,6 @@ _SINGLE = {
     "modulation.linear": ("norm.linear",),
 }
 _ORIGINAL = re.compile(r"^(double|single)_blocks[._](\d+)[._](.+)$")
-
-
-class LoraError(ValueError):
-    """A LoRA cannot be used; `name` is the API input it came from."""
-
-    def __init__(self, name: str, message: str):
-        super().__init__(f"Invalid input '{name}': {message}")
-        self.name = name
 
 
 @dataclass
@@ -124,7 +117,7 @@ def _targets(base: str, linear_names: dict[str, str]) -> list[str] | None:
 
 
 def convert_lora(state: dict[str, torch.Tensor], model: torch.nn.Module, name: str) -> list[LoraLayer]:
-    """Map a LoRA state dict onto `model`'s Linear layers; raises LoraError naming any key that matches nothing."""
+    """Map a LoRA state dict onto `model`'s Linear layers; raises InvalidInput naming any key that matches nothing."""
     linears = {
         path: module for path, module in model.named_modules() if isinstance(module, (torch.nn.Linear, Float8Linear))
     }
@@ -150,20 +143,20 @@ def convert_lora(state: dict[str, torch.Tensor], model: torch.nn.Module, name: s
         factor = float(parts["alpha"]) / rank if "alpha" in parts else 1.0
         sizes = [linears[t].out_features for t in targets]
         if up.shape[0] != sum(sizes) or any(linears[t].in_features != down.shape[1] for t in targets):
-            raise LoraError(
+            raise InvalidInput(
                 name, f"{base}: shapes up {list(up.shape)}, down {list(down.shape)} do not fit {', '.join(targets)}"
             )
         for target, part in zip(targets, up.split(sizes, dim=0)):
             layers.append(LoraLayer(target, down, part.contiguous(), factor))
     if unmatched:
         shown = ", ".join(sorted(unmatched)[:8])
-        raise LoraError(
+        raise InvalidInput(
             name,
             f"{len(unmatched)} of {len(state)} keys match no transformer layer "
             f"(first: {shown}); expected musubi-tuner, diffusers/PEFT or HunyuanVideo names",
         )
     if not layers:
-        raise LoraError(name, "the file holds no LoRA weights")
+        raise InvalidInput(name, "the file holds no LoRA weights")
     return layers
 
 
@@ -239,7 +232,7 @@ def read_safetensors(path: Path, name: str) -> dict[str, torch.Tensor]:
         safetensors_shapes(path)
         return load_file(str(path))
     except (CheckpointMismatch, ValueError, OSError, UnicodeDecodeError, RuntimeError) as error:
-        raise LoraError(name, f"{path.name} is not a valid .safetensors file ({error})") from None
+        raise InvalidInput(name, f"{path.name} is not a valid .safetensors file ({error})") from None
 
 
 def cache_dir() -> Path:
@@ -261,19 +254,19 @@ def fetch(source: str, name: str, max_bytes: int | None = None, timeout: float =
         with urllib.request.urlopen(source, timeout=timeout) as response, open(partial, "wb") as out:
             declared = int(response.headers.get("Content-Length") or 0)
             if declared > max_bytes:
-                raise LoraError(name, f"{source} is {declared} bytes, more than the {max_bytes} allowed")
+                raise InvalidInput(name, f"{source} is {declared} bytes, more than the {max_bytes} allowed")
             received = 0
             while chunk := response.read(1 << 20):
                 received += len(chunk)
                 if received > max_bytes:
-                    raise LoraError(name, f"{source} is larger than the {max_bytes} bytes allowed")
+                    raise InvalidInput(name, f"{source} is larger than the {max_bytes} bytes allowed")
                 out.write(chunk)
         read_safetensors(partial, name)
         os.replace(partial, target)
-    except LoraError:
+    except InvalidInput:
         raise
     except OSError as error:
-        raise LoraError(name, f"could not download {source}: {error}") from None
+        raise InvalidInput(name, f"could not download {source}: {error}") from None
     finally:
         partial.unlink(missing_ok=True)
     return target

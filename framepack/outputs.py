@@ -28,7 +28,7 @@ def save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = No
 
 def open_mp4(request: GenerationRequest, path: Path) -> Mp4Writer:
     """The request's MP4 writer: its CRF, and the request, seed and frame count as metadata."""
-    num_sections = planner.section_count(request.total_video_length_seconds, request.latent_window_size)
+    num_sections = request.num_sections
     frames = planner.pixel_frames(planner.total_latent_frames(num_sections, request.latent_window_size))
     metadata = {"request": request.to_json_dict(), "seed": request.seed, "frames": frames}
     return Mp4Writer(path, request.mp4_crf, metadata)
@@ -48,9 +48,7 @@ def generate_video(
     With `stream`, F1's frames go to the encoder as soon as they are final, while later sections sample (the
     original variant's frames are final only at the end). The "mp4" stage times what is left after sampling.
     """
-    progress = progress or ProgressReporter(
-        planner.section_count(request.total_video_length_seconds, request.latent_window_size), request.steps
-    )
+    progress = progress or ProgressReporter(request.num_sections, request.steps)
     with open_mp4(request, mp4_path) as video:
         result = generate(
             request,

@@ -235,10 +235,9 @@ def generate(
     handed over are final only when `generate` returns (the last `overlap`; for the original variant, all).
     """
     record = record or TensorRecorder(False)
-    variant, lws = request.model_variant, request.latent_window_size
-    num_sections = planner.section_count(request.total_video_length_seconds, lws)
+    num_sections = request.num_sections
     progress = progress or ProgressReporter(num_sections, request.steps)
-    model = models.transformers[variant]
+    model = models.transformers[request.model_variant]
     loras = lora.load_request_loras(
         model,
         [

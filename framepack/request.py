@@ -15,21 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .controls import ControlError, parse_keyframe_indices
+from .controls import parse_keyframe_indices
+from .errors import InvalidInput
 from .planner import section_count
 from .weights import CheckpointMismatch, safetensors_shapes
 
 MAX_SEED = 2**32 - 1
 MODEL_VARIANTS = ("original", "f1")
-
-
-class InvalidInput(ValueError):
-    """A request input is missing, malformed or out of range. `name` is the API input's name."""
-
-    def __init__(self, name: str, message: str):
-        super().__init__(f"Invalid input '{name}': {message}")
-        self.name = name
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -219,6 +211,11 @@ class GenerationRequest:
     extra_lora: str = ""
     extra_lora_scale: float = 1.0
 
+    @property
+    def num_sections(self) -> int:
+        """How many sections the video has (the length rounded to whole sections of the window)."""
+        return section_count(self.total_video_length_seconds, self.latent_window_size)
+
     def to_json_dict(self) -> dict[str, Any]:
         """The request as JSON-serialisable values (image files by their names only)."""
         values = dataclasses.asdict(self)
@@ -307,10 +304,7 @@ def _check_controls(values: dict[str, Any]) -> None:
     num_sections = section_count(values["total_video_length_seconds"], values["latent_window_size"])
     if values["section_image_indices"].strip() and not values["section_images"]:
         raise InvalidInput("section_image_indices", "given without section_images")
-    try:
-        parse_keyframe_indices(values["section_image_indices"], len(values["section_images"]), num_sections)
-    except ControlError as error:
-        raise InvalidInput(error.name, str(error).split(": ", 1)[1]) from None
+    parse_keyframe_indices(values["section_image_indices"], len(values["section_images"]), num_sections)
 
 
 def check_lora_source(name: str, source: str) -> None:

@@ -27,7 +27,6 @@ from .engine import load_engine
 from .models import FramePackModels
 from .outputs import generate_video
 from .pipeline import TensorRecorder
-from .planner import section_count
 from .progress import ProgressReporter
 from .request import build_request
 
@@ -83,9 +82,7 @@ class FramePackService:
         started = time.monotonic()
         memory.make_resident(self.models, request.model_variant, self.plan)
         settle_cublas(self.models.device)  # per prediction: Cog runs predictions on threads of their own
-        progress = ProgressReporter(
-            section_count(request.total_video_length_seconds, request.latent_window_size), request.steps, write=_log
-        )
+        progress = ProgressReporter(request.num_sections, request.steps, write=_log)
         output = self.output_dir / f"framepack-{request.seed}.mp4"
         compiled = self.models.compile_record
         graphs_before = (compiled.graphs, len(compiled.failures)) if compiled is not None else None

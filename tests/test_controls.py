@@ -8,6 +8,7 @@ from conftest import IMAGES, START_IMAGE, TINY_INPUTS, predict_args
 from transformers import LlamaModel
 
 from framepack import conditioning, controls
+from framepack.errors import InvalidInput
 from framepack.pipeline import TensorRecorder, generate
 from framepack.request import build_request
 
@@ -45,9 +46,9 @@ def test_keyframe_plan_and_indices():
     assert controls.parse_keyframe_indices("", 2, 4) == [0, 1]
     assert controls.parse_keyframe_indices("1, 3", 2, 4) == [1, 3]
     assert controls.plan_keyframes([1, 3], 4) == [None, 0, 0, 1]
-    with pytest.raises(controls.ControlError, match="section 4 is out of range; this video has sections 0 to 3"):
+    with pytest.raises(InvalidInput, match="section 4 is out of range; this video has sections 0 to 3"):
         controls.parse_keyframe_indices("1,4", 2, 4)
-    with pytest.raises(controls.ControlError, match="3 indices for 2 section_images"):
+    with pytest.raises(InvalidInput, match="3 indices for 2 section_images"):
         controls.parse_keyframe_indices("0,1,2", 2, 4)
 
 

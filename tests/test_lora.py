@@ -15,8 +15,9 @@ from conftest import START_IMAGE, musubi_lora, original_lora, peft_lora, section
 from safetensors.torch import save_file
 
 from framepack import lora
+from framepack.errors import InvalidInput
 from framepack.pipeline import generate
-from framepack.request import InvalidInput, build_request
+from framepack.request import build_request
 from framepack.transformer import PackedTransformer
 
 BASE = {
@@ -118,14 +119,14 @@ def test_keys_matching_nothing_are_named(tiny_models, tmp_path):
         "unet.down_blocks.0.lora_A.weight": torch.zeros(4, 8),
         "unet.down_blocks.0.lora_B.weight": torch.zeros(8, 4),
     }
-    with pytest.raises(lora.LoraError, match="2 of 2 keys match no transformer layer.*unet.down_blocks.0.lora_A"):
+    with pytest.raises(InvalidInput, match="2 of 2 keys match no transformer layer.*unet.down_blocks.0.lora_A"):
         _video(tiny_models, lora_weights=_file(tmp_path, foreign))
     partial_match = {
         **peft_lora(model),
         "transformer.nonexistent.lora_A.weight": torch.zeros(4, 32),
         "transformer.nonexistent.lora_B.weight": torch.zeros(32, 4),
     }
-    with pytest.raises(lora.LoraError, match="2 of 6 keys match no transformer layer"):
+    with pytest.raises(InvalidInput, match="2 of 6 keys match no transformer layer"):
         _video(tiny_models, extra_lora=_file(tmp_path, partial_match))
     assert not any(m._forward_hooks for m in model.modules())
 
@@ -159,9 +160,9 @@ def test_download_is_cached_by_url_and_bounded(tiny_models, tmp_path, file_serve
     (served / "style.safetensors").unlink()  # a second fetch must not need the server
     assert lora.fetch(f"{url}/style.safetensors", "lora_weights") == first and first.is_file()
     (served / "big.safetensors").write_bytes(b"x" * 5000)
-    with pytest.raises(lora.LoraError, match="more than the 1000 allowed"):
+    with pytest.raises(InvalidInput, match="more than the 1000 allowed"):
         lora.fetch(f"{url}/big.safetensors", "lora_weights", max_bytes=1000)
     (served / "evil.safetensors").write_bytes(pickle.dumps([1, 2]))
-    with pytest.raises(lora.LoraError, match="not a valid .safetensors file"):
+    with pytest.raises(InvalidInput, match="not a valid .safetensors file"):
         lora.fetch(f"{url}/evil.safetensors", "extra_lora")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [first.name]

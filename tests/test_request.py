@@ -3,7 +3,8 @@
 import pytest
 from conftest import START_IMAGE
 
-from framepack.request import INPUT_SPECS, MAX_SEED, InvalidInput, build_request
+from framepack.errors import InvalidInput
+from framepack.request import INPUT_SPECS, MAX_SEED, build_request
 
 
 def test_defaults_follow_the_api_table():
