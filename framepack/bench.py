@@ -205,7 +205,9 @@ def forward_inputs(model, device, dtype, height: int, width: int, lws: int = 9):
 class StockTransformer:
     """The reference's per-call path: diffusers' whole forward every step, nothing cached per section."""
 
-    def __init__(self, model, device: torch.device | None = None):
+    def __init__(self, model, device: torch.device | None = None, streamer=None):
+        if streamer is not None:
+            raise ValueError("the stock forward runs resident weights only")
         self.model = model
         self.device = device or model.x_embedder.proj.weight.device
 

@@ -85,8 +85,9 @@ def apply_low_vram(models, device: torch.device) -> None:
     """
     for module in (models.text_encoder, models.text_encoder_2, models.image_encoder):
         _stream_encoder(module, device)
-    for model in models.transformers.values():
-        streaming.stream_blocks(model, device, pin=True)
+    models.streamers = {
+        variant: streaming.stream_blocks(model, device, pin=True) for variant, model in models.transformers.items()
+    }
     streaming.OnDeviceWhileCalled(models.vae, device, ("encode", "decode"), pin=True)
     # Spatial tiles bound the VAE's activation peak (the reference tiles in low-VRAM mode too, so the pixels
     # differ slightly from high-VRAM mode there as well).

@@ -28,6 +28,7 @@ class FramePackModels:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     compile_record: object | None = None  # compilation.CompileRecord when the blocks are compiled
+    streamers: dict = field(default_factory=dict)  # variant -> streaming.BlockStreamer in low-VRAM mode
 
 
 def all_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:

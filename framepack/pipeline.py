@@ -21,7 +21,7 @@ from .progress import ProgressReporter
 from .request import GenerationRequest
 from .sampler import flow_x0, flux_mu, flux_sigmas, noisy_token_count, sample_unipc
 from .teacache import TeaCacheState
-from .transformer import PackedTransformer, SectionInputs, TextInputs
+from .transformer import PackedTransformer, SectionInputs, TextInputs, TransformerRunner
 from .variants import Variant, variant_named
 
 LATENT_CHANNELS = 16
@@ -182,7 +182,7 @@ def camera_roll(steps: int, amount: float):
 
 
 def sample_section(
-    transformer: PackedTransformer,
+    transformer: TransformerRunner,
     request: GenerationRequest,
     texts: dict[str, TextInputs],
     inputs: SectionInputs,
@@ -218,7 +218,7 @@ def generate(
     models: FramePackModels,
     progress: ProgressReporter | None = None,
     record: TensorRecorder | None = None,
-    runner: type = PackedTransformer,
+    runner: type[TransformerRunner] = PackedTransformer,
     background_decode: bool | None = None,
     reuse_decoded_tiles: bool = True,
     on_frames: Callable[[torch.Tensor], None] | None = None,
@@ -247,7 +247,7 @@ def generate(
     )
     with lora.merged_loras(model, loras, models.device):
         # The runner is built with the LoRAs merged: it keeps a float32 copy of the output head.
-        transformer = runner(model, models.device)
+        transformer = runner(model, models.device, models.streamers.get(request.model_variant))
         return _generate(
             request,
             models,
@@ -277,7 +277,7 @@ def _generate(
     models: FramePackModels,
     progress: ProgressReporter,
     record: TensorRecorder,
-    transformer: PackedTransformer,
+    transformer: TransformerRunner,
     num_sections: int,
     background_decode: bool | None,
     reuse_decoded_tiles: bool,

@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 _ALIGN = 512  # bytes; keeps every tensor's start aligned for any dtype and for DMA
 _MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages; contents stay valid (never discards data)
-_streamers: weakref.WeakKeyDictionary[torch.nn.Module, BlockStreamer] = weakref.WeakKeyDictionary()
 
 
 def _align(n: int) -> int:
@@ -242,11 +241,5 @@ class BlockStreamer:
 
 
 def stream_blocks(model: torch.nn.Module, device: torch.device, pin: bool = True) -> BlockStreamer:
-    """Install block streaming on a host-resident packed transformer; `streamer_for(model)` finds it."""
-    streamer = BlockStreamer(model, device, pin)
-    _streamers[model] = streamer
-    return streamer
-
-
-def streamer_for(model: torch.nn.Module) -> BlockStreamer | None:
-    return _streamers.get(model)
+    """Install block streaming on a host-resident packed transformer; give the streamer to its runner."""
+    return BlockStreamer(model, device, pin)

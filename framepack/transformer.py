@@ -12,14 +12,15 @@ noisy latents (B, 16, T, H, W) -> N_noisy = T * H/2 * W/2 tokens; history tokens
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from .models import all_blocks
-from .streaming import streamer_for
+from .streaming import BlockStreamer
 from .teacache import TeaCacheState
 
 _RESIDENT = nullcontext()  # reusable: entering it does nothing
@@ -71,17 +72,36 @@ class PreparedSection:
     latent_width: int
 
 
+class TransformerRunner(Protocol):
+    """What the section loop needs of a transformer: `PackedTransformer`, or the benchmark's stock forward.
+
+    Built as `runner(model, device, streamer)` for each generation.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def on_device(self) -> AbstractContextManager: ...
+
+    def prepare_section(self, section: SectionInputs, latent_height: int, latent_width: int): ...
+
+    def velocity(self, latents, timestep, guidance, text: TextInputs, section, teacache=None) -> torch.Tensor: ...
+
+
 class PackedTransformer:
     """Runs a diffusers `HunyuanVideoFramepackTransformer3DModel` section by section (batch 1 per branch).
 
-    `device` is where the computation runs; with low-VRAM streaming the weights themselves sit on the host
-    and are on the device only inside `on_device()`, one block at a time for the blocks.
+    Args:
+        model: the packed transformer.
+        device: where the computation runs (default: where the weights are).
+        streamer: in low-VRAM mode, the `streaming.BlockStreamer` installed on `model`; the weights then sit on
+            the host and are on the device only inside `on_device()`, one block at a time for the blocks.
     """
 
-    def __init__(self, model, device: torch.device | None = None):
+    def __init__(self, model, device: torch.device | None = None, streamer: BlockStreamer | None = None):
         self.model = model
         self.device = device if device is not None else model.x_embedder.proj.weight.device
-        self.streamer = streamer_for(model)
+        self.streamer = streamer
         # Per block and step: resident weights get one shared no-op context, not a new one each call.
         self._block_weights = self.streamer.weights_of if self.streamer is not None else lambda _index: _RESIDENT
         self.blocks = all_blocks(model)

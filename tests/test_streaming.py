@@ -64,18 +64,18 @@ def _packed(module):
 
 
 def _streamed(model):
+    """A copy whose blocks stream through two slots, and its streamer."""
     streamed = copy.deepcopy(model)
-    streaming.stream_blocks(streamed, CPU, pin=False)
-    return streamed
+    return streamed, streaming.stream_blocks(streamed, CPU, pin=False)
 
 
 @pytest.mark.parametrize("use_teacache", [False, True])
 def test_streamed_blocks_give_bit_identical_velocities(tiny_models, use_teacache):
     model = _packed(tiny_models.transformers["original"])
-    streamed = _streamed(tiny_models.transformers["original"])
+    streamed, streamer = _streamed(tiny_models.transformers["original"])
     inputs, text, latents = section_and_text(model, torch.Generator().manual_seed(2))
     guidance = torch.tensor([10000.0])
-    resident_runner, streamed_runner = PackedTransformer(model), PackedTransformer(streamed)
+    resident_runner, streamed_runner = PackedTransformer(model), PackedTransformer(streamed, streamer=streamer)
     assert resident_runner.streamer is None and streamed_runner.streamer is not None
     steps = 6
     caches = [TeaCacheState(num_steps=steps, threshold=0.5) if use_teacache else None for _ in range(2)]
@@ -94,7 +94,7 @@ def test_streamed_blocks_give_bit_identical_velocities(tiny_models, use_teacache
             x = x - 0.1 * outs[0]
     assert (len(block_runs) < steps) if use_teacache else (len(block_runs) == steps)
     # Outside on_device every weight is back in the host buffer.
-    buffer = streaming.streamer_for(streamed).host.buffer
+    buffer = streamer.host.buffer
     assert all(_in_buffer(t, buffer) for t in streamed.parameters())
 
 
@@ -112,8 +112,9 @@ def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path):
     resident = generate(request, resident_models)
     vae = copy.deepcopy(tiny_models.vae)
     streaming.OnDeviceWhileCalled(vae, CPU, ("encode", "decode"), pin=False)
+    streamed_model, streamer = _streamed(tiny_models.transformers["original"])
     models = dataclasses.replace(
-        tiny_models, vae=vae, transformers={"original": _streamed(tiny_models.transformers["original"])}
+        tiny_models, vae=vae, transformers={"original": streamed_model}, streamers={"original": streamer}
     )
     streamed = generate(request, models)
     assert torch.equal(streamed.video_latents, resident.video_latents)
