@@ -18,13 +18,16 @@ place. The low-VRAM benchmark loads random weights saved in the hub layout, as t
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import gc
 import json
 import math
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -301,7 +304,7 @@ def end_to_end(
     )
     decode_lines: list[str] = []
     progress = ProgressReporter(
-        planner.section_count(seconds, 9),
+        request.num_sections,
         steps,
         write=lambda line: decode_lines.append(line) if line.startswith("VAE decode") else None,
     )
@@ -312,7 +315,7 @@ def end_to_end(
     result = generate_video(
         request,
         models,
-        Path("/tmp/framepack-bench.mp4"),
+        image.with_name("output.mp4"),
         progress=progress,
         runner=runner,
         stream=our_decode,
@@ -424,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         "bucket": list(size),
         "command": "python -m framepack.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    image = Path("/tmp/framepack-bench.png")
+    # A folder of its own: two benchmarks (or test runs) at once must not write the same MP4.
+    scratch = Path(tempfile.mkdtemp(prefix="framepack-bench-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    image = scratch / "input.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)).save(image)
 
     if args.low_vram:
