@@ -47,6 +47,7 @@ from .frames import to_uint8_frames
 from .memory import MemoryPlan, place_models
 from .models import FramePackModels, encoder_dtype
 from .outputs import generate_video
+from .pipeline import GenerationOptions
 from .progress import ProgressReporter
 from .request import build_request
 from .transformer import PackedTransformer, PreparedSection, SectionInputs, TextInputs
@@ -317,10 +318,10 @@ def end_to_end(
         models,
         image.with_name("output.mp4"),
         progress=progress,
-        runner=runner,
+        options=GenerationOptions(
+            runner=runner, background_decode=None if our_decode else False, reuse_decoded_tiles=our_decode
+        ),
         stream=our_decode,
-        background_decode=None if our_decode else False,
-        reuse_decoded_tiles=our_decode,
     )
     total = time.perf_counter() - started
     memory = {}

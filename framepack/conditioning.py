@@ -1,4 +1,5 @@
-"""Conditioning: prompt template and text encoders, image bucket and crop, SigLIP features, VAE start latent.
+"""Conditioning: prompt template and text encoders, image bucket and crop, SigLIP features, VAE start latent,
+and `encode_conditioning`, which encodes everything the sections of one request share, once.
 
 docs/ALGORITHM.md §3.1 (text) and §3.2-§3.4 (image). Everything returned is float on the encoder's device;
 the generation loop casts it to the transformer's compute dtype.
@@ -6,12 +7,20 @@ the generation loop casts it to the transformer's compute dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from . import controls
+from .models import FramePackModels
+from .request import GenerationRequest
+from .transformer import TextInputs
+
+Recorder = Callable[[str, torch.Tensor], None]
 
 # HunyuanVideo's Llama prompt template (diffusers' DEFAULT_PROMPT_TEMPLATE). The missing spaces before
 # "2.", "3.", ... are in the original and change the tokens, so they stay.
@@ -181,3 +190,94 @@ def vae_encode_mean(image: np.ndarray, vae) -> torch.Tensor:
     """
     pixels = image_to_tensor(image).to(device=vae.device, dtype=vae.dtype)
     return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+
+
+@dataclass
+class Conditioning:
+    """Everything the sections share.
+
+    texts: positive TextInputs per distinct prompt; negative: the global negative branch; image_embeds: SigLIP
+    features of the start image; start_latent, keyframe_latents, end_latent: (1, 16, 1, h, w) float32 on the
+    CPU (end_latent already times its strength); prompts and keyframes: per video section.
+    """
+
+    texts: dict[str, TextInputs]
+    negative: TextInputs
+    image_embeds: torch.Tensor
+    start_latent: torch.Tensor
+    keyframe_latents: list[torch.Tensor]
+    end_latent: torch.Tensor | None
+    prompts: list[str]
+    keyframes: list[int | None]
+
+    def start_slot(self, video_index: int) -> torch.Tensor:
+        """The latent in the clean "start" slot of a video section: its keyframe, else the start image's."""
+        keyframe = self.keyframes[video_index]
+        return self.start_latent if keyframe is None else self.keyframe_latents[keyframe]
+
+
+def _text_inputs(embedding: PromptEmbedding, device: torch.device, dtype: torch.dtype) -> TextInputs:
+    embeds, mask = pad_prompt_embeds(embedding.embeds)
+    return TextInputs(
+        embeds=embeds.to(device=device, dtype=dtype),
+        mask=mask.to(device),
+        pooled=embedding.pooled.to(device=device, dtype=dtype),
+    )
+
+
+def _image_latent(path, width: int, height: int, vae) -> torch.Tensor:
+    image = resize_and_center_crop(load_rgb_image(path), width, height)
+    return vae_encode_mean(image, vae).to("cpu", torch.float32)
+
+
+def encode_conditioning(
+    request: GenerationRequest, models: FramePackModels, record: Recorder, log: Callable[[str], None] = print
+) -> Conditioning:
+    """Crop the images to the bucket and encode every distinct prompt, the images and the latents once.
+
+    `record(name, tensor)` receives the intermediate tensors (the CLI's --dump-tensors).
+    """
+    num_sections = request.num_sections
+    image = load_rgb_image(request.input_image)
+    height, width = output_size(image.shape[0], image.shape[1], request.resolution, request.width, request.height)
+    cropped = resize_and_center_crop(image, width, height)
+    record("image_cropped_uint8", torch.from_numpy(cropped))
+
+    prompt_plan = controls.plan_section_prompts(request.section_prompts, request.prompt, num_sections)
+    if prompt_plan.ignored:
+        log(f"section_prompts lines {prompt_plan.ignored} are past the last section ({num_sections - 1}); ignored")
+    crop_start = template_crop_start(models.tokenizer)
+    encoders = (models.text_encoder, models.text_encoder_2, models.tokenizer, models.tokenizer_2)
+    embeddings = {}
+    for prompt in dict.fromkeys([request.prompt, *prompt_plan.prompts]):
+        embeddings[prompt] = encode_prompt(prompt, *encoders, crop_start)
+    positive = embeddings[request.prompt]
+    record("prompt_embeds", positive.embeds)
+    record("pooled_prompt_embeds", positive.pooled)
+    if request.cfg_scale != 1.0:
+        negative = encode_prompt(request.negative_prompt, *encoders, crop_start)
+        record("negative_prompt_embeds", negative.embeds)
+        record("negative_pooled_prompt_embeds", negative.pooled)
+    else:
+        negative = positive.zeros_like()
+
+    image_embeds = encode_image_siglip(cropped, models.feature_extractor, models.image_encoder)
+    record("image_embeds", image_embeds)
+    start_latent = vae_encode_mean(cropped, models.vae).to("cpu", torch.float32)
+    record("start_latent", start_latent)
+    keyframe_latents = [_image_latent(path, width, height, models.vae) for path in request.section_images]
+    indices = controls.parse_keyframe_indices(request.section_image_indices, len(keyframe_latents), num_sections)
+    end_latent = None
+    if request.end_image is not None:
+        end_latent = _image_latent(request.end_image, width, height, models.vae) * request.end_image_strength
+    texts = {prompt: _text_inputs(emb, models.device, models.dtype) for prompt, emb in embeddings.items()}
+    return Conditioning(
+        texts=texts,
+        negative=_text_inputs(negative, models.device, models.dtype),
+        image_embeds=image_embeds,
+        start_latent=start_latent,
+        keyframe_latents=keyframe_latents,
+        end_latent=end_latent,
+        prompts=prompt_plan.prompts,
+        keyframes=controls.plan_keyframes(indices, num_sections),
+    )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 from . import planner
 from .models import FramePackModels
-from .pipeline import GenerationResult, TensorRecorder, generate
+from .pipeline import GenerationOptions, GenerationResult, TensorRecorder, generate
 from .progress import ProgressReporter
 from .request import GenerationRequest
 from .video import Mp4Writer
@@ -40,8 +41,8 @@ def generate_video(
     mp4_path: Path,
     progress: ProgressReporter | None = None,
     record: TensorRecorder | None = None,
+    options: GenerationOptions = GenerationOptions(),
     stream: bool = True,
-    **generate_options,
 ) -> GenerationResult:
     """`generate`, and the MP4 encoded once; no file is left behind if anything fails or is cancelled.
 
@@ -50,14 +51,9 @@ def generate_video(
     """
     progress = progress or ProgressReporter(request.num_sections, request.steps)
     with open_mp4(request, mp4_path) as video:
-        result = generate(
-            request,
-            models,
-            progress=progress,
-            record=record,
-            on_frames=video.write if stream else None,
-            **generate_options,
-        )
+        if stream:
+            options = dataclasses.replace(options, on_frames=video.write)
+        result = generate(request, models, progress=progress, record=record, options=options)
         with progress.stage("mp4"):
             video.write(result.frames[video.frames_written :])
             video.close()

@@ -19,7 +19,7 @@ from .frames import FrameAssembler
 from .models import FramePackModels
 from .progress import ProgressReporter
 from .request import GenerationRequest
-from .sampler import flow_x0, flux_mu, flux_sigmas, noisy_token_count, sample_unipc
+from .sampler import SamplingSettings, camera_roll, flow_x0, flux_mu, flux_sigmas, noisy_token_count, sample_unipc
 from .teacache import TeaCacheState
 from .transformer import PackedTransformer, SectionInputs, TextInputs, TransformerRunner
 from .variants import Variant, variant_named
@@ -49,97 +49,30 @@ class TensorRecorder:
             self.tensors[name] = tensor.detach().to("cpu").contiguous().clone()
 
 
-@dataclass
-class Conditioning:
-    """Everything the sections share.
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to run a generation beyond its request; the defaults are what the service does.
 
-    texts: positive TextInputs per distinct prompt; negative: the global negative branch; image_embeds: SigLIP
-    features of the start image; start_latent, keyframe_latents, end_latent: (1, 16, 1, h, w) float32 on the
-    CPU (end_latent already times its strength); prompts and keyframes: per video section.
+    runner: wraps the transformer (PackedTransformer; the benchmark swaps in the stock forward).
+    background_decode: decode each section while the next one samples (`decoding.py`); None decides by the free
+        GPU memory, False decodes in line as the reference does.
+    reuse_decoded_tiles: do not decode again the VAE tiles two sections share, where the VAE is resident
+        (`tiled_decode.py`); False decodes each section whole, as the reference does. The frames are the same
+        either way.
+    on_frames: F1 only, which generates forwards: called with each run of final uint8 frames (T, H, W, 3), in
+        video order, as soon as it is final (from the decode's thread), so the MP4 can be encoded while later
+        sections sample. The frames after those handed over are final only when `generate` returns (the last
+        `overlap`; for the original variant, all).
     """
 
-    texts: dict[str, TextInputs]
-    negative: TextInputs
-    image_embeds: torch.Tensor
-    start_latent: torch.Tensor
-    keyframe_latents: list[torch.Tensor]
-    end_latent: torch.Tensor | None
-    prompts: list[str]
-    keyframes: list[int | None]
-
-    def start_slot(self, video_index: int) -> torch.Tensor:
-        """The latent in the clean "start" slot of a video section: its keyframe, else the start image's."""
-        keyframe = self.keyframes[video_index]
-        return self.start_latent if keyframe is None else self.keyframe_latents[keyframe]
-
-
-def _text_inputs(embedding: conditioning.PromptEmbedding, device: torch.device, dtype: torch.dtype) -> TextInputs:
-    embeds, mask = conditioning.pad_prompt_embeds(embedding.embeds)
-    return TextInputs(
-        embeds=embeds.to(device=device, dtype=dtype),
-        mask=mask.to(device),
-        pooled=embedding.pooled.to(device=device, dtype=dtype),
-    )
-
-
-def _image_latent(path, width: int, height: int, vae) -> torch.Tensor:
-    image = conditioning.resize_and_center_crop(conditioning.load_rgb_image(path), width, height)
-    return conditioning.vae_encode_mean(image, vae).to("cpu", torch.float32)
-
-
-def encode_conditioning(
-    request: GenerationRequest, models: FramePackModels, record: TensorRecorder, num_sections: int, log=print
-) -> Conditioning:
-    """Crop the images to the bucket and encode every distinct prompt, the images and the latents once."""
-    image = conditioning.load_rgb_image(request.input_image)
-    height, width = conditioning.output_size(
-        image.shape[0], image.shape[1], request.resolution, request.width, request.height
-    )
-    cropped = conditioning.resize_and_center_crop(image, width, height)
-    record("image_cropped_uint8", torch.from_numpy(cropped))
-
-    prompt_plan = controls.plan_section_prompts(request.section_prompts, request.prompt, num_sections)
-    if prompt_plan.ignored:
-        log(f"section_prompts lines {prompt_plan.ignored} are past the last section ({num_sections - 1}); ignored")
-    crop_start = conditioning.template_crop_start(models.tokenizer)
-    encoders = (models.text_encoder, models.text_encoder_2, models.tokenizer, models.tokenizer_2)
-    embeddings = {}
-    for prompt in dict.fromkeys([request.prompt, *prompt_plan.prompts]):
-        embeddings[prompt] = conditioning.encode_prompt(prompt, *encoders, crop_start)
-    positive = embeddings[request.prompt]
-    record("prompt_embeds", positive.embeds)
-    record("pooled_prompt_embeds", positive.pooled)
-    if request.cfg_scale != 1.0:
-        negative = conditioning.encode_prompt(request.negative_prompt, *encoders, crop_start)
-        record("negative_prompt_embeds", negative.embeds)
-        record("negative_pooled_prompt_embeds", negative.pooled)
-    else:
-        negative = positive.zeros_like()
-
-    image_embeds = conditioning.encode_image_siglip(cropped, models.feature_extractor, models.image_encoder)
-    record("image_embeds", image_embeds)
-    start_latent = conditioning.vae_encode_mean(cropped, models.vae).to("cpu", torch.float32)
-    record("start_latent", start_latent)
-    keyframe_latents = [_image_latent(path, width, height, models.vae) for path in request.section_images]
-    indices = controls.parse_keyframe_indices(request.section_image_indices, len(keyframe_latents), num_sections)
-    end_latent = None
-    if request.end_image is not None:
-        end_latent = _image_latent(request.end_image, width, height, models.vae) * request.end_image_strength
-    texts = {prompt: _text_inputs(emb, models.device, models.dtype) for prompt, emb in embeddings.items()}
-    return Conditioning(
-        texts=texts,
-        negative=_text_inputs(negative, models.device, models.dtype),
-        image_embeds=image_embeds,
-        start_latent=start_latent,
-        keyframe_latents=keyframe_latents,
-        end_latent=end_latent,
-        prompts=prompt_plan.prompts,
-        keyframes=controls.plan_keyframes(indices, num_sections),
-    )
+    runner: type[TransformerRunner] = PackedTransformer
+    background_decode: bool | None = None
+    reuse_decoded_tiles: bool = True
+    on_frames: Callable[[torch.Tensor], None] | None = None
 
 
 def section_inputs(
-    section: planner.SectionPlan, history: torch.Tensor, cond: Conditioning, variant: Variant
+    section: planner.SectionPlan, history: torch.Tensor, cond: conditioning.Conditioning, variant: Variant
 ) -> SectionInputs:
     """Slice the section's context out of the history (1, 16, T_hist, h, w) and pair it with its indices.
 
@@ -163,27 +96,9 @@ def section_inputs(
     )
 
 
-def camera_roll(steps: int, amount: float):
-    """The sampler state edit for camera movement: roll each latent frame once, at 20% of the steps."""
-    at_step = controls.camera_step(steps)
-
-    def roll(i: int, x: torch.Tensor, outputs: list[torch.Tensor]):
-        if i != at_step:
-            return x, outputs
-        shifts = controls.camera_shifts(x.shape[2], x.shape[4], amount)
-
-        def apply(t: torch.Tensor) -> torch.Tensor:
-            return torch.stack([torch.roll(t[:, :, j], s, dims=-1) for j, s in enumerate(shifts)], dim=2)
-
-        # The stored predictions move with the state so UniPC's multistep terms stay consistent with it.
-        return apply(x), [apply(m) for m in outputs]
-
-    return roll
-
-
 def sample_section(
     transformer: TransformerRunner,
-    request: GenerationRequest,
+    settings: SamplingSettings,
     texts: dict[str, TextInputs],
     inputs: SectionInputs,
     noise: torch.Tensor,
@@ -192,14 +107,14 @@ def sample_section(
     """Denoise one section's window; returns the final x_0 prediction (1, 16, lws, h, w) float32."""
     device, dtype = transformer.device, transformer.dtype
     _, _, _, latent_height, latent_width = noise.shape
-    guidance = torch.tensor([request.distilled_cfg_scale * 1000.0]).to(device=device, dtype=dtype)
+    guidance = torch.tensor([settings.distilled_cfg_scale * 1000.0]).to(device=device, dtype=dtype)
     teacache = {
-        branch: TeaCacheState(num_steps=request.steps) if request.use_teacache else None
+        branch: TeaCacheState(num_steps=settings.steps) if settings.use_teacache else None
         for branch in ("positive", "negative")
     }
-    sigmas = flux_sigmas(request.steps, flux_mu(noisy_token_count(tuple(noise.shape))))
+    sigmas = flux_sigmas(settings.steps, flux_mu(noisy_token_count(tuple(noise.shape))))
     callback = (lambda i, _x0: on_step(i)) if on_step is not None else None
-    edit = camera_roll(request.steps, request.camera_movement) if request.camera_movement > 0 else None
+    edit = camera_roll(settings.steps, settings.camera_movement) if settings.camera_movement > 0 else None
     with transformer.on_device():
         prepared = transformer.prepare_section(inputs, latent_height, latent_width)
 
@@ -207,7 +122,7 @@ def sample_section(
             return transformer.velocity(x, timestep, guidance, texts[branch], prepared, teacache[branch])
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return flow_x0(x, sigma, velocity, dtype, request.cfg_scale, request.cfg_rescale)
+            return flow_x0(x, sigma, velocity, dtype, settings.cfg_scale, settings.cfg_rescale)
 
         x0 = sample_unipc(denoise, noise.to(device=device, dtype=torch.float32), sigmas, callback, edit)
     return x0.to("cpu")
@@ -218,25 +133,14 @@ def generate(
     models: FramePackModels,
     progress: ProgressReporter | None = None,
     record: TensorRecorder | None = None,
-    runner: type[TransformerRunner] = PackedTransformer,
-    background_decode: bool | None = None,
-    reuse_decoded_tiles: bool = True,
-    on_frames: Callable[[torch.Tensor], None] | None = None,
+    options: GenerationOptions = GenerationOptions(),
 ) -> GenerationResult:
     """Run the whole FramePack generation for a validated request and return the video's frames.
 
-    `runner` wraps the transformer (PackedTransformer; the benchmark swaps in the stock forward).
-    `background_decode`: decode each section while the next one samples (`decoding.py`); None decides by the
-    GPU memory free, False decodes in line as the reference does. `reuse_decoded_tiles`: do not decode again
-    the VAE tiles two sections share, where the VAE is resident (`tiled_decode.py`); False decodes each section
-    whole, as the reference does. The frames are the same either way. `on_frames`: F1 only, which generates
-    forwards: called with each run of final uint8 frames (T, H, W, 3), in video order, as soon as it is final
-    (from the decode's thread), so the MP4 can be encoded while later sections sample. The frames after those
-    handed over are final only when `generate` returns (the last `overlap`; for the original variant, all).
+    `progress` reports and times the stages; `record` receives the intermediate tensors.
     """
     record = record or TensorRecorder(False)
-    num_sections = request.num_sections
-    progress = progress or ProgressReporter(num_sections, request.steps)
+    progress = progress or ProgressReporter(request.num_sections, request.steps)
     model = models.transformers[request.model_variant]
     loras = lora.load_request_loras(
         model,
@@ -247,18 +151,8 @@ def generate(
     )
     with lora.merged_loras(model, loras, models.device):
         # The runner is built with the LoRAs merged: it keeps a float32 copy of the output head.
-        transformer = runner(model, models.device, models.streamers.get(request.model_variant))
-        return _generate(
-            request,
-            models,
-            progress,
-            record,
-            transformer,
-            num_sections,
-            background_decode,
-            reuse_decoded_tiles,
-            on_frames,
-        )
+        transformer = options.runner(model, models.device, models.streamers.get(request.model_variant))
+        return _generate(request, models, progress, record, transformer, options)
 
 
 def _upcoming_decode(
@@ -278,15 +172,12 @@ def _generate(
     progress: ProgressReporter,
     record: TensorRecorder,
     transformer: TransformerRunner,
-    num_sections: int,
-    background_decode: bool | None,
-    reuse_decoded_tiles: bool,
-    on_frames: Callable[[torch.Tensor], None] | None,
+    options: GenerationOptions,
 ) -> GenerationResult:
     """Conditioning, the section loop and frame assembly (LoRAs, if any, are already merged)."""
-    variant, lws = variant_named(request.model_variant), request.latent_window_size
+    variant, lws, num_sections = variant_named(request.model_variant), request.latent_window_size, request.num_sections
     with progress.stage("encode"):
-        cond = encode_conditioning(request, models, record, num_sections, progress.write)
+        cond = conditioning.encode_conditioning(request, models, record, progress.write)
     grid = controls.section_grid(num_sections, lws)
     for line in controls.describe_grid(grid, cond.prompts, cond.keyframes):
         progress.write(line)
@@ -294,16 +185,18 @@ def _generate(
     _, _, _, latent_height, latent_width = start_latent.shape
 
     generator = torch.Generator("cpu").manual_seed(request.seed)
+    settings = SamplingSettings.from_request(request)
     empty = torch.zeros(1, LATENT_CHANNELS, planner.HISTORY_FRAMES, latent_height, latent_width)
     history, generated_frames = variant.start_history(empty, start_latent)
-    assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant.prepends, on_final=on_frames)
+    assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant.prepends, on_final=options.on_frames)
+    background_decode = options.background_decode
     if background_decode is None:
         background_decode, reason = background_decode_plan(models.vae, 8 * latent_height, 8 * latent_width)
         progress.write(f"VAE decode: {reason}")
 
     # The VAE's own weights on the execution device: low-VRAM mode copies them in per `vae.decode` call only.
     # (Compare types: the VAE says "cuda:0" where the models say "cuda".)
-    reuse_tiles = reuse_decoded_tiles and models.vae.device.type == models.device.type
+    reuse_tiles = options.reuse_decoded_tiles and models.vae.device.type == models.device.type
     sections = variant.plan_sections(num_sections, lws)
     plan = []
     with SectionDecoder(models.vae, assembler, progress, background_decode, reuse_tiles) as decoder:
@@ -322,7 +215,7 @@ def _generate(
                 }
             )
             with progress.stage("sampling"):
-                latents = sample_section(transformer, request, texts, inputs, noise, progress.step_done)
+                latents = sample_section(transformer, settings, texts, inputs, noise, progress.step_done)
             record(f"section_{section.generation_index}_latents", latents)
             record(f"section_{section.generation_index}_clean_latents", inputs.clean_latents)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import controls
+
 # x_0 prediction as a function of (x (B, C, T, H, W) float32, sigma (B,) float32).
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor], None]
@@ -213,3 +215,45 @@ def flow_x0(
         negative = velocity(x_cast, timestep, "negative").float()
         guided = rescale_guidance(negative + cfg_scale * (positive - negative), positive, cfg_rescale)
     return x_cast.float() - guided * sigma.float().reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How one section is sampled: the request's sampler inputs, and nothing else."""
+
+    steps: int
+    distilled_cfg_scale: float
+    cfg_scale: float = 1.0
+    cfg_rescale: float = 0.0
+    use_teacache: bool = False
+    camera_movement: float = 0.0
+
+    @classmethod
+    def from_request(cls, request) -> SamplingSettings:
+        """The sampler inputs of a `request.GenerationRequest`."""
+        return cls(
+            steps=request.steps,
+            distilled_cfg_scale=request.distilled_cfg_scale,
+            cfg_scale=request.cfg_scale,
+            cfg_rescale=request.cfg_rescale,
+            use_teacache=request.use_teacache,
+            camera_movement=request.camera_movement,
+        )
+
+
+def camera_roll(steps: int, amount: float):
+    """The sampler state edit for camera movement: roll each latent frame once, at 20% of the steps."""
+    at_step = controls.camera_step(steps)
+
+    def roll(i: int, x: torch.Tensor, outputs: list[torch.Tensor]):
+        if i != at_step:
+            return x, outputs
+        shifts = controls.camera_shifts(x.shape[2], x.shape[4], amount)
+
+        def apply(t: torch.Tensor) -> torch.Tensor:
+            return torch.stack([torch.roll(t[:, :, j], s, dims=-1) for j, s in enumerate(shifts)], dim=2)
+
+        # The stored predictions move with the state so UniPC's multistep terms stay consistent with it.
+        return apply(x), [apply(m) for m in outputs]
+
+    return roll

@@ -16,7 +16,7 @@ from framepack.decoding import (
     background_decode_plan,
     mid_block_mask_bytes,
 )
-from framepack.pipeline import generate
+from framepack.pipeline import GenerationOptions, generate
 from framepack.progress import ProgressReporter
 from framepack.request import build_request
 
@@ -79,7 +79,7 @@ def test_background_decode_gives_the_same_video(tiny_models, variant):
     lines: list[str] = []
     in_line = generate(request, tiny_models, progress=_progress(lines))
     assert "VAE decode: after each section (the VAE is not resident on a GPU)" in lines
-    background = generate(request, tiny_models, progress=_progress(), background_decode=True)
+    background = generate(request, tiny_models, progress=_progress(), options=GenerationOptions(background_decode=True))
     assert torch.equal(background.frames, in_line.frames)
     assert torch.equal(background.video_latents, in_line.video_latents)
     assert background.frames.shape[0] == in_line.frames.shape[0] > 0
@@ -105,7 +105,9 @@ def test_a_section_decodes_while_the_next_one_samples(tiny_models, monkeypatch):
         return real_decode(latents, vae, tiles)
 
     monkeypatch.setattr(decoding, "vae_decode", decode_waiting_for_sampling)
-    result = generate(build_request(REQUEST), tiny_models, progress=progress, background_decode=True)
+    result = generate(
+        build_request(REQUEST), tiny_models, progress=progress, options=GenerationOptions(background_decode=True)
+    )
     assert [d["overlapped"] for d in decodes] == [True] * (SECTIONS - 1) + [False]
     assert all(d["thread"].startswith("framepack-decode") for d in decodes)
     assert result.frames.shape[0] == 4 * (SECTIONS * 3 + 1) - 3
@@ -118,7 +120,12 @@ def test_a_failed_background_decode_fails_the_generation(tiny_models, monkeypatc
     monkeypatch.setattr(decoding, "vae_decode", broken_decode)
     lines: list[str] = []
     with pytest.raises(RuntimeError, match="decoder exploded"):
-        generate(build_request(REQUEST), tiny_models, progress=_progress(lines), background_decode=True)
+        generate(
+            build_request(REQUEST),
+            tiny_models,
+            progress=_progress(lines),
+            options=GenerationOptions(background_decode=True),
+        )
     # It surfaces when the next section is handed over, not after sampling every section.
     assert not any(line.startswith("section 3/") for line in lines)
     assert not _decode_threads()
@@ -148,7 +155,7 @@ def test_cancelling_waits_for_the_decode_in_flight(tiny_models, monkeypatch):
             build_request(REQUEST),
             tiny_models,
             progress=_progress(on_write=cancel_in_second_section),
-            background_decode=True,
+            options=GenerationOptions(background_decode=True),
         )
     assert len(finished) == 1  # the first section's decode ran to its end before generate returned
     assert not _decode_threads()
@@ -167,9 +174,16 @@ def test_shared_tiles_are_decoded_once_and_the_video_is_the_same(tiny_models, va
     request = build_request(
         {**REQUEST, "model_variant": variant, "latent_window_size": 9, "total_video_length_seconds": 3.6}
     )
-    reference = generate(request, tiny_models, progress=_progress(), background_decode=False, reuse_decoded_tiles=False)
+    reference = generate(
+        request,
+        tiny_models,
+        progress=_progress(),
+        options=GenerationOptions(background_decode=False, reuse_decoded_tiles=False),
+    )
     lines: list[str] = []
-    ours = generate(request, tiny_models, progress=_progress(lines), background_decode=background)
+    ours = generate(
+        request, tiny_models, progress=_progress(lines), options=GenerationOptions(background_decode=background)
+    )
     assert torch.equal(ours.frames, reference.frames)
     assert ours.frames.shape[0] == 4 * (3 * 9 + 1) - 3
     # Decoding each of the 3 sections whole takes 3 + 6 + 7 tiles (original) or 4 + 6 + 6 (F1).

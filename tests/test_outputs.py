@@ -7,7 +7,7 @@ import torch
 from conftest import START_IMAGE
 
 from framepack.outputs import generate_video, open_mp4
-from framepack.pipeline import generate
+from framepack.pipeline import GenerationOptions, generate
 from framepack.progress import ProgressReporter
 from framepack.request import build_request
 from framepack.video import read_mp4_frames, read_mp4_metadata
@@ -39,8 +39,9 @@ def test_f1_hands_over_final_frames_while_later_sections_sample(tiny_models, bac
         request,
         tiny_models,
         progress=progress,
-        background_decode=background,
-        on_frames=lambda frames: handed.append((progress.steps_done, frames)),
+        options=GenerationOptions(
+            background_decode=background, on_frames=lambda frames: handed.append((progress.steps_done, frames))
+        ),
     )
     streamed = torch.cat([frames for _, frames in handed])
     assert torch.equal(streamed, result.frames[: streamed.shape[0]])
@@ -51,7 +52,7 @@ def test_f1_hands_over_final_frames_while_later_sections_sample(tiny_models, bac
 
 def test_original_frames_are_final_only_at_the_end(tiny_models):
     handed: list[torch.Tensor] = []
-    generate(build_request(REQUEST), tiny_models, progress=_quiet(), on_frames=handed.append)
+    generate(build_request(REQUEST), tiny_models, progress=_quiet(), options=GenerationOptions(on_frames=handed.append))
     assert handed == []
 
 
