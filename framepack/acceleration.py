@@ -1,11 +1,10 @@
 """Speed: the attention kernel of the 60 joint-attention blocks, FP8 layers, and compiled blocks.
 
-Half of a forward's 483 TFLOP is attention over about 18k tokens. Kernels are tried fastest first, and one is
-kept only if it runs and agrees with the math reference on a probe. FlashAttention 4 (`attention.py`, 699
-TFLOP/s on an H100) comes first, then SDPA's cuDNN backend (about 590), then its flash backend (363).
-SageAttention 1.0.6 (Triton, the version on PyPI) ran the same shape at 419 TFLOP/s with six times cuDNN's
-error from float32 (H200 probe), so it is not a candidate. The token refiner keeps the default backend: it needs
-a boolean mask.
+Half of a forward's FLOPs are attention over about 18k tokens. Kernels are tried fastest first, and one is kept
+only if it runs and agrees with the math reference on a probe: FlashAttention 4 (`attention.py`), then SDPA's
+cuDNN backend, then its flash backend (their measured order is in BENCHMARKS.md). SageAttention 1.0.6, the
+version on PyPI, was slower than cuDNN on this shape and less exact, so it is not a candidate. The token refiner
+keeps the default backend: it needs a boolean mask.
 Optionally the blocks' Linear layers run in FP8 (`float8.py`) before compiling (`compilation.py`). Everything
 falls back to eager PyTorch (and bf16) when a backend, the compiler or FP8 support is missing.
 """

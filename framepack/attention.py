@@ -1,9 +1,8 @@
 """The transformer blocks' joint attention with a pluggable kernel, and FlashAttention 4 as that kernel.
 
 FlashAttention 4 (PyPI `flash-attn-4`, kernels written in NVIDIA's CuTe DSL and compiled just in time) is the
-fastest kernel we measured for the forward's attention. On an H100, on that shape (1 batch, 17,975 tokens,
-24 heads of 128), it took 5.68 ms (699 TFLOP/s), against 6.65 ms (597) for SDPA's cuDNN backend and 10.90 ms (364)
-for SDPA's flash backend. All three were 2.30e-3 from float32 (relative L2, probe of 2026-11-21).
+fastest kernel we measured for the forward's attention shape, ahead of SDPA's cuDNN and flash backends, and as
+exact as they are (BENCHMARKS.md, "Measurements behind the design").
 
 diffusers chooses a block's attention kernel by backend name, and it has no name for a locally installed FA4
 (only a Hub download). So the blocks get `JointAttnProcessor`: the same steps as diffusers'

@@ -7,10 +7,9 @@ are the same: the same kernels run on the same inputs, in section order.
 
 The price is memory: the decode's activations (about 21 GiB at 544x704) are then held alongside the sampling's,
 so the decode goes to the background only where the GPU has room for both (`background_decode_fits`). Both
-saturate a GPU at its power limit, so overlapping alone gains little (0.5 s of 87.8 s on an H100). What pays is
-decoding less: tiles shared with the previous section are reused, and the next section's known tiles are decoded
-ahead (`tiled_decode.py`), which leaves 4 of the last section's 7 tiles to wait for. Together, on an H100: a
-five-second video 1.8 s faster than with the reference's decode, 84.7 s against 86.5 s, with the same frames.
+saturate a GPU at its power limit, so overlapping alone gains little. What pays is decoding less: tiles shared
+with the previous section are reused, and the next section's known tiles are decoded ahead (`tiled_decode.py`),
+which leaves 4 of the last section's 7 tiles to wait for (the gains, with the same frames: BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """Speed for the HunyuanVideo VAE decode: exact copy-based padding and upsampling, optionally compiled GroupNorm.
 
-A steady-state section decode (18 latents at 544x704) took 3.66 s on an H200. Its profile: 1.23 s in GroupNorm's
-statistics kernel, which reduces each of the 32 groups in one thread block (32 blocks on a GPU of 132 SMs),
-0.64 s in `F.pad(mode="replicate")`'s generic 3-D kernel, 0.82 s in the convolutions.
+A section decode's time went mostly to three things (profile in BENCHMARKS.md): GroupNorm's statistics kernel,
+which reduces each of the 32 groups in one thread block (32 blocks on a GPU of 132 SMs), `F.pad(mode=
+"replicate")`'s generic 3-D kernel, and the convolutions.
 - Every causal convolution pads with plain slice copies instead (`replicate_pad`). Copies are exact, so the
-  pixels stay bit-identical; this applies in every mode. 3.66 s -> 3.22 s.
-- In high-VRAM mode the decoder's GroupNorms also run compiled, as `group_norm_scale_shift`: one graph with
-  dynamic shapes serves every section length and resolution. The statistics then reduce in parallel, with
-  float32 accumulation in another order, so a few pixels move by one uint8 level. 3.22 s -> 2.17 s.
+  pixels stay bit-identical; this applies in every mode.
+- When compiling, the decoder's GroupNorms run compiled, as `group_norm_scale_shift`: one graph with dynamic
+  shapes serves every section length and resolution. The statistics then reduce in parallel, with float32
+  accumulation in another order, so a few pixels move by one uint8 level.
 - Each upsampler writes its nearest-neighbour upsampling straight into its convolution's padded input
   (`upsample_replicate_pad`), one copy instead of interpolation, concatenation and padding; bit-identical, in
-  every mode. On an H100: 2.12 s -> 1.98 s per 18-latent decode.
+  every mode.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def upsample_replicate_pad(
     (B, C, T, H, W) -> `replicate_pad` of (B, C, 1 + (T - 1) ft, H fh, W fw): the first frame is upsampled in
     space only, the others in time and space, as diffusers' HunyuanVideoUpsampleCausal3D does with
     F.interpolate, torch.cat and F.pad. Every element is a copy, so the result is bit-identical; one pass
-    replaces four (the interpolation kernel alone took 9 ms per call at 544x704 on an H100).
+    replaces four.
     """
     ft, fh, fw = factors
     batch, channels, frames, height, width = x.shape
@@ -111,8 +111,8 @@ def group_norm_scale_shift(
 
     Statistics in float32 over the (N, G, C/G * L) view; then y = x * scale + shift with (N, C, 1) float32 scale
     = gamma * rstd and shift = beta - mean * scale, rounded once to x's dtype. Compiled with N-D tiling, the
-    second pass indexes scale and shift by its row, not by a division per element: 0.20 s for one decode's 180
-    GroupNorms on an H200, against 0.90 s for compiled `F.group_norm` and 1.34 s eager (probe).
+    second pass indexes scale and shift by its row, not by a division per element, which made it several times
+    faster than compiled `F.group_norm` (BENCHMARKS.md).
     """
     batch, channels = x.shape[0], x.shape[1]
     var, mean = torch.var_mean(x.reshape(batch, num_groups, -1).float(), dim=-1, correction=0, keepdim=True)
