@@ -28,6 +28,23 @@ TINY_INPUTS = {
 }
 
 
+def tiny_request(**overrides) -> dict:
+    """A request small enough for the tiny weights on the CPU: windows of 3 latents at 96x64, 2 steps, TeaCache
+    off, 4 sections; `overrides` replace or add inputs (API names)."""
+    return {
+        "input_image": START_IMAGE,
+        "prompt": "a cat",
+        "seed": 7,
+        "total_video_length_seconds": 1.6,
+        "latent_window_size": 3,
+        "steps": 2,
+        "width": 96,
+        "height": 64,
+        "use_teacache": False,
+        **overrides,
+    }
+
+
 @dataclass
 class CliRun:
     code: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import IMAGES, START_IMAGE, TINY_INPUTS, predict_args
+from conftest import IMAGES, TINY_INPUTS, predict_args, tiny_request
 from transformers import LlamaModel
 
 from framepack import conditioning, controls
@@ -15,17 +15,7 @@ from framepack.request import build_request
 END_IMAGE = IMAGES / "end_100x140.png"
 SMALL_IMAGE = IMAGES / "start_90x60.png"
 # 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.
-BASE = {
-    "input_image": START_IMAGE,
-    "prompt": "base prompt",
-    "seed": 5,
-    "total_video_length_seconds": 1.6,
-    "latent_window_size": 3,
-    "steps": 2,
-    "width": 96,
-    "height": 64,
-    "use_teacache": False,
-}
+BASE = tiny_request(prompt="base prompt", seed=5)
 
 
 def run(tiny_models, **overrides):

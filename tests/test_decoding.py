@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import START_IMAGE
+from conftest import tiny_request
 
 from framepack import decoding
 from framepack.decoding import (
@@ -21,17 +21,7 @@ from framepack.progress import ProgressReporter
 from framepack.request import build_request
 
 # 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.
-REQUEST = {
-    "input_image": START_IMAGE,
-    "prompt": "a cat",
-    "seed": 7,
-    "total_video_length_seconds": 1.6,
-    "latent_window_size": 3,
-    "steps": 2,
-    "width": 96,
-    "height": 64,
-    "use_teacache": False,
-}
+REQUEST = tiny_request()
 SECTIONS, STEPS = 4, 2
 
 

@@ -11,7 +11,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import START_IMAGE, musubi_lora, original_lora, peft_lora, section_and_text
+from conftest import musubi_lora, original_lora, peft_lora, section_and_text, tiny_request
 from safetensors.torch import save_file
 
 from framepack import lora
@@ -20,17 +20,7 @@ from framepack.pipeline import generate
 from framepack.request import build_request
 from framepack.transformer import PackedTransformer
 
-BASE = {
-    "input_image": START_IMAGE,
-    "prompt": "a dancer",
-    "seed": 9,
-    "total_video_length_seconds": 0.8,
-    "latent_window_size": 3,
-    "steps": 2,
-    "width": 96,
-    "height": 64,
-    "use_teacache": False,
-}
+BASE = tiny_request(prompt="a dancer", seed=9, total_video_length_seconds=0.8)
 FORMATS = {"musubi": musubi_lora, "peft": peft_lora, "original": original_lora}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import START_IMAGE
+from conftest import tiny_request
 
 from framepack.outputs import generate_video, open_mp4
 from framepack.pipeline import GenerationOptions, generate
@@ -13,17 +13,7 @@ from framepack.request import build_request
 from framepack.video import read_mp4_frames, read_mp4_metadata
 
 # 4 sections of 3 latents at 96x64, 2 steps.
-REQUEST = {
-    "input_image": START_IMAGE,
-    "prompt": "a cat",
-    "seed": 7,
-    "total_video_length_seconds": 1.6,
-    "latent_window_size": 3,
-    "steps": 2,
-    "width": 96,
-    "height": 64,
-    "use_teacache": False,
-}
+REQUEST = tiny_request()
 
 
 def _quiet() -> ProgressReporter:

@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import START_IMAGE, peft_lora, section_and_text
+from conftest import peft_lora, section_and_text, tiny_request
 
 from framepack import streaming
 from framepack.pipeline import generate
@@ -20,16 +20,7 @@ from framepack.teacache import TeaCacheState
 from framepack.transformer import PackedTransformer
 
 CPU = torch.device("cpu")
-REQUEST = {
-    "input_image": START_IMAGE,
-    "prompt": "a dancer",
-    "seed": 5,
-    "total_video_length_seconds": 1.2,
-    "latent_window_size": 3,
-    "steps": 3,
-    "width": 96,
-    "height": 64,
-}
+REQUEST = tiny_request(prompt="a dancer", seed=5, total_video_length_seconds=1.2, steps=3, use_teacache=True)
 
 
 def _in_buffer(tensor: torch.Tensor, buffer: torch.Tensor) -> bool:
