@@ -8,14 +8,14 @@ from framepack import bench
 from framepack.acceleration import accelerate
 
 
+def run_bench(out, flags: str) -> None:
+    """`python -m framepack.bench FLAGS --out OUT`, in-process; it must exit 0."""
+    assert bench.main([*flags.split(), "--out", str(out)]) == 0
+
+
 def test_tiny_benchmark_runs_and_paths_agree(tmp_path):
     out = tmp_path / "bench.json"
-    assert (
-        bench.main(
-            ["--size", "tiny", "--out", str(out), "--repeat", "1", "--e2e", "--e2e-seconds", "0.8", "--steps", "2"]
-        )
-        == 0
-    )
+    run_bench(out, "--size tiny --repeat 1 --e2e --e2e-seconds 0.8 --steps 2")
     report = json.loads(out.read_text())
     # On the CPU in float32 our staged path and the stock forward agree exactly.
     assert report["forward_relative_l2"] == 0.0 and report["e2e_latents_relative_l2"] == 0.0
@@ -25,25 +25,8 @@ def test_tiny_benchmark_runs_and_paths_agree(tmp_path):
 
 def test_tiny_benchmark_teacache_runs_only_against_the_reference_decode(tmp_path):
     out = tmp_path / "bench.json"
-    assert (
-        bench.main(
-            [
-                "--size",
-                "tiny",
-                "--out",
-                str(out),
-                "--repeat",
-                "1",
-                "--e2e",
-                "--teacache-runs-only",
-                "--compare-reference-decode",
-                "--e2e-seconds",
-                "1.2",
-                "--steps",
-                "2",
-            ]
-        )
-        == 0
+    run_bench(
+        out, "--size tiny --repeat 1 --e2e --teacache-runs-only --compare-reference-decode --e2e-seconds 1.2 --steps 2"
     )
     report = json.loads(out.read_text())
     assert set(report["e2e"]) == {"eager_teacache_on", "ours_teacache_on", "ours_reference_decode_teacache_on"}
@@ -66,29 +49,10 @@ def test_acceleration_off_cuda_keeps_the_default_attention_and_compiles_only_whe
 
 def test_tiny_benchmark_fp8_decode_and_f1(tmp_path):
     out = tmp_path / "bench.json"
-    assert (
-        bench.main(
-            [
-                "--size",
-                "tiny",
-                "--out",
-                str(out),
-                "--repeat",
-                "1",
-                "--e2e",
-                "--no-teacache-runs",
-                "--fp8",
-                "--decode",
-                "--cfg-batch",
-                "--e2e-seconds",
-                "0.8",
-                "--steps",
-                "2",
-                "--variant",
-                "f1",
-            ]
-        )
-        == 0
+    run_bench(
+        out,
+        "--size tiny --repeat 1 --e2e --no-teacache-runs --fp8 --decode --cfg-batch --e2e-seconds 0.8 --steps 2 "
+        "--variant f1",
     )
     report = json.loads(out.read_text())
     assert report["e2e"]["ours_teacache_off"]["frames"] == 37  # F1's one section: start latent + 9
@@ -105,31 +69,10 @@ def test_tiny_benchmark_fp8_decode_and_f1(tmp_path):
 def test_tiny_low_vram_benchmark_loads_saved_random_weights(tmp_path):
     weights, out = tmp_path / "weights", tmp_path / "low.json"
     assert bench.main(["--size", "tiny", "--save-random-weights", str(weights)]) == 0
-    assert (
-        bench.main(
-            [
-                "--size",
-                "tiny",
-                "--out",
-                str(out),
-                "--low-vram",
-                "--weights",
-                str(weights),
-                "--vram-cap-gb",
-                "6",
-                "--e2e-seconds",
-                "1.2",
-                "--steps",
-                "2",
-                "--short-caps-gb",
-                "8",
-                "--short-seconds",
-                "0.8",
-                "--short-steps",
-                "1",
-            ]
-        )
-        == 0
+    run_bench(
+        out,
+        f"--size tiny --low-vram --weights {weights} --vram-cap-gb 6 --e2e-seconds 1.2 --steps 2 "
+        "--short-caps-gb 8 --short-seconds 0.8 --short-steps 1",
     )
     low = json.loads(out.read_text())["low_vram"]
     assert low["weights_gib"] > 0 and low["host_peak_rss_low_gib"] >= low["host_peak_rss_after_placement_gib"]
