@@ -51,6 +51,12 @@ def compiler_missing(device: torch.device) -> str | None:
     return None
 
 
+def _error_line(error: Exception) -> str:
+    """`Type: first line of the message`, for a log line (compiler messages run to many lines)."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
 @dataclass
 class CompileRecord:
     """A torch.compile backend: inductor, counting the graphs it builds and recording any it cannot build."""
@@ -65,7 +71,7 @@ class CompileRecord:
             compiled = compile_fx(graph, example_inputs)
         # Broad on purpose: any inductor failure must leave a working (eager) graph and a logged reason.
         except Exception as error:  # noqa: BLE001
-            self.failures.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            self.failures.append(_error_line(error))
             return graph.forward
         self.graphs += 1
         return compiled
@@ -103,7 +109,7 @@ def capture_problem(model) -> str | None:
                 torch.compile(block.forward, backend=capture, fullgraph=True)(*_probe_inputs(block, model))
     # Broad on purpose: dynamo raises many error types for code it cannot capture.
     except Exception as error:  # noqa: BLE001
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return _error_line(error)
     finally:
         torch._dynamo.reset()
     return None if len(captured) == 2 else f"captured {len(captured)} graphs for 2 block kinds"
@@ -125,12 +131,11 @@ def compile_blocks(model, record: CompileRecord) -> None:
 
 
 def settle_cublas(device: torch.device) -> None:
-    """Run one float32 matrix product on `device` before the first prediction.
+    """Run one float32 matrix product on `device`, in the thread that will run the transformer.
 
-    On an H200 (torch 2.11, cu130) the compiled blocks' output changed once the process had run its first
-    float32 cuBLAS product, for good (1.7e-2 relative L2 in a video's latents after 4 steps, with the weights
-    bit-identical); a LoRA merge runs such a product. Running one at setup makes every request give the same
-    video whatever ran before it.
+    On an H200 the compiled blocks' output changed, for good, once a thread had run its first float32 cuBLAS
+    product (weights bit-identical; BENCHMARKS.md); a LoRA merge runs such a product. Running one before each
+    generation makes every request give the same video whatever ran before it.
     """
     if device.type == "cuda":
         torch.ones(64, 16, device=device) @ torch.ones(16, 64, device=device)

@@ -120,7 +120,7 @@ def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False, compile_mo
     The VAE gets its exact padding everywhere and compiled GroupNorms when compiling (`vae_acceleration.py`).
     """
     from .acceleration import accelerate
-    from .compilation import CompileRecord, compile_decision, settle_cublas
+    from .compilation import CompileRecord, compile_decision
     from .vae_acceleration import accelerate_vae
 
     compiling, reason = compile_decision(compile_mode, plan.mode)
@@ -128,8 +128,6 @@ def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False, compile_mo
     if float8 and plan.mode == "low":
         logger.warning("FP8 mode runs in high-VRAM mode only; low mode keeps the transformer in %s", models.dtype)
     models.compile_record = CompileRecord() if compiling else None
-    if compiling:
-        settle_cublas(models.device)
     applied = {
         variant: accelerate(
             model, models.device, compile_blocks_with=models.compile_record, float8=float8 and plan.mode != "low"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import conditioning, controls, lora, planner
+from .compilation import settle_cublas
 from .decoding import SectionDecoder, UpcomingDecode, background_decode_plan
 from .frames import FrameAssembler
 from .models import FramePackModels
@@ -141,6 +142,9 @@ def generate(
     """
     record = record or TensorRecorder(False)
     progress = progress or ProgressReporter(request.num_sections, request.steps)
+    # In this thread, before anything else runs a float32 matrix product (a LoRA merge does): Cog predicts on
+    # threads of its own, and the compiled blocks' rounding follows each thread's cuBLAS state.
+    settle_cublas(models.device)
     model = models.transformers[request.model_variant]
     loras = lora.load_request_loras(
         model,

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from . import memory
-from .compilation import settle_cublas
 from .config import EngineConfig
 from .engine import load_engine
 from .models import FramePackModels
@@ -81,7 +80,6 @@ class FramePackService:
         _log(f"seed: {request.seed}")
         started = time.monotonic()
         memory.make_resident(self.models, request.model_variant, self.plan)
-        settle_cublas(self.models.device)  # per prediction: Cog runs predictions on threads of their own
         progress = ProgressReporter(request.num_sections, request.steps, write=_log)
         output = self.output_dir / f"framepack-{request.seed}.mp4"
         compiled = self.models.compile_record
