@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from framepack import bench  # noqa: E402
+from benchmarks.random_models import save_random_weights  # noqa: E402
 from framepack.float8 import quantize_transformer_blocks  # noqa: E402
 from framepack.service import FramePackService  # noqa: E402
 from framepack.weights import transformer_component  # noqa: E402
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = TINY_WEIGHTS if args.tiny else args.weights
     if "weights" in phases and not args.tiny and not (weights / "random.done").is_file():
         t0 = time.monotonic()
-        bench.save_random_weights("full", weights, torch.device("cuda"), torch.bfloat16)
+        save_random_weights("full", weights, torch.device("cuda"), torch.bfloat16)
         f1 = transformer_component("f1").path(weights)
         f1.parent.mkdir(parents=True, exist_ok=True)
         if not f1.exists():

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.measure import relative_l2  # noqa: F401 (shared with the test modules)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_WEIGHTS = FIXTURES / "tiny-weights"
 IMAGES = FIXTURES / "images"
@@ -107,11 +109,6 @@ MAX_RELATIVE_L2 = 1e-4
 MAX_GREY_LEVELS = 1
 
 
-def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    expected = expected.double()
-    return float((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30))
-
-
 def assert_matches_golden(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     """Every expected tensor is in `actual` with its shape and within the golden tolerances.
 
@@ -138,30 +135,18 @@ def tiny_models():
 
 def section_and_text(model, generator):
     """Random tiny section inputs (3-frame window on an 8x12 latent), 11-token text, and noisy latents."""
-    from framepack import planner
-    from framepack.transformer import SectionInputs, TextInputs
+    from benchmarks.reference import random_section
 
-    lws, h, w = 3, 8, 12
-    section = planner.inverted_sections(3, lws)[0]
-    idx = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
-    inputs = SectionInputs(
-        latent_indices=idx(section.latent_indices),
-        clean_latents=torch.randn(1, 16, 2, h, w, generator=generator),
-        clean_latent_indices=idx(section.clean_latent_indices),
-        clean_latents_2x=torch.randn(1, 16, 2, h, w, generator=generator),
-        clean_latent_2x_indices=idx(section.clean_latent_2x_indices),
-        clean_latents_4x=torch.randn(1, 16, 16, h, w, generator=generator),
-        clean_latent_4x_indices=idx(section.clean_latent_4x_indices),
-        image_embeds=torch.randn(1, 16, model.config.image_proj_dim, generator=generator),
+    return random_section(
+        model,
+        generator,
+        window=3,
+        latent_height=8,
+        latent_width=12,
+        text_tokens=11,
+        image_tokens=16,
+        total_sections=3,
     )
-    mask = torch.zeros(1, 512, dtype=torch.bool)
-    mask[:, :11] = True
-    embeds = torch.randn(1, 512, model.config.text_embed_dim, generator=generator) * mask[..., None]
-    text = TextInputs(
-        embeds=embeds, mask=mask, pooled=torch.randn(1, model.config.pooled_projection_dim, generator=generator)
-    )
-    latents = torch.randn(1, 16, lws, h, w, generator=generator)
-    return inputs, text, latents
 
 
 # LoRA files in the three key formats, on the tiny transformer's real layer names (random low-rank factors).

@@ -7,28 +7,10 @@ import torch
 from conftest import FIXTURES, section_and_text
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 
+from benchmarks.random_models import FULL_TRANSFORMER
+from benchmarks.reference import StockTransformer
 from framepack.teacache import TeaCacheState
 from framepack.transformer import PackedTransformer
-
-
-def _stock_forward(model, inputs, text, latents, timestep, guidance):
-    return model(
-        hidden_states=latents,
-        timestep=timestep,
-        encoder_hidden_states=text.embeds,
-        encoder_attention_mask=text.mask,
-        pooled_projections=text.pooled,
-        image_embeds=inputs.image_embeds,
-        indices_latents=inputs.latent_indices,
-        guidance=guidance,
-        latents_clean=inputs.clean_latents,
-        indices_latents_clean=inputs.clean_latent_indices,
-        latents_history_2x=inputs.clean_latents_2x,
-        indices_latents_history_2x=inputs.clean_latent_2x_indices,
-        latents_history_4x=inputs.clean_latents_4x,
-        indices_latents_history_4x=inputs.clean_latent_4x_indices,
-        return_dict=False,
-    )[0]
 
 
 @pytest.mark.parametrize("variant", ["original", "f1"])
@@ -41,8 +23,7 @@ def test_staged_forward_is_bit_identical_to_stock_forward(tiny_models, variant):
     guidance = torch.tensor([10000.0])
     for sigma in (1.0, 0.6, 0.2):
         timestep = torch.tensor([sigma * 1000])
-        with torch.no_grad():
-            expected = _stock_forward(model, inputs, text, latents, timestep, guidance)
+        expected = StockTransformer(model).velocity(latents, timestep, guidance, text, inputs)
         actual = packed.velocity(latents, timestep, guidance, text, prepared)
         assert actual.dtype == torch.float32
         assert torch.equal(actual, expected)
@@ -65,6 +46,7 @@ def test_teacache_skip_reuses_the_last_residual(tiny_models):
 def test_full_size_architecture_matches_the_real_checkpoint():
     manifest = json.loads((FIXTURES / "transformer_keys.json").read_text())
     config = {k: v for k, v in manifest["config"].items() if not k.startswith("_")}
+    assert FULL_TRANSFORMER == config  # what the benchmarks build is the released architecture
     with torch.device("meta"):
         model = HunyuanVideoFramepackTransformer3DModel(**config)
     actual = {name: list(t.shape) for name, t in model.state_dict().items()}

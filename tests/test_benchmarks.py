@@ -1,16 +1,13 @@
-"""The benchmark script runs (tiny architecture, CPU): it must not rot between GPU sessions."""
+"""The benchmarks run (tiny architecture, CPU): they must not rot between GPU sessions."""
 
 import json
 
-import torch
-
-from framepack import bench
-from framepack.acceleration import accelerate
+from benchmarks import cli
 
 
 def run_bench(out, flags: str) -> None:
-    """`python -m framepack.bench FLAGS --out OUT`, in-process; it must exit 0."""
-    assert bench.main([*flags.split(), "--out", str(out)]) == 0
+    """`python -m benchmarks FLAGS --out OUT`, in-process; it must exit 0."""
+    assert cli.main([*flags.split(), "--out", str(out)]) == 0
 
 
 def test_tiny_benchmark_runs_and_paths_agree(tmp_path):
@@ -41,12 +38,6 @@ def test_tiny_benchmark_teacache_runs_only_against_the_reference_decode(tmp_path
     assert report["e2e"]["ours_reference_decode_teacache_on"]["decode_plan"] == []  # told, not decided
 
 
-def test_acceleration_off_cuda_keeps_the_default_attention_and_compiles_only_when_asked(tiny_models):
-    applied = accelerate(tiny_models.transformers["original"], torch.device("cpu"))
-    assert applied.attention == "native" and not applied.compiled
-    assert applied.notes == ["not on CUDA: default attention"]
-
-
 def test_tiny_benchmark_fp8_decode_and_f1(tmp_path):
     out = tmp_path / "bench.json"
     run_bench(
@@ -68,7 +59,7 @@ def test_tiny_benchmark_fp8_decode_and_f1(tmp_path):
 
 def test_tiny_low_vram_benchmark_loads_saved_random_weights(tmp_path):
     weights, out = tmp_path / "weights", tmp_path / "low.json"
-    assert bench.main(["--size", "tiny", "--save-random-weights", str(weights)]) == 0
+    assert cli.main(["--size", "tiny", "--save-random-weights", str(weights)]) == 0
     run_bench(
         out,
         f"--size tiny --low-vram --weights {weights} --vram-cap-gb 6 --e2e-seconds 1.2 --steps 2 "

@@ -1,0 +1,142 @@
+"""Whole generations, timed per stage: the reference's loop (stock forward, in-line decode) against ours.
+
+Each run generates the same request, a 640-bucket video from a random image, and writes its MP4.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from framepack.outputs import generate_video
+from framepack.pipeline import GenerationOptions
+from framepack.progress import ProgressReporter
+from framepack.request import build_request
+
+from .measure import peak_memory, relative_l2
+
+PROMPT = "A person dances in a sunlit room."
+
+
+def end_to_end(
+    models,
+    image: Path,
+    size: tuple[int, int],
+    runner,
+    teacache: bool,
+    seconds: float,
+    steps: int,
+    device: torch.device,
+    our_decode: bool = False,
+    variant: str = "original",
+) -> dict:
+    """One generation and its MP4, timed per stage; reports the run's peak GPU memory.
+
+    `our_decode`: in the background where memory allows, shared tiles decoded once, and F1's MP4 encoded as its
+    frames become final; else as the reference decodes (in line, each section whole) and encodes (at the end).
+    Returns the stage seconds, the decode plan's log lines, the frame count, and the video's latents
+    (1, 16, T, h, w) and frames (T, H, W, 3) uint8.
+    """
+    request = build_request(
+        {
+            "input_image": image,
+            "prompt": PROMPT,
+            "seed": 1,
+            "total_video_length_seconds": seconds,
+            "steps": steps,
+            "use_teacache": teacache,
+            "height": size[0],
+            "width": size[1],
+            "model_variant": variant,
+        }
+    )
+    decode_lines: list[str] = []
+    progress = ProgressReporter(
+        request.num_sections,
+        steps,
+        write=lambda line: decode_lines.append(line) if line.startswith("VAE decode") else None,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    result = generate_video(
+        request,
+        models,
+        image.with_name("output.mp4"),
+        progress=progress,
+        options=GenerationOptions(
+            runner=runner, background_decode=None if our_decode else False, reuse_decoded_tiles=our_decode
+        ),
+        stream=our_decode,
+    )
+    return {
+        "total": time.perf_counter() - started,
+        **progress.timings,
+        **peak_memory(device),
+        "decode_plan": decode_lines,
+        "frames": int(result.frames.shape[0]),
+        "latents": result.video_latents,
+        "pixels": result.frames,
+    }
+
+
+@dataclass
+class EndToEndRuns:
+    """Named end-to-end runs of one request, each added to `report["e2e"]` and saved to `out` as it finishes."""
+
+    models: object
+    image: Path
+    size: tuple[int, int]
+    device: torch.device
+    seconds: float
+    steps: int
+    variant: str
+    report: dict
+    out: Path
+    results: dict = field(default_factory=dict)
+
+    def run(self, name: str, runner, teacache: bool, our_decode: bool = False) -> dict:
+        self.results[name] = end_to_end(
+            self.models,
+            self.image,
+            self.size,
+            runner,
+            teacache,
+            self.seconds,
+            self.steps,
+            self.device,
+            our_decode,
+            self.variant,
+        )
+        summary = {k: v for k, v in self.results[name].items() if k not in ("latents", "pixels")}
+        self.report.setdefault("e2e", {})[name] = summary
+        self.out.write_text(json.dumps(self.report, indent=2, default=str))  # partial results survive a timeout
+        print(name, summary, flush=True)
+        return self.results[name]
+
+    def warm_up(self, key: str, runner, our_decode: bool) -> None:
+        """One untimed 1-step generation: first-use costs (compilation, kernel choice) are not charged to a run."""
+        started = time.perf_counter()
+        end_to_end(self.models, self.image, self.size, runner, False, 1.0, 1, self.device, our_decode, self.variant)
+        self.report[key] = time.perf_counter() - started
+
+    def compare_reference_decode(self, suffix: str, runner, teacache: bool) -> None:
+        """Our loop again with the reference's decode: the time ours saves, and whether the video is the same."""
+        ours = self.results[f"ours_{suffix}"]
+        reference = self.run(f"ours_reference_decode_{suffix}", runner, teacache, our_decode=False)
+        self.report[f"e2e_our_decode_{suffix}"] = {
+            "seconds_saved": reference["total"] - ours["total"],
+            "frames_equal": bool(torch.equal(ours["pixels"], reference["pixels"])),
+            "frames_max_difference": int((ours["pixels"].int() - reference["pixels"].int()).abs().max()),
+        }
+
+    def latents_relative_l2(self, name: str, baseline: str) -> float:
+        return relative_l2(self.results[name]["latents"], self.results[baseline]["latents"])
+
+    def speedup(self, baseline: str, name: str) -> float:
+        return self.results[baseline]["total"] / self.results[name]["total"]
