@@ -32,6 +32,7 @@ from PIL import Image
 from framepack.acceleration import ATTENTION_PREFERENCE, accelerate
 from framepack.compilation import CompileRecord
 from framepack.float8 import quantize_transformer_blocks
+from framepack.logs import configure_logging
 from framepack.memory import MemoryPlan, place_models
 from framepack.transformer import PackedTransformer
 from framepack.vae_acceleration import accelerate_vae
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging("stdout")
     if args.no_teacache_runs and args.teacache_runs_only:
         parser.error("--no-teacache-runs and --teacache-runs-only leave no end-to-end run")
     if args.low_vram and args.weights is None:

@@ -19,8 +19,11 @@ from pathlib import Path
 
 from .config import COMPILE_MODES, DTYPES, EngineConfig
 from .errors import InvalidInput
+from .logs import configure_logging
 from .request import INPUT_SPECS, GenerationRequest, build_request, parse_text_value
 from .weights import CheckpointMismatch, MissingWeights, check_weights
+
+logger = logging.getLogger(__name__)
 
 EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
 
@@ -133,10 +136,10 @@ def run_predict(args: argparse.Namespace) -> Path:
     from .outputs import generate_video, save_tensor_dump
     from .pipeline import TensorRecorder
 
-    logging.info("seed %d", request.seed)
-    engine = load_engine(config, log=logging.info)
+    logger.info("seed %d", request.seed)
+    engine = load_engine(config)
     recorder = TensorRecorder(args.dump_tensors is not None)
-    result = generate_video(request, engine.models, args.output, record=recorder)
+    result = generate_video(request, engine.models, args.output, record=recorder, options=engine.generation_options())
     if args.dump_tensors is not None:
         save_tensor_dump(result, recorder, args.dump_tensors)
     return args.output
@@ -158,7 +161,7 @@ def run_download(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    configure_logging("stderr")
     try:
         output = run_download(args) if args.command == "download-weights" else run_predict(args)
     except (InvalidInput, MissingWeights, CheckpointMismatch) as error:

@@ -7,6 +7,7 @@ the generation loop casts it to the transformer's compute dtype.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from . import controls
 from .models import FramePackModels
 from .request import GenerationRequest
 from .transformer import TextInputs
+
+logger = logging.getLogger(__name__)
 
 Recorder = Callable[[str, torch.Tensor], None]
 
@@ -231,7 +234,7 @@ def _image_latent(path, width: int, height: int, vae) -> torch.Tensor:
 
 
 def encode_conditioning(
-    request: GenerationRequest, models: FramePackModels, record: Recorder, log: Callable[[str], None] = print
+    request: GenerationRequest, models: FramePackModels, record: Recorder, log: Callable[[str], None] = logger.info
 ) -> Conditioning:
     """Crop the images to the bucket and encode every distinct prompt, the images and the latents once.
 

@@ -10,6 +10,8 @@ the same fields, over the environment's values. Bad values are refused here, nam
 | memory_mode | FRAMEPACK_MEMORY_MODE | auto, high, low (auto) |
 | compile | FRAMEPACK_COMPILE | auto, on, off (auto) |
 | fp8 | FRAMEPACK_FP8 | 1/0, true/false, yes/no, on/off (off) |
+| lora_cache_dir | FRAMEPACK_LORA_CACHE | where LoRA URLs are downloaded to (~/.cache/framepack/loras) |
+| lora_max_bytes | FRAMEPACK_LORA_MAX_BYTES | the largest LoRA file downloaded, in bytes (4 GiB) |
 """
 
 from __future__ import annotations
@@ -31,8 +33,20 @@ ENV = {
     "memory_mode": "FRAMEPACK_MEMORY_MODE",
     "compile": "FRAMEPACK_COMPILE",
     "fp8": "FRAMEPACK_FP8",
+    "lora_cache_dir": "FRAMEPACK_LORA_CACHE",
+    "lora_max_bytes": "FRAMEPACK_LORA_MAX_BYTES",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+DEFAULT_LORA_CACHE = Path.home() / ".cache" / "framepack" / "loras"
+DEFAULT_LORA_MAX_BYTES = 4 * 2**30
+
+
+@dataclass(frozen=True)
+class LoraDownloads:
+    """Where LoRA URLs are cached, and the largest file downloaded (bytes)."""
+
+    cache_dir: Path = DEFAULT_LORA_CACHE
+    max_bytes: int = DEFAULT_LORA_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,8 @@ class EngineConfig:
     compile: str = "auto"
     fp8: bool = False
     output_dir: Path | None = None
+    lora_cache_dir: Path = DEFAULT_LORA_CACHE
+    lora_max_bytes: int = DEFAULT_LORA_MAX_BYTES
 
     def __post_init__(self):
         for name, allowed in (("memory_mode", MEMORY_MODES), ("compile", COMPILE_MODES)):
@@ -55,6 +71,8 @@ class EngineConfig:
         for name, value, allowed in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES)):
             if value is not None and value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.lora_max_bytes <= 0:
+            raise ValueError(f"{ENV['lora_max_bytes']} must be a positive number of bytes, got {self.lora_max_bytes}")
         unknown = [v for v in self.variants if v not in MODEL_VARIANTS]
         if unknown or not self.variants:
             raise ValueError(f"variants must be some of {', '.join(MODEL_VARIANTS)}, got {self.variants!r}")
@@ -71,6 +89,9 @@ class EngineConfig:
         values.update({name: value for name, value in overrides.items() if value is not None})
         return cls(**values)
 
+    def lora_downloads(self) -> LoraDownloads:
+        return LoraDownloads(self.lora_cache_dir, self.lora_max_bytes)
+
     def resolved_device(self):
         import torch
 
@@ -83,8 +104,12 @@ class EngineConfig:
 
 
 def _parse(name: str, variable: str, text: str):
-    if name in ("weights_dir", "output_dir"):
+    if name in ("weights_dir", "output_dir", "lora_cache_dir"):
         return Path(text)
+    if name == "lora_max_bytes":
+        if not text.isdigit():
+            raise ValueError(f"{variable} must be a whole number of bytes, got {text!r}")
+        return int(text)
     if name == "fp8":
         lowered = text.lower()
         if lowered not in _TRUE + _FALSE:

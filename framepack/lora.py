@@ -32,15 +32,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .config import LoraDownloads
 from .errors import InvalidInput
 from .float8 import Float8Linear, quantize_rows
 from .weights import CheckpointMismatch, safetensors_shapes
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "FRAMEPACK_LORA_CACHE"
-MAX_BYTES_ENV = "FRAMEPACK_LORA_MAX_BYTES"
-DEFAULT_MAX_BYTES = 4 * 2**30
 DOWNLOAD_TIMEOUT_S = 600.0
 
 _PARTS = (
@@ -235,16 +233,12 @@ def read_safetensors(path: Path, name: str) -> dict[str, torch.Tensor]:
         raise InvalidInput(name, f"{path.name} is not a valid .safetensors file ({error})") from None
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "framepack" / "loras"))
-
-
-def fetch(source: str, name: str, max_bytes: int | None = None, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """A local path as is; a URL downloaded once into the cache (by URL hash), at most `max_bytes`."""
+def fetch(source: str, name: str, downloads: LoraDownloads, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """A local path as is; a URL downloaded once into the cache (by URL hash), at most `downloads.max_bytes`."""
     if "://" not in source:
         return Path(source)
-    max_bytes = max_bytes or int(os.environ.get(MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
-    target = cache_dir() / (hashlib.sha256(source.encode()).hexdigest()[:32] + ".safetensors")
+    max_bytes = downloads.max_bytes
+    target = downloads.cache_dir / (hashlib.sha256(source.encode()).hexdigest()[:32] + ".safetensors")
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +267,7 @@ def fetch(source: str, name: str, max_bytes: int | None = None, timeout: float =
 
 
 def load_request_loras(
-    model: torch.nn.Module, loras: list[tuple[str, str, float]]
+    model: torch.nn.Module, loras: list[tuple[str, str, float]], downloads: LoraDownloads
 ) -> list[tuple[list[LoraLayer], float]]:
     """Fetch and check every (input name, source, scale) LoRA against `model`; empty sources are skipped.
 
@@ -283,5 +277,5 @@ def load_request_loras(
     for name, source, scale in loras:
         source = source.strip()
         if source:
-            converted.append((convert_lora(read_safetensors(fetch(source, name), name), model, name), scale))
+            converted.append((convert_lora(read_safetensors(fetch(source, name, downloads), name), model, name), scale))
     return converted

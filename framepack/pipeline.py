@@ -15,6 +15,7 @@ import torch
 
 from . import conditioning, controls, lora, planner
 from .compilation import settle_cublas
+from .config import LoraDownloads
 from .decoding import SectionDecoder, UpcomingDecode, background_decode_plan
 from .frames import FrameAssembler
 from .models import FramePackModels
@@ -64,12 +65,14 @@ class GenerationOptions:
         video order, as soon as it is final (from the decode's thread), so the MP4 can be encoded while later
         sections sample. The frames after those handed over are final only when `generate` returns (the last
         `overlap`; for the original variant, all).
+    lora_downloads: where the request's LoRA URLs are cached and how large one may be (`EngineConfig`).
     """
 
     runner: type[TransformerRunner] = PackedTransformer
     background_decode: bool | None = None
     reuse_decoded_tiles: bool = True
     on_frames: Callable[[torch.Tensor], None] | None = None
+    lora_downloads: LoraDownloads = LoraDownloads()
 
 
 def section_inputs(
@@ -152,6 +155,7 @@ def generate(
             ("lora_weights", request.lora_weights, request.lora_scale),
             ("extra_lora", request.extra_lora, request.extra_lora_scale),
         ],
+        options.lora_downloads,
     )
     with lora.merged_loras(model, loras, models.device):
         # The runner is built with the LoRAs merged: it keeps a float32 copy of the output head.

@@ -6,7 +6,7 @@ Each sampling step also writes a tqdm-style line over all steps of the generatio
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,8 +38,7 @@ def tqdm_bar(done: int, total: int, width: int = 10) -> str:
     return f"{percent:3d}%|{'█' * filled}{' ' * (width - filled)}| {done}/{total}"
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 class ProgressReporter:
@@ -53,7 +52,7 @@ class ProgressReporter:
         self,
         num_sections: int,
         steps: int,
-        write: Callable[[str], None] = _stderr,
+        write: Callable[[str], None] = logger.info,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.num_sections = num_sections

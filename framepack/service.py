@@ -23,9 +23,10 @@ import torch
 from . import memory
 from .config import EngineConfig
 from .engine import load_engine
+from .logs import configure_logging
 from .models import FramePackModels
 from .outputs import generate_video
-from .pipeline import TensorRecorder
+from .pipeline import GenerationOptions, TensorRecorder
 from .progress import ProgressReporter
 from .request import build_request
 
@@ -34,26 +35,33 @@ logger = logging.getLogger(__name__)
 MetricRecorder = Callable[[str, float], None]
 
 
-def _log(line: str) -> None:
-    print(line, flush=True)
-
-
 class FramePackService:
-    def __init__(self, models: FramePackModels, plan: memory.MemoryPlan, output_dir: Path):
+    def __init__(
+        self,
+        models: FramePackModels,
+        plan: memory.MemoryPlan,
+        output_dir: Path,
+        options: GenerationOptions = GenerationOptions(),
+    ):
         self.models = models
         self.plan = plan
         self.output_dir = output_dir
+        self.options = options
         self.last_output: Path | None = None
 
     @classmethod
     def setup(cls, config: EngineConfig | None = None) -> FramePackService:
-        """Start the engine (`config`, by default from the FRAMEPACK_* variables) and prepare the output folder."""
+        """Start the engine (`config`, by default from the FRAMEPACK_* variables) and prepare the output folder.
+
+        The engine's lines go to stdout, which Cog returns as the setup's and each prediction's logs.
+        """
+        configure_logging("stdout")
         config = config or EngineConfig.from_env()
-        engine = load_engine(config, log=_log)
+        engine = load_engine(config)
         if config.output_dir is not None:
             config.output_dir.mkdir(parents=True, exist_ok=True)
         output_dir = config.output_dir or Path(tempfile.mkdtemp(prefix="framepack-outputs-"))
-        return cls(engine.models, engine.plan, output_dir)
+        return cls(engine.models, engine.plan, output_dir, engine.generation_options())
 
     def _remove_previous_output(self) -> None:
         if self.last_output is not None:
@@ -77,21 +85,22 @@ class FramePackService:
         """
         self._remove_previous_output()
         request = build_request(inputs)
-        _log(f"seed: {request.seed}")
+        logger.info(f"seed: {request.seed}")
         started = time.monotonic()
         memory.make_resident(self.models, request.model_variant, self.plan)
-        progress = ProgressReporter(request.num_sections, request.steps, write=_log)
+        progress = ProgressReporter(request.num_sections, request.steps)
         output = self.output_dir / f"framepack-{request.seed}.mp4"
         compiled = self.models.compile_record
         graphs_before = (compiled.graphs, len(compiled.failures)) if compiled is not None else None
         try:
-            generate_video(request, self.models, output, progress=progress, record=record)  # no file if it fails
+            # No file is left if it fails.
+            generate_video(request, self.models, output, progress=progress, record=record, options=self.options)
         finally:
             self._free_memory()
         self.last_output = output
         self._log_compilation(graphs_before)
         timings = {**progress.timings, "total": time.monotonic() - started}
-        _log("timings: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items()))
+        logger.info("timings: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items()))
         if record_metric is not None:
             for name, seconds in timings.items():
                 record_metric(f"{name}_seconds", round(seconds, 3))
@@ -106,7 +115,7 @@ class FramePackService:
         line = f"compiled blocks: {graphs} graphs compiled by this prediction ({record.graphs} in all)"
         if failures:
             line += f"; {failures} could not be compiled and ran eagerly ({record.failures[-1]})"
-        _log(line)
+        logger.info(line)
 
     def close(self) -> None:
         shutil.rmtree(self.output_dir, ignore_errors=True)

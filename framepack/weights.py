@@ -136,12 +136,12 @@ def ensure_weights(weights_dir: Path, variants: tuple[str, ...], download: bool 
         raise MissingWeights(Path(weights_dir), missing)
 
 
-def prepare_weights(weights_dir: Path, variants: tuple[str, ...], log=logger.info) -> None:
+def prepare_weights(weights_dir: Path, variants: tuple[str, ...]) -> None:
     """Download what is missing for `variants`, then check each transformer checkpoint against its config."""
     ensure_weights(weights_dir, variants)
     for variant in variants:
         tensors = verify_transformer_checkpoint(transformer_component(variant).path(weights_dir))
-        log(f"{variant} transformer: {tensors} tensors match its config")
+        logger.info(f"{variant} transformer: {tensors} tensors match its config")
 
 
 class CheckpointMismatch(ValueError):

@@ -15,6 +15,7 @@ from conftest import musubi_lora, original_lora, peft_lora, section_and_text, ti
 from safetensors.torch import save_file
 
 from framepack import lora
+from framepack.config import LoraDownloads
 from framepack.errors import InvalidInput
 from framepack.pipeline import generate
 from framepack.request import build_request
@@ -142,17 +143,17 @@ def file_server(tmp_path):
     httpd.shutdown()
 
 
-def test_download_is_cached_by_url_and_bounded(tiny_models, tmp_path, file_server, monkeypatch):
+def test_download_is_cached_by_url_and_bounded(tiny_models, tmp_path, file_server):
     served, url = file_server
-    monkeypatch.setenv("FRAMEPACK_LORA_CACHE", str(tmp_path / "cache"))
+    downloads = LoraDownloads(tmp_path / "cache")
     save_file(peft_lora(tiny_models.transformers["original"]), str(served / "style.safetensors"))
-    first = lora.fetch(f"{url}/style.safetensors", "lora_weights")
+    first = lora.fetch(f"{url}/style.safetensors", "lora_weights", downloads)
     (served / "style.safetensors").unlink()  # a second fetch must not need the server
-    assert lora.fetch(f"{url}/style.safetensors", "lora_weights") == first and first.is_file()
+    assert lora.fetch(f"{url}/style.safetensors", "lora_weights", downloads) == first and first.is_file()
     (served / "big.safetensors").write_bytes(b"x" * 5000)
     with pytest.raises(InvalidInput, match="more than the 1000 allowed"):
-        lora.fetch(f"{url}/big.safetensors", "lora_weights", max_bytes=1000)
+        lora.fetch(f"{url}/big.safetensors", "lora_weights", LoraDownloads(downloads.cache_dir, max_bytes=1000))
     (served / "evil.safetensors").write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(InvalidInput, match="not a valid .safetensors file"):
-        lora.fetch(f"{url}/evil.safetensors", "extra_lora")
+        lora.fetch(f"{url}/evil.safetensors", "extra_lora", downloads)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [first.name]

@@ -1,0 +1,26 @@
+"""The one engine start-up: what it loads, what it logs, and the options every generation on it gets."""
+
+import torch
+from conftest import TINY_WEIGHTS
+
+from framepack.config import EngineConfig, LoraDownloads
+from framepack.engine import load_engine
+from framepack.logs import configure_logging
+
+
+def test_load_engine_logs_its_decisions_and_carries_the_lora_settings(tmp_path, capsys):
+    configure_logging("stderr")
+    config = EngineConfig(
+        weights_dir=TINY_WEIGHTS,
+        variants=("f1",),
+        device="cpu",
+        dtype="float32",
+        lora_cache_dir=tmp_path / "loras",
+        lora_max_bytes=1234,
+    )
+    engine = load_engine(config)
+    assert set(engine.models.transformers) == {"f1"} and engine.models.device == torch.device("cpu")
+    assert engine.generation_options().lora_downloads == LoraDownloads(tmp_path / "loras", 1234)
+    logged = capsys.readouterr().err
+    assert "memory mode: cpu" in logged and "f1 transformer: 148 tensors match its config" in logged
+    assert f"loaded f1 from {TINY_WEIGHTS} on cpu (torch.float32)" in logged
