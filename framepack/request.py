@@ -299,6 +299,17 @@ def check_image_file(name: str, path: Path) -> None:
         raise InvalidInput(name, f"could not read {path.name} as an image ({error})") from None
 
 
+def _check_end_image(values: dict[str, Any]) -> None:
+    from .variants import variant_named  # torch: imported when a request is validated, not with the API table
+
+    if values["end_image"] is not None and not variant_named(values["model_variant"]).has_end_slot:
+        raise InvalidInput(
+            "end_image",
+            f"is only supported by model_variant 'original' ({values['model_variant']} generates forwards and "
+            "has no end slot)",
+        )
+
+
 def _check_controls(values: dict[str, Any]) -> None:
     """Keyframe indices against the number of sections (computed from the request, no models needed)."""
     num_sections = section_count(values["total_video_length_seconds"], values["latent_window_size"])
@@ -356,10 +367,7 @@ def build_request(inputs: Mapping[str, Any], *, check_files: bool = True) -> Gen
     if values["resolution"] % IMAGE_SIZE_MULTIPLE:
         raise InvalidInput("resolution", f"{values['resolution']} is not a multiple of {IMAGE_SIZE_MULTIPLE}")
     values["section_images"] = tuple(values["section_images"])
-    if values["end_image"] is not None and values["model_variant"] != "original":
-        raise InvalidInput(
-            "end_image", "is only supported by model_variant 'original' (f1 generates forwards and has no end slot)"
-        )
+    _check_end_image(values)
     _check_controls(values)
     if check_files:
         check_image_file("input_image", values["input_image"])

@@ -22,6 +22,7 @@ class Variant:
 
     name: str
     prepends: bool  # new sections and their frames go before the earlier ones
+    has_end_slot: bool  # its first generated section is the video's end, so an end frame can guide it
 
     def plan_sections(self, num_sections: int, latent_window_size: int) -> list[SectionPlan]:
         """The sections of a video in generation order."""
@@ -66,7 +67,7 @@ class Variant:
 class Inverted(Variant):
     """The original FramePack: the end first; the start latent joins the history after the last section."""
 
-    name, prepends = "original", True
+    name, prepends, has_end_slot = "original", True, True
 
     def plan_sections(self, num_sections: int, latent_window_size: int) -> list[SectionPlan]:
         return planner.inverted_sections(num_sections, latent_window_size)
@@ -93,7 +94,7 @@ class Inverted(Variant):
 class Forward(Variant):
     """FramePack-F1: the start first; the start latent is the history's newest latent from the beginning."""
 
-    name, prepends = "f1", False
+    name, prepends, has_end_slot = "f1", False, False
 
     def plan_sections(self, num_sections: int, latent_window_size: int) -> list[SectionPlan]:
         return planner.forward_sections(num_sections, latent_window_size)
