@@ -1,19 +1,23 @@
-"""The generation request: the prediction API's inputs, their ranges, parsing and validation.
+"""The generation request: the prediction API's inputs as one pydantic model, and their validation.
 
-This module is the single source of truth for input names, defaults and ranges: the local predict command
-parses with it, `predict.py` builds its Cog inputs from it, and the engine only ever sees a validated
-`GenerationRequest`. Everything here is cheap (no torch) so bad input is rejected before any model loads.
+`GenerationRequest` is the single source of truth for input names, order, types, defaults, ranges, choices
+and descriptions: its fields generate `predict.py`'s Cog inputs (scripts/write_cog_files.py), the local
+command's parsing and the schema tests, through `INPUT_SPECS`, a plain view of the fields. The engine only ever
+sees a validated request. Everything here is cheap (no torch) so bad input is rejected before any model loads,
+and every error is our one `InvalidInput`, naming the input and what is allowed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .controls import parse_keyframe_indices
 from .errors import InvalidInput
@@ -21,195 +25,164 @@ from .planner import section_count
 from .weights import CheckpointMismatch, safetensors_shapes
 
 MAX_SEED = 2**32 - 1
-MODEL_VARIANTS = ("original", "f1")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One input of the prediction API: its Python type, default, range or choices and description."""
-
-    name: str
-    type: type
-    default: Any
-    description: str
-    ge: float | None = None
-    le: float | None = None
-    choices: tuple[Any, ...] | None = None
-    required: bool = False
-    item_type: type | None = None  # for list inputs
-
-
-INPUT_SPECS: dict[str, InputSpec] = {
-    spec.name: spec
-    for spec in (
-        InputSpec("input_image", Path, None, "Start frame of the video: any image PIL can open.", required=True),
-        InputSpec("prompt", str, None, "What happens in the video.", required=True),
-        InputSpec("negative_prompt", str, "", "What to avoid; used only when cfg_scale > 1."),
-        InputSpec(
-            "seed",
-            int,
-            None,
-            "Random seed; leave empty for a random one. The seed used is logged and stored in the MP4 metadata.",
-            ge=0,
-            le=MAX_SEED,
-        ),
-        InputSpec(
-            "total_video_length_seconds",
-            float,
-            5.0,
-            "Requested video length in seconds (rounded to whole sections of latent_window_size * 4 / 30 s).",
-            ge=0.1,
-            le=120.0,
-        ),
-        InputSpec(
-            "model_variant",
-            str,
-            "original",
-            "'original': inverted anti-drifting FramePack "
-            "(lllyasviel/FramePackI2V_HY); 'f1': forward FramePack-F1 "
-            "(lllyasviel/FramePack_F1_I2V_HY_20250503).",
-            choices=MODEL_VARIANTS,
-        ),
-        InputSpec(
-            "resolution",
-            int,
-            640,
-            "Bucket family: the output size is the bucket of this family nearest to "
-            "the image's aspect ratio. 640 is the reference table.",
-            ge=128,
-            le=1536,
-        ),
-        InputSpec(
-            "width",
-            int,
-            0,
-            "Output width; 0 picks the bucket. Otherwise a multiple of 16 (set height too).",
-            ge=0,
-            le=2048,
-        ),
-        InputSpec(
-            "height",
-            int,
-            0,
-            "Output height; 0 picks the bucket. Otherwise a multiple of 16 (set width too).",
-            ge=0,
-            le=2048,
-        ),
-        InputSpec(
-            "latent_window_size",
-            int,
-            9,
-            "Latent frames generated per section (9 is what the models were trained with).",
-            ge=1,
-            le=33,
-        ),
-        InputSpec("steps", int, 25, "Sampling steps per section.", ge=1, le=100),
-        InputSpec(
-            "cfg_scale",
-            float,
-            1.0,
-            "Real classifier-free guidance; 1 disables it (and the negative prompt), values above 1 double the cost.",
-            ge=1.0,
-            le=32.0,
-        ),
-        InputSpec("distilled_cfg_scale", float, 10.0, "Distilled guidance strength fed to the model.", ge=1.0, le=32.0),
-        InputSpec(
-            "cfg_rescale", float, 0.0, "Guidance rescale (only has an effect when cfg_scale > 1).", ge=0.0, le=1.0
-        ),
-        InputSpec(
-            "use_teacache",
-            bool,
-            True,
-            "TeaCache: skip transformer passes whose input barely changed "
-            "(about 2x faster, slightly different output).",
-        ),
-        InputSpec(
-            "mp4_crf",
-            int,
-            16,
-            "H.264 constant rate factor: 0 is lossless (not playable in browsers), higher is smaller and blurrier.",
-            ge=0,
-            le=51,
-        ),
-        InputSpec(
-            "section_prompts",
-            str,
-            "",
-            "One prompt per line, line i for section i (0 = start of the video). "
-            "Empty or missing lines keep the previous section's prompt; section 0 falls back to prompt.",
-        ),
-        InputSpec(
-            "section_images",
-            list,
-            (),
-            "Keyframe images; each fills the start slot of its section and of later sections until the next keyframe.",
-            item_type=Path,
-        ),
-        InputSpec(
-            "section_image_indices",
-            str,
-            "",
-            "Comma-separated section number of each section_images entry (empty: 0, 1, 2, ...).",
-        ),
-        InputSpec("end_image", Path, None, "End frame (original variant only): guides the end of the video."),
-        InputSpec(
-            "end_image_strength", float, 1.0, "How strongly the end frame is imposed (0 = ignored).", ge=0.0, le=1.0
-        ),
-        InputSpec(
-            "camera_movement",
-            float,
-            0.0,
-            "Experimental: rolls each section's latents sideways once, after "
-            "20% of the steps, by up to this fraction of the width; later steps heal it. 0 = off.",
-            ge=0.0,
-            le=0.5,
-        ),
-        InputSpec(
-            "lora_weights",
-            str,
-            "",
-            "LoRA for the transformer: an https URL or a local path to a "
-            ".safetensors file (musubi-tuner, diffusers/PEFT or HunyuanVideo key names).",
-        ),
-        InputSpec("lora_scale", float, 1.0, "Strength of lora_weights.", ge=-2.0, le=2.0),
-        InputSpec("extra_lora", str, "", "A second LoRA, same formats as lora_weights."),
-        InputSpec("extra_lora_scale", float, 1.0, "Strength of extra_lora.", ge=-2.0, le=2.0),
-    )
-}
-
 IMAGE_SIZE_MULTIPLE = 16
+ModelVariant = Literal["original", "f1"]
+MODEL_VARIANTS: tuple[str, ...] = get_args(ModelVariant)
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """A validated request. Field names are the API input names; `seed` is always resolved."""
+class GenerationRequest(BaseModel):
+    """A validated request. Field names are the API input names, in the API's order; `seed` is always resolved.
 
-    input_image: Path
-    prompt: str
-    seed: int
-    negative_prompt: str = ""
-    total_video_length_seconds: float = 5.0
-    model_variant: str = "original"
-    resolution: int = 640
-    width: int = 0
-    height: int = 0
-    latent_window_size: int = 9
-    steps: int = 25
-    cfg_scale: float = 1.0
-    distilled_cfg_scale: float = 10.0
-    cfg_rescale: float = 0.0
-    use_teacache: bool = True
-    mp4_crf: int = 16
-    section_prompts: str = ""
-    section_images: tuple[Path, ...] = ()
-    section_image_indices: str = ""
-    end_image: Path | None = None
-    end_image_strength: float = 1.0
-    camera_movement: float = 0.0
-    lora_weights: str = ""
-    lora_scale: float = 1.0
-    extra_lora: str = ""
-    extra_lora_scale: float = 1.0
+    Values are coerced as Cog and JSON clients send them: strings of numbers and booleans, integral floats for
+    integers, strings for paths. A boolean is never taken for a number.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_image: Path = Field(description="Start frame of the video: any image PIL can open.")
+    prompt: str = Field(description="What happens in the video.")
+    negative_prompt: str = Field("", description="What to avoid; used only when cfg_scale > 1.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        validate_default=True,
+        description="Random seed; leave empty for a random one. The seed used is logged and stored in the MP4 "
+        "metadata.",
+    )
+    total_video_length_seconds: float = Field(
+        5.0,
+        ge=0.1,
+        le=120.0,
+        description="Requested video length in seconds (rounded to whole sections of latent_window_size * 4 / 30 s).",
+    )
+    model_variant: ModelVariant = Field(
+        "original",
+        description="'original': inverted anti-drifting FramePack (lllyasviel/FramePackI2V_HY); 'f1': forward "
+        "FramePack-F1 (lllyasviel/FramePack_F1_I2V_HY_20250503).",
+    )
+    resolution: int = Field(
+        640,
+        ge=128,
+        le=1536,
+        description="Bucket family: the output size is the bucket of this family nearest to the image's aspect "
+        "ratio. 640 is the reference table.",
+    )
+    width: int = Field(
+        0, ge=0, le=2048, description="Output width; 0 picks the bucket. Otherwise a multiple of 16 (set height too)."
+    )
+    height: int = Field(
+        0, ge=0, le=2048, description="Output height; 0 picks the bucket. Otherwise a multiple of 16 (set width too)."
+    )
+    latent_window_size: int = Field(
+        9, ge=1, le=33, description="Latent frames generated per section (9 is what the models were trained with)."
+    )
+    steps: int = Field(25, ge=1, le=100, description="Sampling steps per section.")
+    cfg_scale: float = Field(
+        1.0,
+        ge=1.0,
+        le=32.0,
+        description="Real classifier-free guidance; 1 disables it (and the negative prompt), values above 1 double "
+        "the cost.",
+    )
+    distilled_cfg_scale: float = Field(
+        10.0, ge=1.0, le=32.0, description="Distilled guidance strength fed to the model."
+    )
+    cfg_rescale: float = Field(
+        0.0, ge=0.0, le=1.0, description="Guidance rescale (only has an effect when cfg_scale > 1)."
+    )
+    use_teacache: bool = Field(
+        True,
+        description="TeaCache: skip transformer passes whose input barely changed (about 2x faster, slightly "
+        "different output).",
+    )
+    mp4_crf: int = Field(
+        16,
+        ge=0,
+        le=51,
+        description="H.264 constant rate factor: 0 is lossless (not playable in browsers), higher is smaller and "
+        "blurrier.",
+    )
+    section_prompts: str = Field(
+        "",
+        description="One prompt per line, line i for section i (0 = start of the video). Empty or missing lines "
+        "keep the previous section's prompt; section 0 falls back to prompt.",
+    )
+    section_images: tuple[Path, ...] = Field(
+        (),
+        description="Keyframe images; each fills the start slot of its section and of later sections until the "
+        "next keyframe.",
+    )
+    section_image_indices: str = Field(
+        "", description="Comma-separated section number of each section_images entry (empty: 0, 1, 2, ...)."
+    )
+    end_image: Path | None = Field(None, description="End frame (original variant only): guides the end of the video.")
+    end_image_strength: float = Field(
+        1.0, ge=0.0, le=1.0, description="How strongly the end frame is imposed (0 = ignored)."
+    )
+    camera_movement: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="Experimental: rolls each section's latents sideways once, after 20% of the steps, by up to "
+        "this fraction of the width; later steps heal it. 0 = off.",
+    )
+    lora_weights: str = Field(
+        "",
+        description="LoRA for the transformer: an https URL or a local path to a .safetensors file (musubi-tuner, "
+        "diffusers/PEFT or HunyuanVideo key names).",
+    )
+    lora_scale: float = Field(1.0, ge=-2.0, le=2.0, description="Strength of lora_weights.")
+    extra_lora: str = Field("", description="A second LoRA, same formats as lora_weights.")
+    extra_lora_scale: float = Field(1.0, ge=-2.0, le=2.0, description="Strength of extra_lora.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, values: Any) -> Any:
+        """Python counts True as 1, and pydantic follows; a client sending true for `steps` made a mistake."""
+        if isinstance(values, Mapping):
+            for name, value in values.items():
+                spec = INPUT_SPECS.get(name)
+                if isinstance(value, bool) and spec is not None and spec.type in (int, float):
+                    raise InvalidInput(name, f"expected {spec.type.__name__}, got bool")
+        return values
+
+    @field_validator("seed")
+    @classmethod
+    def _resolve_seed(cls, seed: int | None) -> int:
+        return secrets.randbelow(MAX_SEED + 1) if seed is None else seed
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise InvalidInput("prompt", "must not be empty")
+        return prompt
+
+    @model_validator(mode="after")
+    def _rules_across_inputs(self) -> GenerationRequest:
+        """Width and height together and multiples of 16, the end frame's variant, keyframes against sections."""
+        for name in ("width", "height", "resolution"):
+            if getattr(self, name) % IMAGE_SIZE_MULTIPLE:
+                raise InvalidInput(name, f"{getattr(self, name)} is not a multiple of {IMAGE_SIZE_MULTIPLE}")
+        if (self.width == 0) != (self.height == 0):
+            missing = "height" if self.height == 0 else "width"
+            raise InvalidInput(missing, "set both width and height, or leave both 0 to pick a bucket")
+        self._check_end_image()
+        if self.section_image_indices.strip() and not self.section_images:
+            raise InvalidInput("section_image_indices", "given without section_images")
+        parse_keyframe_indices(self.section_image_indices, len(self.section_images), self.num_sections)
+        return self
+
+    def _check_end_image(self) -> None:
+        from .variants import variant_named  # torch: imported when a request is validated, not with the API table
+
+        if self.end_image is not None and not variant_named(self.model_variant).has_end_slot:
+            raise InvalidInput(
+                "end_image",
+                f"is only supported by model_variant 'original' ({self.model_variant} generates forwards and "
+                "has no end slot)",
+            )
 
     @property
     def num_sections(self) -> int:
@@ -218,7 +191,7 @@ class GenerationRequest:
 
     def to_json_dict(self) -> dict[str, Any]:
         """The request as JSON-serialisable values (image files by their names only)."""
-        values = dataclasses.asdict(self)
+        values = self.model_dump()
         values["input_image"] = Path(self.input_image).name
         values["section_images"] = [Path(p).name for p in self.section_images]
         values["end_image"] = Path(self.end_image).name if self.end_image else None
@@ -228,25 +201,57 @@ class GenerationRequest:
         return json.dumps(self.to_json_dict(), sort_keys=True)
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """One API input as the generators of predict.py, the CLI and the schema tests read it (from its field).
+
+    `type` is str, int, float, bool, Path, or list (of `item_type`); `choices` lists a Literal's values.
+    """
+
+    name: str
+    type: type
+    default: Any
+    description: str
+    ge: float | None = None
+    le: float | None = None
+    choices: tuple[Any, ...] | None = None
+    required: bool = False
+    item_type: type | None = None
+
+
+def _input_spec(name: str, field) -> InputSpec:
+    annotation, item_type, choices = field.annotation, None, None
+    if get_origin(annotation) in (Union, UnionType):  # `X | None`: an optional X
+        annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    if get_origin(annotation) is Literal:
+        choices = get_args(annotation)
+        annotation = type(choices[0])
+    elif get_origin(annotation) is tuple:
+        annotation, item_type = list, get_args(annotation)[0]
+    bound = lambda kind: next((getattr(m, kind) for m in field.metadata if hasattr(m, kind)), None)  # noqa: E731
+    return InputSpec(
+        name=name,
+        type=annotation,
+        default=None if field.is_required() else field.default,
+        description=field.description,
+        ge=bound("ge"),
+        le=bound("le"),
+        choices=choices,
+        required=field.is_required(),
+        item_type=item_type,
+    )
+
+
+INPUT_SPECS: dict[str, InputSpec] = {
+    name: _input_spec(name, field) for name, field in GenerationRequest.model_fields.items()
+}
+
+
 def parse_text_value(spec: InputSpec, text: str) -> Any:
-    """Convert one command-line value (`name=value`) to the input's type, or raise InvalidInput."""
-    if spec.type is bool:
-        lowered = text.strip().lower()
-        if lowered in ("true", "1", "yes"):
-            return True
-        if lowered in ("false", "0", "no"):
-            return False
-        raise InvalidInput(spec.name, f"expected true or false, got {text!r}")
-    if spec.type is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise InvalidInput(spec.name, f"expected an integer, got {text!r}") from None
-    if spec.type is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise InvalidInput(spec.name, f"expected a number, got {text!r}") from None
+    """One command-line value (`name=value`) as the model takes it: files as `@path` or `path`, lists by commas.
+
+    Numbers and booleans stay text; the model converts them and names the input when it cannot.
+    """
     if spec.type is Path:
         return _file_path(text)
     if spec.type is list:
@@ -263,27 +268,49 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _check_range(spec: InputSpec, value: Any) -> None:
-    if spec.choices is not None and value not in spec.choices:
-        allowed = ", ".join(repr(c) for c in spec.choices)
-        raise InvalidInput(spec.name, f"{value!r} is not one of {allowed}")
-    if spec.ge is not None and spec.le is not None and not (spec.ge <= value <= spec.le):
-        raise InvalidInput(spec.name, f"{value!r} is out of range; allowed {_number(spec.ge)} to {_number(spec.le)}")
+_EXPECTED = {
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "int_type": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "text",
+    "path_type": "a file path",
+    "tuple_type": "a list of files",
+}
 
 
-def _coerce(spec: InputSpec, value: Any) -> Any:
-    """Accept already-typed values (from Cog or Python callers); reject wrong types clearly."""
-    if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if spec.type is Path and isinstance(value, str):
-        return Path(value)
-    if spec.type is list and isinstance(value, (list, tuple)):
-        return tuple(Path(item) if isinstance(item, str) else item for item in value)
-    if isinstance(value, str) and spec.type is not str:
-        return parse_text_value(spec, value)
-    if (spec.type is int and isinstance(value, bool)) or not isinstance(value, spec.type):
-        raise InvalidInput(spec.name, f"expected {spec.type.__name__}, got {type(value).__name__}")
-    return value
+def _invalid_input(error: ValidationError) -> InvalidInput:
+    """Our error for the first of pydantic's: an unknown input first, then in the API's order."""
+    errors = sorted(error.errors(), key=lambda e: (e["type"] != "extra_forbidden", _position(e)))
+    first = errors[0]
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, InvalidInput):
+        return cause
+    name = str(first["loc"][0]) if first["loc"] else "request"
+    value, kind = first.get("input"), first["type"]
+    spec = INPUT_SPECS.get(name)
+    if kind == "missing":
+        message = "is required"
+    elif kind == "extra_forbidden":
+        message = f"unknown input; known inputs are {', '.join(INPUT_SPECS)}"
+    elif kind in ("greater_than_equal", "less_than_equal") and spec is not None:
+        shown = spec.type(value) if isinstance(value, str) else value  # a command-line string: as converted
+        message = f"{shown!r} is out of range; allowed {_number(spec.ge)} to {_number(spec.le)}"
+    elif kind == "literal_error" and spec is not None:
+        message = f"{value!r} is not one of {', '.join(repr(c) for c in spec.choices)}"
+    elif kind in _EXPECTED:
+        message = f"expected {_EXPECTED[kind]}, got {value!r}"
+    else:
+        message = first["msg"]
+    return InvalidInput(name, message)
+
+
+def _position(error: dict) -> int:
+    names = list(INPUT_SPECS)
+    return names.index(error["loc"][0]) if error["loc"] and error["loc"][0] in names else len(names)
 
 
 def check_image_file(name: str, path: Path) -> None:
@@ -297,25 +324,6 @@ def check_image_file(name: str, path: Path) -> None:
             image.load()
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise InvalidInput(name, f"could not read {path.name} as an image ({error})") from None
-
-
-def _check_end_image(values: dict[str, Any]) -> None:
-    from .variants import variant_named  # torch: imported when a request is validated, not with the API table
-
-    if values["end_image"] is not None and not variant_named(values["model_variant"]).has_end_slot:
-        raise InvalidInput(
-            "end_image",
-            f"is only supported by model_variant 'original' ({values['model_variant']} generates forwards and "
-            "has no end slot)",
-        )
-
-
-def _check_controls(values: dict[str, Any]) -> None:
-    """Keyframe indices against the number of sections (computed from the request, no models needed)."""
-    num_sections = section_count(values["total_video_length_seconds"], values["latent_window_size"])
-    if values["section_image_indices"].strip() and not values["section_images"]:
-        raise InvalidInput("section_image_indices", "given without section_images")
-    parse_keyframe_indices(values["section_image_indices"], len(values["section_images"]), num_sections)
 
 
 def check_lora_source(name: str, source: str) -> None:
@@ -337,46 +345,19 @@ def check_lora_source(name: str, source: str) -> None:
 def build_request(inputs: Mapping[str, Any], *, check_files: bool = True) -> GenerationRequest:
     """Validate raw inputs (typed values or command-line strings) into a GenerationRequest.
 
-    Raises InvalidInput naming the first bad input. An omitted or None seed is replaced by a random one.
+    Raises InvalidInput naming the first bad input. An input given as None takes its default (a random seed).
+    With `check_files`, the images must decode and each LoRA must be an https URL or a safetensors file.
     """
-    unknown = sorted(set(inputs) - set(INPUT_SPECS))
-    if unknown:
-        raise InvalidInput(unknown[0], f"unknown input; known inputs are {', '.join(INPUT_SPECS)}")
-
-    values: dict[str, Any] = {}
-    for name, spec in INPUT_SPECS.items():
-        raw = inputs.get(name)
-        if raw is None:
-            if spec.required:
-                raise InvalidInput(name, "is required")
-            values[name] = spec.default
-            continue
-        value = _coerce(spec, raw)
-        _check_range(spec, value)
-        values[name] = value
-
-    if not values["prompt"].strip():
-        raise InvalidInput("prompt", "must not be empty")
-    width, height = values["width"], values["height"]
-    for name, size in (("width", width), ("height", height)):
-        if size % IMAGE_SIZE_MULTIPLE:
-            raise InvalidInput(name, f"{size} is not a multiple of {IMAGE_SIZE_MULTIPLE}")
-    if (width == 0) != (height == 0):
-        missing = "height" if height == 0 else "width"
-        raise InvalidInput(missing, "set both width and height, or leave both 0 to pick a bucket")
-    if values["resolution"] % IMAGE_SIZE_MULTIPLE:
-        raise InvalidInput("resolution", f"{values['resolution']} is not a multiple of {IMAGE_SIZE_MULTIPLE}")
-    values["section_images"] = tuple(values["section_images"])
-    _check_end_image(values)
-    _check_controls(values)
+    try:
+        request = GenerationRequest.model_validate({k: v for k, v in inputs.items() if v is not None})
+    except ValidationError as error:
+        raise _invalid_input(error) from None
     if check_files:
-        check_image_file("input_image", values["input_image"])
-        for image in values["section_images"]:
-            check_image_file("section_images", Path(image))
-        if values["end_image"] is not None:
-            check_image_file("end_image", values["end_image"])
+        check_image_file("input_image", request.input_image)
+        for image in request.section_images:
+            check_image_file("section_images", image)
+        if request.end_image is not None:
+            check_image_file("end_image", request.end_image)
         for name in ("lora_weights", "extra_lora"):
-            check_lora_source(name, values[name])
-    if values["seed"] is None:
-        values["seed"] = secrets.randbelow(MAX_SEED + 1)
-    return GenerationRequest(**values)
+            check_lora_source(name, getattr(request, name))
+    return request

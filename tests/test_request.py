@@ -1,10 +1,14 @@
 """Request parsing and validation: the API table's defaults and ranges."""
 
+import re
+from pathlib import Path
+
 import pytest
 from conftest import START_IMAGE
+from pydantic import ValidationError
 
 from framepack.errors import InvalidInput
-from framepack.request import INPUT_SPECS, MAX_SEED, build_request
+from framepack.request import INPUT_SPECS, MAX_SEED, GenerationRequest, build_request
 
 
 def test_defaults_follow_the_api_table():
@@ -69,3 +73,54 @@ def test_unreadable_images(tmp_path):
 
 def test_every_spec_has_a_description():
     assert all(spec.description for spec in INPUT_SPECS.values())
+
+
+def test_the_api_table_is_the_models_fields():
+    assert list(INPUT_SPECS) == list(GenerationRequest.model_fields)
+    seed, variant, images = INPUT_SPECS["seed"], INPUT_SPECS["model_variant"], INPUT_SPECS["section_images"]
+    assert (seed.type, seed.default, seed.ge, seed.le, seed.required) == (int, None, 0, MAX_SEED, False)
+    assert (variant.type, variant.choices) == (str, ("original", "f1"))
+    assert (images.type, images.item_type, images.default) == (list, Path, ())
+    assert INPUT_SPECS["input_image"].required and INPUT_SPECS["input_image"].type is Path
+
+
+def test_values_are_taken_as_clients_send_them():
+    request = build_request(
+        {
+            "input_image": str(START_IMAGE),
+            "prompt": "x",
+            "steps": "30",
+            "use_teacache": "false",
+            "width": 96.0,  # JSON clients may send an integral float for an integer
+            "height": 64,
+            "cfg_scale": 2,
+            "seed": None,  # None is "not given": a random seed
+            "mp4_crf": None,
+        }
+    )
+    assert (request.steps, request.use_teacache, request.width, request.cfg_scale) == (30, False, 96, 2.0)
+    assert isinstance(request.width, int) and isinstance(request.input_image, Path)
+    assert request.mp4_crf == 16 and 0 <= request.seed <= MAX_SEED
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"width": 96.5, "height": 64}, "Invalid input 'width': expected an integer, got 96.5"),
+        ({"cfg_scale": True}, "Invalid input 'cfg_scale': expected float, got bool"),
+        ({"cfg_scale": "strong"}, "Invalid input 'cfg_scale': expected a number, got 'strong'"),
+        ({"prompt": 3}, "Invalid input 'prompt': expected text, got 3"),
+        ({"colour": "red", "steps": 0}, "Invalid input 'colour': unknown input"),  # unknown names come first
+        ({"steps": 0, "mp4_crf": 99}, "Invalid input 'steps'"),  # then the API's order
+    ],
+)
+def test_type_errors_name_the_input_and_what_is_allowed(inputs, message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        build_request({"input_image": START_IMAGE, "prompt": "a cat", **inputs})
+
+
+def test_a_request_cannot_change_once_validated():
+    request = build_request({"input_image": START_IMAGE, "prompt": "x", "seed": 1})
+    with pytest.raises(ValidationError):
+        request.steps = 5
+    assert GenerationRequest.model_validate(request.model_dump()) == request
