@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from framepack.acceleration import ATTENTION_PREFERENCE, accelerate
+from framepack.acceleration import accelerate
 from framepack.compilation import CompileRecord
+from framepack.config import ATTENTION_CHOICES
 from framepack.float8 import quantize_transformer_blocks
 from framepack.logs import configure_logging
 from framepack.memory import MemoryPlan, place_models
@@ -79,9 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--attention",
-        choices=("auto", *ATTENTION_PREFERENCE),
+        choices=ATTENTION_CHOICES,
         default="auto",
         help="our path's attention kernel (default: the fastest that works)",
+    )
+    parser.add_argument(
+        "--kernels",
+        nargs="*",
+        default=[],
+        choices=ATTENTION_CHOICES[1:],
+        help="also time our eager forward with each of these attention kernels, against the stock forward",
     )
     parser.add_argument("--fp8", action="store_true", help="also time the FP8 mode (last: it replaces layers)")
     parser.add_argument("--decode", action="store_true", help="also time one section's VAE decode, diffusers' and ours")
@@ -180,6 +188,10 @@ def compare_paths(args, device: torch.device, dtype: torch.dtype, size: tuple[in
     if device.type == "cuda":
         report["noise_floor"], fp32_out = forward.noise_floor(case, stock_out)
         print("noise floor", report["noise_floor"], flush=True)
+    if args.kernels:
+        report["attention_kernels"] = forward.attention_kernels(
+            case, device, args.repeat, args.kernels, stock_out, fp32_out
+        )
     if args.e2e:
         # Untimed: the encoders' and the VAE's first use (kernel selection) is not charged to the stock loop.
         e2e.warm_up("stock_warmup_s", StockTransformer, our_decode=False)

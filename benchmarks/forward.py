@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from framepack.acceleration import set_block_attention
+from framepack.acceleration import attention_unavailable, set_block_attention
 from framepack.decoding import vae_decode
 from framepack.frames import to_uint8_frames
 from framepack.transformer import PackedTransformer, PreparedSection, SectionInputs, TextInputs
@@ -83,6 +83,36 @@ def time_ours(case: ForwardCase, device: torch.device, repeat: int, suffix: str 
     report[f"clocks_ours{suffix}"] = clocks.summary()
     report[f"kernels_ours{suffix}_s"] = kernel_time_split(lambda: case.run(ours, section=prepared), device)
     return report, out
+
+
+def attention_kernels(
+    case: ForwardCase, device: torch.device, repeat: int, kernels: list[str], stock_out, fp32_out=None
+) -> dict:
+    """Our staged forward, eager, with each attention kernel in turn (after its start-up probe).
+
+    Per kernel: seconds per forward, GPU seconds in attention kernels, and the relative L2 distance of the
+    output to the stock forward's (and to the float32 forward's, when given); or why the kernel was skipped.
+    Leaves diffusers' default processor in place.
+    """
+    dtype = case.model.x_embedder.proj.weight.dtype
+    results = {}
+    for name in kernels:
+        reason = attention_unavailable(name, device, dtype)
+        if reason is not None:
+            results[name] = {"skipped": reason}
+            continue
+        set_block_attention(case.model, name)
+        timed, out = time_ours(case, device, repeat)
+        results[name] = {
+            "forward_s": timed["forward_ours_s"],
+            "attention_kernels_s": timed["kernels_ours_s"].get("attention"),
+            "relative_l2_vs_stock": relative_l2(out, stock_out),
+        }
+        if fp32_out is not None:
+            results[name]["relative_l2_vs_fp32"] = relative_l2(out, fp32_out)
+        print("attention", name, results[name], flush=True)
+    set_block_attention(case.model, None)
+    return results
 
 
 def noise_floor(case: ForwardCase, stock_out: torch.Tensor) -> tuple[dict, torch.Tensor]:

@@ -125,7 +125,7 @@ def kernel_time_split(fn, device: torch.device) -> dict:
             "other"
             if name.startswith("triton")
             else "attention"
-            if any(k in name for k in ("fmha", "flash", "sdpa", "attention"))
+            if any(k in name for k in ("fmha", "flash", "sdpa", "attention", "attn_fwd"))
             else "matmul"
             if any(k in name for k in ("gemm", "nvjet", "xmma", "cutlass"))
             else "other"

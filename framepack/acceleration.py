@@ -3,31 +3,42 @@
 Half of a forward's FLOPs are attention over about 18k tokens. Kernels are tried fastest first, and one is kept
 only if it runs and agrees with the math reference on a probe: FlashAttention 4 (`attention.py`), then SDPA's
 cuDNN backend, then its flash backend (their measured order is in BENCHMARKS.md). SageAttention 1.0.6, the
-version on PyPI, was slower than cuDNN on this shape and less exact, so it is not a candidate. The token refiner
-keeps the default backend: it needs a boolean mask.
+version on PyPI, was slower than cuDNN on this shape and less exact, so it is never chosen automatically; it runs
+when asked for (`FRAMEPACK_ATTENTION=sage`), for GPUs FA4 does not support. A kernel asked for that fails its
+probe falls back to the automatic choice, with the reason logged. The token refiner keeps the default backend:
+it needs a boolean mask.
 Optionally the blocks' Linear layers run in FP8 (`float8.py`) before compiling (`compilation.py`). Everything
 falls back to eager PyTorch (and bf16) when a backend, the compiler or FP8 support is missing.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
-from .attention import JointAttnProcessor, flash_attention4, flash_attention4_unavailable
+from .attention import (
+    JointAttnProcessor,
+    flash_attention4,
+    flash_attention4_unavailable,
+    sage_attention,
+    sage_attention_unavailable,
+)
 from .compilation import CompileRecord, capture_problem, compile_blocks, compiler_missing
 from .float8 import Float8Linear, float8_unsupported_reason, quantize_transformer_blocks
 from .models import all_blocks
 
-logger = logging.getLogger(__name__)
-
 FLASH_ATTENTION_4 = "flash_attention_4"
-# Best first for Hopper: our FA4 processor, then diffusers' attention-dispatch names.
+SAGE_ATTENTION = "sage"
+# The automatic choice, best first for Hopper: our FA4 processor, then diffusers' attention-dispatch names.
 ATTENTION_PREFERENCE = (FLASH_ATTENTION_4, "_native_cudnn", "_native_flash", "native")
+# Kernels behind our own processor (the rest are diffusers' backends).
+_OWN_KERNELS = {
+    FLASH_ATTENTION_4: (flash_attention4, flash_attention4_unavailable),
+    SAGE_ATTENTION: (sage_attention, sage_attention_unavailable),
+}
 _SDPA_BACKENDS = {
     "_native_cudnn": "CUDNN_ATTENTION",
     "_native_flash": "FLASH_ATTENTION",
@@ -60,11 +71,12 @@ def attention_unavailable(name: str, device: torch.device, dtype: torch.dtype) -
 
     q, k, v = (torch.randn(1, 24, 256, 128, device=device, dtype=dtype) for _ in range(3))
     try:
-        if name == FLASH_ATTENTION_4:
-            reason = flash_attention4_unavailable(device)
+        if name in _OWN_KERNELS:
+            kernel, unavailable = _OWN_KERNELS[name]
+            reason = unavailable(device)
             if reason is not None:
                 return reason
-            out = flash_attention4(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+            out = kernel(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
         else:
             with sdpa_kernel(getattr(SDPBackend, _SDPA_BACKENDS[name])):
                 out = F.scaled_dot_product_attention(q, k, v)
@@ -82,13 +94,13 @@ def block_attention_modules(model) -> list[torch.nn.Module]:
 
 
 def set_block_attention(model, name: str | None) -> None:
-    """Route the joint-attention blocks through FA4 or through diffusers' dispatcher backend `name`.
+    """Route the joint-attention blocks through FA4 or SageAttention, or diffusers' dispatcher backend `name`.
 
     None restores diffusers' processor with its default backend.
     """
     for attention in block_attention_modules(model):
-        if name == FLASH_ATTENTION_4:
-            attention.processor = JointAttnProcessor(flash_attention4)
+        if name in _OWN_KERNELS:
+            attention.processor = JointAttnProcessor(_OWN_KERNELS[name][0])
         else:
             attention.processor = HunyuanVideoAttnProcessor2_0()
             attention.processor._attention_backend = name
@@ -127,7 +139,8 @@ def accelerate(
     if device.type == "cuda":
         _choose_attention(model, device, attention, result)
     else:
-        result.notes.append("not on CUDA: default attention" + ("; FP8 mode needs a CUDA GPU" if float8 else ""))
+        note = "not on CUDA: default attention" + (f" ({attention} needs a CUDA GPU)" if attention != "auto" else "")
+        result.notes.append(note + ("; FP8 mode needs a CUDA GPU" if float8 else ""))
     if float8 and device.type == "cuda":
         dtype = model.x_embedder.proj.weight.dtype
         reason = _float8_works(device, dtype)
@@ -142,14 +155,13 @@ def accelerate(
             result.compiled = True
         else:
             result.notes.append(f"blocks not compiled: {problem}; running eager")
-    logger.info("transformer acceleration: %s", result.summary())
     return result
 
 
 def _choose_attention(model, device: torch.device, attention: str, result: Acceleration) -> None:
-    """The first kernel of the preference (or `attention`, then native) that passes its probe, installed."""
+    """`attention` if it passes its probe, else the first of the preference that does; installed in the blocks."""
     dtype = model.x_embedder.proj.weight.dtype
-    candidates = ATTENTION_PREFERENCE if attention == "auto" else (attention, "native")
+    candidates = ATTENTION_PREFERENCE if attention == "auto" else dict.fromkeys((attention, *ATTENTION_PREFERENCE))
     for name in candidates:
         reason = attention_unavailable(name, device, dtype)
         if reason is None:

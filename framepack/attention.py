@@ -10,6 +10,10 @@ diffusers chooses a block's attention kernel by backend name, and it has no name
 output, but it calls a (B, S, H, D) attention kernel that it is given. FA4 sits behind `torch.library.custom_op`,
 so a compiled block sees it as one opaque call.
 
+SageAttention (PyPI `sageattention`; 1.0.6, Triton kernels with INT8 Q and K) is the second kernel behind the same
+processor, for GPUs that FA4 does not run on (Ampere, Ada). It is only used when asked for: on Hopper it was
+slower than cuDNN at this shape and less exact (BENCHMARKS.md).
+
 PyTorch also has its own FA4 switch, `torch.nn.attention.activate_flash_attention_impl("FA4")`. It is not used
 here for two reasons. It replaces SDPA's flash kernel in the whole process, the image and text encoders
 included. And in torch 2.11 it expects `_flash_attn_fwd` to return two values, while flash-attn-4 4.0.0b36
@@ -66,6 +70,33 @@ def flash_attention4_unavailable(device: torch.device) -> str | None:
     # Broad on purpose: a broken optional kernel must not fail the prediction.
     except Exception as error:  # noqa: BLE001
         return f"flash-attn-4 does not load ({type(error).__name__}: {str(error).splitlines()[0]})"
+    return None
+
+
+@torch.library.custom_op("framepack::sage_attention", mutates_args=())
+def sage_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """SageAttention forward, with no mask and a scale of 1/sqrt(D): query, key, value (B, S, H, D) on CUDA."""
+    from sageattention import sageattn
+
+    return sageattn(query.contiguous(), key.contiguous(), value.contiguous(), tensor_layout="NHD").contiguous()
+
+
+@sage_attention.register_fake
+def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return query.new_empty(*query.shape[:-1], value.shape[-1])
+
+
+def sage_attention_unavailable(device: torch.device) -> str | None:
+    """Why SageAttention cannot run on `device`, or None if it can."""
+    if device.type != "cuda":
+        return "SageAttention needs a CUDA GPU"
+    try:
+        import sageattention  # noqa: F401
+    except ImportError as error:
+        return f"sageattention is not installed ({error})"
+    # Broad on purpose: a broken optional kernel must not fail the prediction.
+    except Exception as error:  # noqa: BLE001
+        return f"sageattention does not load ({type(error).__name__}: {str(error).splitlines()[0]})"
     return None
 
 

@@ -4,7 +4,7 @@
 
     python -m framepack predict -i prompt="..." -i input_image=@photo.jpg -i seed=42 [-i name=value ...]
         [--weights DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [--fp8] [-o out.mp4]
-        [--compile auto|on|off] [--dump-tensors FILE]
+        [--compile auto|on|off] [--attention auto|KERNEL] [--dump-tensors FILE]
 
 Inputs are validated and the weights checked before any model is loaded; a failure exits non-zero and leaves
 no output file behind. Progress goes to stderr.
@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import COMPILE_MODES, DTYPES, EngineConfig
+from .config import ATTENTION_CHOICES, COMPILE_MODES, DTYPES, EngineConfig
 from .errors import InvalidInput
 from .logs import configure_logging
 from .request import INPUT_SPECS, GenerationRequest, build_request, parse_text_value
@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="compile the transformer blocks: auto (resident weights on a GPU), on (also on "
         "the CPU), off (default: $FRAMEPACK_COMPILE or auto)",
+    )
+    predict.add_argument(
+        "--attention",
+        choices=ATTENTION_CHOICES,
+        default=None,
+        help="the transformer blocks' attention kernel: auto (the fastest that passes its probe on this GPU) or "
+        "one by name; sage (SageAttention) is for GPUs without FlashAttention 4 and is only used when asked for "
+        "(default: $FRAMEPACK_ATTENTION or auto)",
     )
     predict.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
     predict.add_argument(
@@ -117,6 +125,7 @@ def engine_config(args: argparse.Namespace, variants: tuple[str, ...]) -> Engine
             device=args.device,
             dtype=args.dtype,
             fp8=args.fp8,
+            attention=args.attention,
             compile=args.compile,
         )
     except ValueError as error:

@@ -10,6 +10,7 @@ the same fields, over the environment's values. Bad values are refused here, nam
 | memory_mode | FRAMEPACK_MEMORY_MODE | auto, high, low (auto) |
 | compile | FRAMEPACK_COMPILE | auto, on, off (auto) |
 | fp8 | FRAMEPACK_FP8 | 1/0, true/false, yes/no, on/off (off) |
+| attention | FRAMEPACK_ATTENTION | auto or a kernel: flash_attention_4, _native_cudnn, _native_flash, native, sage |
 | lora_cache_dir | FRAMEPACK_LORA_CACHE | where LoRA URLs are downloaded to (~/.cache/framepack/loras) |
 | lora_max_bytes | FRAMEPACK_LORA_MAX_BYTES | the largest LoRA file downloaded, in bytes (4 GiB) |
 """
@@ -25,6 +26,8 @@ from .request import MODEL_VARIANTS
 
 MEMORY_MODES = ("auto", "high", "low")
 COMPILE_MODES = ("auto", "on", "off")
+# "auto" is the fastest kernel that passes its probe (acceleration.ATTENTION_PREFERENCE); sage only when asked.
+ATTENTION_CHOICES = ("auto", "flash_attention_4", "_native_cudnn", "_native_flash", "native", "sage")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
 ENV = {
@@ -33,6 +36,7 @@ ENV = {
     "memory_mode": "FRAMEPACK_MEMORY_MODE",
     "compile": "FRAMEPACK_COMPILE",
     "fp8": "FRAMEPACK_FP8",
+    "attention": "FRAMEPACK_ATTENTION",
     "lora_cache_dir": "FRAMEPACK_LORA_CACHE",
     "lora_max_bytes": "FRAMEPACK_LORA_MAX_BYTES",
 }
@@ -60,12 +64,14 @@ class EngineConfig:
     memory_mode: str = "auto"
     compile: str = "auto"
     fp8: bool = False
+    attention: str = "auto"
     output_dir: Path | None = None
     lora_cache_dir: Path = DEFAULT_LORA_CACHE
     lora_max_bytes: int = DEFAULT_LORA_MAX_BYTES
 
     def __post_init__(self):
-        for name, allowed in (("memory_mode", MEMORY_MODES), ("compile", COMPILE_MODES)):
+        choices = {"memory_mode": MEMORY_MODES, "compile": COMPILE_MODES, "attention": ATTENTION_CHOICES}
+        for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{ENV[name]} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name, value, allowed in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES)):

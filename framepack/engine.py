@@ -48,7 +48,7 @@ def load_engine(config: EngineConfig) -> Engine:
     started = time.monotonic()
     models = load_models(config.weights_dir, config.variants, device, dtype)
     memory.place_models(models, plan)
-    accelerations = memory.prepare_for_speed(models, plan, config.fp8, config.compile)
+    accelerations = memory.prepare_for_speed(models, plan, config)
     for variant, applied in accelerations.items():
         logger.info(f"{variant} transformer: {applied.summary()}")
     logger.info(

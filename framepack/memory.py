@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from . import streaming
-from .config import ENV, MEMORY_MODES
+from .config import ENV, MEMORY_MODES, EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,9 @@ def place_models(models, plan: MemoryPlan) -> None:
         model.to(device)
 
 
-def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False, compile_mode: str = "auto") -> dict:
-    """Fastest attention for every transformer; compiled blocks and VAE norms and FP8 layers where they apply.
+def prepare_for_speed(models, plan: MemoryPlan, config: EngineConfig) -> dict:
+    """The configured attention for every transformer (by default the fastest); compiled blocks and VAE norms and
+    FP8 layers where `config` asks for them and they apply.
 
     Returns what was applied to each variant (`acceleration.Acceleration`, keyed by variant name). Compilation
     follows `compilation.compile_decision` (by default: resident weights on a GPU); the variants share one
@@ -123,14 +124,19 @@ def prepare_for_speed(models, plan: MemoryPlan, float8: bool = False, compile_mo
     from .compilation import CompileRecord, compile_decision
     from .vae_acceleration import accelerate_vae
 
-    compiling, reason = compile_decision(compile_mode, plan.mode)
+    float8 = config.fp8
+    compiling, reason = compile_decision(config.compile, plan.mode)
     accelerate_vae(models.vae, compile_norms=compiling)
     if float8 and plan.mode == "low":
         logger.warning("FP8 mode runs in high-VRAM mode only; low mode keeps the transformer in %s", models.dtype)
     models.compile_record = CompileRecord() if compiling else None
     applied = {
         variant: accelerate(
-            model, models.device, compile_blocks_with=models.compile_record, float8=float8 and plan.mode != "low"
+            model,
+            models.device,
+            attention=config.attention,
+            compile_blocks_with=models.compile_record,
+            float8=float8 and plan.mode != "low",
         )
         for variant, model in models.transformers.items()
     }

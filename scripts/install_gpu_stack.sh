@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs our GPU-side Python packages (flash-attn-4 + CuTe DSL, diffusers, transformers, imageio-ffmpeg,
-# cog/coglet; not av, which only the tests use to read MP4s back) on the offline GPU machine, from wheels carried in the ignored folder .whl/ (grouping: .whl/SETS.txt;
+# Installs our GPU-side Python packages (flash-attn-4 + CuTe DSL, sageattention, diffusers, transformers,
+# pydantic, imageio-ffmpeg, cog/coglet; not av, which only the tests use to read MP4s back) on the offline GPU machine, from wheels carried in the ignored folder .whl/ (grouping: .whl/SETS.txt;
 # each set is one folder .whl/setN, small enough for one call). Run it from the repo root once per carried set:
 #     bash scripts/install_gpu_stack.sh          # then, in the same or a later command:
 #     source .gpu-site/env.sh                    # PYTHONPATH (+ CuTe DSL's dsl_packages) and FA4's cache switch
@@ -75,7 +75,8 @@ echo "  (= export PYTHONPATH=$PWD/$SITE:$PWD/$SITE/nvidia_cutlass_dsl/dsl_packag
 # 5. What is still missing, and an import check once nothing is.
 expected="flash_attn_4 nvidia_cutlass_dsl-4 nvidia_cutlass_dsl_libs_base nvidia_cutlass_dsl_libs_core
   nvidia_cutlass_dsl_libs_cu13 quack_kernels apache_tvm_ffi torch_c_dlpack_ext einops protobuf diffusers transformers
-  importlib_metadata zipp imageio_ffmpeg cog- coglet structlog"
+  importlib_metadata zipp imageio_ffmpeg cog- coglet structlog pydantic- pydantic_core annotated_types typing_inspection
+  sageattention"
 missing=""
 for e in $expected; do grep -q "^$e" "$SITE/.installed" || missing="$missing $e"; done
 if [ -n "$missing" ]; then
@@ -85,7 +86,8 @@ else
   ( source "$SITE/env.sh"
     "$PY" - <<'EOF' || true
 import importlib, time
-for name in ["cutlass.cute", "flash_attn.cute", "diffusers", "transformers", "imageio_ffmpeg", "cog", "coglet"]:
+for name in ["cutlass.cute", "flash_attn.cute", "sageattention", "diffusers", "transformers", "pydantic",
+             "imageio_ffmpeg", "cog", "coglet"]:
     t = time.time()
     try:
         m = importlib.import_module(name)

@@ -43,12 +43,15 @@ def test_tiny_benchmark_fp8_decode_and_f1(tmp_path):
     run_bench(
         out,
         "--size tiny --repeat 1 --e2e --no-teacache-runs --fp8 --decode --cfg-batch --e2e-seconds 0.8 --steps 2 "
-        "--variant f1",
+        "--variant f1 --kernels native sage",
     )
     report = json.loads(out.read_text())
     assert report["e2e"]["ours_teacache_off"]["frames"] == 37  # F1's one section: start latent + 9
     assert set(report["e2e"]) == {"stock_teacache_off", "ours_teacache_off", "ours_fp8_teacache_off"}
     assert report["fp8_layers"] == 34
+    # Off the GPU the kernels' probes say why they cannot run; the native kernel is the stock forward's.
+    assert report["attention_kernels"]["sage"] == {"skipped": "SageAttention needs a CUDA GPU"}
+    assert report["attention_kernels"]["native"]["relative_l2_vs_stock"] == 0.0
     assert 1e-4 < report["forward_fp8_relative_l2_vs_ours_bf16"] < 5e-2
     # On the CPU only the exact padding applies (GroupNorm compiles on CUDA): the pixels are bit-identical.
     assert report["decode"]["relative_l2"] == 0.0 and report["decode"]["uint8_max_change"] == 0

@@ -70,3 +70,17 @@ def test_module_entry_point_runs_as_a_process(tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "Invalid input 'input_image': is required" in bad.stderr
+
+
+def test_an_attention_kernel_asked_for_reaches_the_engine(run_cli, tmp_path):
+    output = tmp_path / "out.mp4"
+    result = run_cli(*predict_args({**TINY_INPUTS, "total_video_length_seconds": "0.4"}, output, "--attention", "sage"))
+    assert result.code == 0, result.stderr
+    assert "original transformer: attention native, compiled False, FP8 layers 0; " in result.stderr
+    assert "not on CUDA: default attention (sage needs a CUDA GPU)" in result.stderr
+    assert result.stdout.strip() == str(output) and output.stat().st_size > 0
+
+
+def test_an_unknown_attention_kernel_is_refused(run_cli, tmp_path):
+    with pytest.raises(SystemExit):  # argparse: exit code 2 with the choices
+        run_cli(*predict_args(TINY_INPUTS, tmp_path / "out.mp4", "--attention", "xformers"))

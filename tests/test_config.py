@@ -28,12 +28,13 @@ def test_every_variable_is_read():
             "FRAMEPACK_MEMORY_MODE": " Low ",
             "FRAMEPACK_COMPILE": "ON",
             "FRAMEPACK_FP8": "yes",
+            "FRAMEPACK_ATTENTION": "sage",
             "FRAMEPACK_LORA_CACHE": "/c",
             "FRAMEPACK_LORA_MAX_BYTES": "1000",
             "UNRELATED": "x",
         }
     )
-    assert config.lora_downloads() == LoraDownloads(Path("/c"), 1000)
+    assert config.lora_downloads() == LoraDownloads(Path("/c"), 1000) and config.attention == "sage"
     assert (config.weights_dir, config.output_dir, config.memory_mode, config.compile, config.fp8) == (
         Path("/w"),
         Path("/o"),
@@ -65,6 +66,7 @@ def test_flags_take_precedence_and_none_leaves_the_variable():
         ({"FRAMEPACK_FP8": "maybe"}, "FRAMEPACK_FP8 must be 1 or 0"),
         ({"FRAMEPACK_COMPILE": "always"}, "FRAMEPACK_COMPILE must be one of auto, on, off, got 'always'"),
         ({"FRAMEPACK_MEMORY_MODE": "medium"}, "FRAMEPACK_MEMORY_MODE must be one of auto, high, low"),
+        ({"FRAMEPACK_ATTENTION": "xformers"}, "FRAMEPACK_ATTENTION must be one of auto, flash_attention_4, "),
         ({"FRAMEPACK_LORA_MAX_BYTES": "4GB"}, "FRAMEPACK_LORA_MAX_BYTES must be a whole number of bytes, got '4GB'"),
         ({"FRAMEPACK_LORA_MAX_BYTES": "0"}, "FRAMEPACK_LORA_MAX_BYTES must be a positive number of bytes, got 0"),
     ],

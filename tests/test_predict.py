@@ -90,6 +90,7 @@ def test_image_requirements_match_the_tested_ones():
             "quack-kernels",
             "apache-tvm-ffi",
             "torch-c-dlpack-ext",
+            "sageattention",
         )
     }
     assert all(gpu_only.values())
