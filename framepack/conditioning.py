@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from . import controls
+from .errors import InvalidInput
 from .models import FramePackModels
 from .request import GenerationRequest
 from .transformer import TextInputs
@@ -77,10 +78,17 @@ def nearest_bucket(height: int, width: int, resolution: int = 640) -> tuple[int,
     return best
 
 
-def load_rgb_image(path: Path) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB, applying its EXIF orientation so phone photos stand upright."""
-    with Image.open(path) as image:
-        return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+def load_rgb_image(path: Path, name: str = "input_image") -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB, applying its EXIF orientation so phone photos stand upright.
+
+    Its header was checked with the request (`request.check_image_file`); a body that does not decode raises
+    InvalidInput naming input `name`.
+    """
+    try:
+        with Image.open(path) as image:
+            return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InvalidInput(name, f"could not read {Path(path).name} as an image ({error})") from None
 
 
 def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -228,8 +236,8 @@ def _text_inputs(embedding: PromptEmbedding, device: torch.device, dtype: torch.
     )
 
 
-def _image_latent(path, width: int, height: int, vae) -> torch.Tensor:
-    image = resize_and_center_crop(load_rgb_image(path), width, height)
+def _image_latent(path, name: str, width: int, height: int, vae) -> torch.Tensor:
+    image = resize_and_center_crop(load_rgb_image(path, name), width, height)
     return vae_encode_mean(image, vae).to("cpu", torch.float32)
 
 
@@ -268,11 +276,14 @@ def encode_conditioning(
     record("image_embeds", image_embeds)
     start_latent = vae_encode_mean(cropped, models.vae).to("cpu", torch.float32)
     record("start_latent", start_latent)
-    keyframe_latents = [_image_latent(path, width, height, models.vae) for path in request.section_images]
+    keyframe_latents = [
+        _image_latent(path, "section_images", width, height, models.vae) for path in request.section_images
+    ]
     indices = controls.parse_keyframe_indices(request.section_image_indices, len(keyframe_latents), num_sections)
     end_latent = None
     if request.end_image is not None:
-        end_latent = _image_latent(request.end_image, width, height, models.vae) * request.end_image_strength
+        end_latent = _image_latent(request.end_image, "end_image", width, height, models.vae)
+        end_latent = end_latent * request.end_image_strength
     texts = {prompt: _text_inputs(emb, models.device, models.dtype) for prompt, emb in embeddings.items()}
     return Conditioning(
         texts=texts,

@@ -11,8 +11,11 @@ the same fields, over the environment's values. Bad values are refused here, nam
 | compile | FRAMEPACK_COMPILE | auto, on, off (auto) |
 | fp8 | FRAMEPACK_FP8 | 1/0, true/false, yes/no, on/off (off) |
 | attention | FRAMEPACK_ATTENTION | auto or a kernel: flash_attention_4, _native_cudnn, _native_flash, native, sage |
+| lora_dir | FRAMEPACK_LORA_DIR | the folder of local LoRA files the HTTP API may read (<weights>/loras) |
 | lora_cache_dir | FRAMEPACK_LORA_CACHE | where LoRA URLs are downloaded to (~/.cache/framepack/loras) |
 | lora_max_bytes | FRAMEPACK_LORA_MAX_BYTES | the largest LoRA file downloaded, in bytes (4 GiB) |
+| lora_cache_max_bytes | FRAMEPACK_LORA_CACHE_MAX_BYTES | the cache's total; least recently used go first (20 GiB) |
+| allow_private_urls | FRAMEPACK_ALLOW_PRIVATE_URLS | 1/0: URL inputs may be private-network hosts (off) |
 """
 
 from __future__ import annotations
@@ -37,20 +40,27 @@ ENV = {
     "compile": "FRAMEPACK_COMPILE",
     "fp8": "FRAMEPACK_FP8",
     "attention": "FRAMEPACK_ATTENTION",
+    "lora_dir": "FRAMEPACK_LORA_DIR",
     "lora_cache_dir": "FRAMEPACK_LORA_CACHE",
     "lora_max_bytes": "FRAMEPACK_LORA_MAX_BYTES",
+    "lora_cache_max_bytes": "FRAMEPACK_LORA_CACHE_MAX_BYTES",
+    "allow_private_urls": "FRAMEPACK_ALLOW_PRIVATE_URLS",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 DEFAULT_LORA_CACHE = Path.home() / ".cache" / "framepack" / "loras"
 DEFAULT_LORA_MAX_BYTES = 4 * 2**30
+DEFAULT_LORA_CACHE_MAX_BYTES = 20 * 2**30
 
 
 @dataclass(frozen=True)
 class LoraDownloads:
-    """Where LoRA URLs are cached, and the largest file downloaded (bytes)."""
+    """Where LoRA URLs are cached, the largest file downloaded and the cache's total (bytes), and whether URL
+    inputs may point into private networks (`downloads.py`)."""
 
     cache_dir: Path = DEFAULT_LORA_CACHE
     max_bytes: int = DEFAULT_LORA_MAX_BYTES
+    cache_max_bytes: int = DEFAULT_LORA_CACHE_MAX_BYTES
+    allow_private: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,8 +76,11 @@ class EngineConfig:
     fp8: bool = False
     attention: str = "auto"
     output_dir: Path | None = None
+    lora_dir: Path | None = None
     lora_cache_dir: Path = DEFAULT_LORA_CACHE
     lora_max_bytes: int = DEFAULT_LORA_MAX_BYTES
+    lora_cache_max_bytes: int = DEFAULT_LORA_CACHE_MAX_BYTES
+    allow_private_urls: bool = False
 
     def __post_init__(self):
         choices = {"memory_mode": MEMORY_MODES, "compile": COMPILE_MODES, "attention": ATTENTION_CHOICES}
@@ -77,8 +90,9 @@ class EngineConfig:
         for name, value, allowed in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES)):
             if value is not None and value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.lora_max_bytes <= 0:
-            raise ValueError(f"{ENV['lora_max_bytes']} must be a positive number of bytes, got {self.lora_max_bytes}")
+        for name in ("lora_max_bytes", "lora_cache_max_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{ENV[name]} must be a positive number of bytes, got {getattr(self, name)}")
         unknown = [v for v in self.variants if v not in MODEL_VARIANTS]
         if unknown or not self.variants:
             raise ValueError(f"variants must be some of {', '.join(MODEL_VARIANTS)}, got {self.variants!r}")
@@ -95,8 +109,14 @@ class EngineConfig:
         values.update({name: value for name, value in overrides.items() if value is not None})
         return cls(**values)
 
+    def local_lora_dirs(self) -> tuple[Path, Path]:
+        """Where the HTTP API reads local LoRA files: the LoRA folder, and the cache of downloaded ones."""
+        return (self.lora_dir or self.weights_dir / "loras", self.lora_cache_dir)
+
     def lora_downloads(self) -> LoraDownloads:
-        return LoraDownloads(self.lora_cache_dir, self.lora_max_bytes)
+        return LoraDownloads(
+            self.lora_cache_dir, self.lora_max_bytes, self.lora_cache_max_bytes, self.allow_private_urls
+        )
 
     def resolved_device(self):
         import torch
@@ -110,13 +130,13 @@ class EngineConfig:
 
 
 def _parse(name: str, variable: str, text: str):
-    if name in ("weights_dir", "output_dir", "lora_cache_dir"):
+    if name in ("weights_dir", "output_dir", "lora_dir", "lora_cache_dir"):
         return Path(text)
-    if name == "lora_max_bytes":
+    if name in ("lora_max_bytes", "lora_cache_max_bytes"):
         if not text.isdigit():
             raise ValueError(f"{variable} must be a whole number of bytes, got {text!r}")
         return int(text)
-    if name == "fp8":
+    if name in ("fp8", "allow_private_urls"):
         lowered = text.lower()
         if lowered not in _TRUE + _FALSE:
             raise ValueError(f"{variable} must be 1 or 0 (true/false, yes/no, on/off), got {text!r}")

@@ -14,16 +14,13 @@ hooks or extra modules, is what survives `torch.compile`: a compiled block reads
 so new values need no recompilation, while dynamo does not guard on hooks (a hook added after compiling is
 silently ignored or half-applied). It also costs nothing per step, works on FP8 layers (dequantised, updated
 and quantised again) and on streamed weights (updated in their host copy). Files are only ever read as
-safetensors; URLs are downloaded once into a cache, bounded in size and time.
+safetensors; URLs are downloaded once into a cache, bounded in size and time (`downloads.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,13 +30,13 @@ import torch
 from safetensors.torch import load_file
 
 from .config import LoraDownloads
+from .downloads import cached_download
 from .errors import InvalidInput
 from .float8 import Float8Linear, quantize_rows
 from .weights import CheckpointMismatch, safetensors_shapes
 
 logger = logging.getLogger(__name__)
 
-DOWNLOAD_TIMEOUT_S = 600.0
 
 _PARTS = (
     (".lora_down.weight", "down"),
@@ -224,46 +221,27 @@ def merged_loras(
         backup.restore()
 
 
-def read_safetensors(path: Path, name: str) -> dict[str, torch.Tensor]:
-    """Load a LoRA file; anything that is not a valid safetensors file is refused (never unpickled)."""
+def read_safetensors(path: Path, name: str, shown: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a LoRA file; anything that is not a valid safetensors file is refused (never unpickled).
+
+    `shown` is how errors name the file (default: its name; a download's public URL, never the cache path).
+    """
     try:
         safetensors_shapes(path)
         return load_file(str(path))
     except (CheckpointMismatch, ValueError, OSError, UnicodeDecodeError, RuntimeError) as error:
-        raise InvalidInput(name, f"{path.name} is not a valid .safetensors file ({error})") from None
+        raise InvalidInput(name, f"{shown or path.name} is not a valid .safetensors file ({error})") from None
 
 
-def fetch(source: str, name: str, downloads: LoraDownloads, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """A local path as is; a URL downloaded once into the cache (by URL hash), at most `downloads.max_bytes`."""
-    if "://" not in source:
-        return Path(source)
-    max_bytes = downloads.max_bytes
-    target = downloads.cache_dir / (hashlib.sha256(source.encode()).hexdigest()[:32] + ".safetensors")
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    logger.info("downloading %s for %s", source, name)
-    try:
-        with urllib.request.urlopen(source, timeout=timeout) as response, open(partial, "wb") as out:
-            declared = int(response.headers.get("Content-Length") or 0)
-            if declared > max_bytes:
-                raise InvalidInput(name, f"{source} is {declared} bytes, more than the {max_bytes} allowed")
-            received = 0
-            while chunk := response.read(1 << 20):
-                received += len(chunk)
-                if received > max_bytes:
-                    raise InvalidInput(name, f"{source} is larger than the {max_bytes} bytes allowed")
-                out.write(chunk)
-        read_safetensors(partial, name)
-        os.replace(partial, target)
-    except InvalidInput:
-        raise
-    except OSError as error:
-        raise InvalidInput(name, f"could not download {source}: {error}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
+def lora_layers(source: str, name: str, model: torch.nn.Module, downloads: LoraDownloads) -> list[LoraLayer]:
+    """The LoRA at `source` (an https URL, through the cache, or a local file) as `model`'s layer updates."""
+
+    def convert(path: Path, shown: str) -> list[LoraLayer]:
+        return convert_lora(read_safetensors(path, name, shown), model, name)
+
+    if "://" in source:
+        return cached_download(source, name, downloads, convert)
+    return convert(Path(source), Path(source).name)
 
 
 def load_request_loras(
@@ -277,5 +255,5 @@ def load_request_loras(
     for name, source, scale in loras:
         source = source.strip()
         if source:
-            converted.append((convert_lora(read_safetensors(fetch(source, name, downloads), name), model, name), scale))
+            converted.append((lora_layers(source, name, model, downloads), scale))
     return converted

@@ -20,12 +20,21 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .controls import parse_keyframe_indices
+from .downloads import public_url
 from .errors import InvalidInput
 from .planner import section_count
 from .weights import CheckpointMismatch, safetensors_shapes
 
 MAX_SEED = 2**32 - 1
+RANDOM_SEED = -1
 IMAGE_SIZE_MULTIPLE = 16
+# Checked from an image's header before decoding: a phone's 50 MP photo passes; the largest output is 4.2 MP.
+MAX_IMAGE_PIXELS = 50_000_000
+# Text limits, checked before any work. The text encoder reads 256 tokens of a prompt (about 1,000 characters
+# of English); the limits leave room for other scripts and stop megabyte-sized requests.
+MAX_PROMPT_CHARS = 4000
+MAX_SECTION_PROMPTS_CHARS = 40000
+MAX_SOURCE_CHARS = 2048
 ModelVariant = Literal["original", "f1"]
 MODEL_VARIANTS: tuple[str, ...] = get_args(ModelVariant)
 
@@ -40,15 +49,22 @@ class GenerationRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     input_image: Path = Field(description="Start frame of the video: any image PIL can open.")
-    prompt: str = Field(description="What happens in the video.")
-    negative_prompt: str = Field("", description="What to avoid; used only when cfg_scale > 1.")
-    seed: int | None = Field(
-        None,
-        ge=0,
+    prompt: str = Field(
+        max_length=MAX_PROMPT_CHARS,
+        description="What happens in the video. The text encoder reads its first 256 tokens; the rest is ignored.",
+    )
+    negative_prompt: str = Field(
+        "", max_length=MAX_PROMPT_CHARS, description="What to avoid; used only when cfg_scale > 1."
+    )
+    # -1 rather than null for "random": Cog's server refuses null for an integer input although its schema
+    # says nullable, so a null seed could never arrive.
+    seed: int = Field(
+        RANDOM_SEED,
+        ge=RANDOM_SEED,
         le=MAX_SEED,
         validate_default=True,
-        description="Random seed; leave empty for a random one. The seed used is logged and stored in the MP4 "
-        "metadata.",
+        description="Random seed; -1 (the default) picks a random one. The seed used is logged and stored in the "
+        "MP4 metadata.",
     )
     total_video_length_seconds: float = Field(
         5.0,
@@ -105,6 +121,7 @@ class GenerationRequest(BaseModel):
     )
     section_prompts: str = Field(
         "",
+        max_length=MAX_SECTION_PROMPTS_CHARS,
         description="One prompt per line, line i for section i (0 = start of the video). Empty or missing lines "
         "keep the previous section's prompt; section 0 falls back to prompt.",
     )
@@ -129,11 +146,12 @@ class GenerationRequest(BaseModel):
     )
     lora_weights: str = Field(
         "",
+        max_length=MAX_SOURCE_CHARS,
         description="LoRA for the transformer: an https URL or a local path to a .safetensors file (musubi-tuner, "
         "diffusers/PEFT or HunyuanVideo key names).",
     )
     lora_scale: float = Field(1.0, ge=-2.0, le=2.0, description="Strength of lora_weights.")
-    extra_lora: str = Field("", description="A second LoRA, same formats as lora_weights.")
+    extra_lora: str = Field("", max_length=MAX_SOURCE_CHARS, description="A second LoRA, same formats as lora_weights.")
     extra_lora_scale: float = Field(1.0, ge=-2.0, le=2.0, description="Strength of extra_lora.")
 
     @model_validator(mode="before")
@@ -149,8 +167,8 @@ class GenerationRequest(BaseModel):
 
     @field_validator("seed")
     @classmethod
-    def _resolve_seed(cls, seed: int | None) -> int:
-        return secrets.randbelow(MAX_SEED + 1) if seed is None else seed
+    def _resolve_seed(cls, seed: int) -> int:
+        return secrets.randbelow(MAX_SEED + 1) if seed == RANDOM_SEED else seed
 
     @field_validator("prompt")
     @classmethod
@@ -195,6 +213,9 @@ class GenerationRequest(BaseModel):
         values["input_image"] = Path(self.input_image).name
         values["section_images"] = [Path(p).name for p in self.section_images]
         values["end_image"] = Path(self.end_image).name if self.end_image else None
+        for name in ("lora_weights", "extra_lora"):  # URLs without their tokens; local files by name
+            source = values[name].strip()
+            values[name] = public_url(source) if "://" in source else Path(source).name if source else ""
         return values
 
     def to_json(self) -> str:
@@ -217,6 +238,7 @@ class InputSpec:
     choices: tuple[Any, ...] | None = None
     required: bool = False
     item_type: type | None = None
+    max_length: int | None = None
 
 
 def _input_spec(name: str, field) -> InputSpec:
@@ -236,6 +258,7 @@ def _input_spec(name: str, field) -> InputSpec:
         description=field.description,
         ge=bound("ge"),
         le=bound("le"),
+        max_length=bound("max_length"),
         choices=choices,
         required=field.is_required(),
         item_type=item_type,
@@ -299,6 +322,8 @@ def _invalid_input(error: ValidationError) -> InvalidInput:
     elif kind in ("greater_than_equal", "less_than_equal") and spec is not None:
         shown = spec.type(value) if isinstance(value, str) else value  # a command-line string: as converted
         message = f"{shown!r} is out of range; allowed {_number(spec.ge)} to {_number(spec.le)}"
+    elif kind == "string_too_long" and spec is not None:
+        message = f"is {len(value):,} characters long; at most {spec.max_length:,} are allowed"
     elif kind == "literal_error" and spec is not None:
         message = f"{value!r} is not one of {', '.join(repr(c) for c in spec.choices)}"
     elif kind in _EXPECTED:
@@ -313,41 +338,86 @@ def _position(error: dict) -> int:
     return names.index(error["loc"][0]) if error["loc"] and error["loc"][0] in names else len(names)
 
 
+@dataclass(frozen=True)
+class FileInputs:
+    """Where a request's files may come from.
+
+    The local command (the default) reads any path. The HTTP API (`served`) takes images only as Cog delivers
+    them: an upload, a URL or a data URI arrives as a file Cog wrote, while a path on the server arrives as
+    plain text and is refused. Its local LoRA files must lie inside `lora_dirs`. Errors name the input and the
+    file's name, never another server path.
+    """
+
+    served: bool = False
+    lora_dirs: tuple[Path, ...] = ()
+
+
+def check_served_files(inputs: Mapping[str, Any]) -> None:
+    """Refuse image inputs given as text (a path on the server) rather than as a file Cog delivered."""
+    for name, spec in INPUT_SPECS.items():
+        if spec.type not in (Path, list) or inputs.get(name) is None:
+            continue
+        values = inputs[name] if spec.type is list else [inputs[name]]
+        if any(not isinstance(value, Path) for value in values):
+            raise InvalidInput(name, "give an upload, an https URL or a data URI; paths on the server are not read")
+
+
 def check_image_file(name: str, path: Path) -> None:
-    """Raise InvalidInput unless `path` is a file that PIL can decode as an image."""
+    """Raise InvalidInput unless `path` is an image PIL can open, of at most MAX_IMAGE_PIXELS.
+
+    Only the header is read, and the file's structure checked (`verify`): the pixels are decoded once, when
+    the image is used (`conditioning.load_rgb_image`, which names the input if that fails).
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
-        raise InvalidInput(name, f"file not found: {path}")
+        raise InvalidInput(name, f"file not found: {path.name}")
+    too_large = f"more than the {MAX_IMAGE_PIXELS:,} pixels allowed"
     try:
         with Image.open(path) as image:
-            image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise InvalidInput(name, f"{path.name} is {image.width}x{image.height} pixels, {too_large}")
+            image.verify()
+    except Image.DecompressionBombError as error:  # PIL's own limit, far above ours, hit while reading the header
+        raise InvalidInput(name, f"{path.name} has {too_large} ({error})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        if isinstance(error, InvalidInput):
+            raise
         raise InvalidInput(name, f"could not read {path.name} as an image ({error})") from None
 
 
-def check_lora_source(name: str, source: str) -> None:
-    """A LoRA is an https URL (fetched later) or a local safetensors file, never anything else."""
+def check_lora_source(name: str, source: str, lora_dirs: tuple[Path, ...] | None = None) -> None:
+    """A LoRA is an https URL (fetched later) or a local safetensors file, never anything else.
+
+    With `lora_dirs`, a local file must lie inside one of them (after resolving links and `..`).
+    """
     source = source.strip()
     if not source or source.startswith("https://"):
         return
     if "://" in source:
-        raise InvalidInput(name, f"only https URLs or local paths are accepted, got {source!r}")
+        raise InvalidInput(name, f"only https URLs or local paths are accepted, got {public_url(source)!r}")
     path = Path(source)
+    if lora_dirs is not None and not any(path.resolve().is_relative_to(d.resolve()) for d in lora_dirs):
+        raise InvalidInput(name, "a local LoRA file must be in the server's LoRA folder; give an https URL instead")
     if not path.is_file():
-        raise InvalidInput(name, f"file not found: {path}")
+        raise InvalidInput(name, f"file not found: {path.name}")
     try:
         safetensors_shapes(path)
     except (CheckpointMismatch, ValueError, OSError, UnicodeDecodeError) as error:
         raise InvalidInput(name, f"{path.name} is not a valid .safetensors file ({error})") from None
 
 
-def build_request(inputs: Mapping[str, Any], *, check_files: bool = True) -> GenerationRequest:
+def build_request(
+    inputs: Mapping[str, Any], *, check_files: bool = True, files: FileInputs = FileInputs()
+) -> GenerationRequest:
     """Validate raw inputs (typed values or command-line strings) into a GenerationRequest.
 
     Raises InvalidInput naming the first bad input. An input given as None takes its default (a random seed).
-    With `check_files`, the images must decode and each LoRA must be an https URL or a safetensors file.
+    With `check_files`, the images must decode and each LoRA must be an https URL or a safetensors file, from
+    where `files` allows.
     """
+    if files.served:
+        check_served_files(inputs)
     try:
         request = GenerationRequest.model_validate({k: v for k, v in inputs.items() if v is not None})
     except ValidationError as error:
@@ -359,5 +429,5 @@ def build_request(inputs: Mapping[str, Any], *, check_files: bool = True) -> Gen
         if request.end_image is not None:
             check_image_file("end_image", request.end_image)
         for name in ("lora_weights", "extra_lora"):
-            check_lora_source(name, getattr(request, name))
+            check_lora_source(name, getattr(request, name), files.lora_dirs if files.served else None)
     return request

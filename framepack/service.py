@@ -1,14 +1,20 @@
 """The prediction service behind the Cog predictor, free of Cog so it can be tested and reused.
 
+It serves the HTTP API: image inputs must be files Cog delivered (uploads, URLs, data URIs), never server paths,
+and local LoRA files must be in the LoRA folder (FRAMEPACK_LORA_DIR, by default the weights' `loras`) or the
+LoRA cache (`request.FileInputs`).
+
 `FramePackService.setup` loads every component once (downloading what is missing, checking the transformer
 checkpoints first) and places them per the memory plan. `predict` validates a request, generates, writes one
 MP4 and returns its path. Only the latest output is kept: the previous prediction's file is removed when the
-next starts. A failure or cancellation (Cog raises CancelationException, a BaseException, inside predict)
-removes partial files and frees GPU memory before propagating.
+next starts. Without FRAMEPACK_OUTPUT_DIR, outputs go to a temporary folder removed when the process exits.
+A failure or cancellation (Cog raises CancelationException, a BaseException, inside predict) removes partial
+files and frees GPU memory before propagating.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import shutil
@@ -28,7 +34,7 @@ from .models import FramePackModels
 from .outputs import generate_video
 from .pipeline import GenerationOptions, TensorRecorder
 from .progress import ProgressReporter
-from .request import build_request
+from .request import FileInputs, build_request
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +48,13 @@ class FramePackService:
         plan: memory.MemoryPlan,
         output_dir: Path,
         options: GenerationOptions = GenerationOptions(),
+        files: FileInputs = FileInputs(served=True),
     ):
         self.models = models
         self.plan = plan
         self.output_dir = output_dir
         self.options = options
+        self.files = files
         self.last_output: Path | None = None
 
     @classmethod
@@ -60,8 +68,12 @@ class FramePackService:
         engine = load_engine(config)
         if config.output_dir is not None:
             config.output_dir.mkdir(parents=True, exist_ok=True)
-        output_dir = config.output_dir or Path(tempfile.mkdtemp(prefix="framepack-outputs-"))
-        return cls(engine.models, engine.plan, output_dir, engine.generation_options())
+            output_dir = config.output_dir
+        else:  # a folder of our own, removed when the process exits
+            output_dir = Path(tempfile.mkdtemp(prefix="framepack-outputs-"))
+            atexit.register(shutil.rmtree, output_dir, True)
+        files = FileInputs(served=True, lora_dirs=config.local_lora_dirs())
+        return cls(engine.models, engine.plan, output_dir, engine.generation_options(), files)
 
     def _remove_previous_output(self) -> None:
         if self.last_output is not None:
@@ -84,7 +96,7 @@ class FramePackService:
         `record` receives the intermediate tensors, as the CLI's --dump-tensors does.
         """
         self._remove_previous_output()
-        request = build_request(inputs)
+        request = build_request(inputs, files=self.files)
         logger.info(f"seed: {request.seed}")
         started = time.monotonic()
         memory.make_resident(self.models, request.model_variant, self.plan)

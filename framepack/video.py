@@ -17,6 +17,12 @@ from .planner import VIDEO_FPS
 METADATA_KEY = "comment"
 
 
+def ffmetadata(tags: dict[str, str]) -> str:
+    """ffmpeg's metadata file format: a header line, then `key=value` lines with = ; # \\ and newlines escaped."""
+    escape = lambda text: "".join("\\" + c if c in "=;#\\\n" else c for c in text)  # noqa: E731
+    return ";FFMETADATA1\n" + "".join(f"{escape(key)}={escape(value)}\n" for key, value in tags.items())
+
+
 class Mp4Writer:
     """Encodes (T, H, W, 3) uint8 RGB frames to `path` as they come; the file appears only when complete.
 
@@ -33,6 +39,7 @@ class Mp4Writer:
         self.metadata = metadata
         self.frames_written = 0
         self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self._metadata_file = self.path.with_name(f".{self.path.stem}.metadata.txt")
         self._process: subprocess.Popen | None = None
         self._closed = False
 
@@ -71,6 +78,7 @@ class Mp4Writer:
             pass  # ffmpeg exited early; its error message is reported below
         if self._process.wait() != 0:
             self._fail()
+        self._metadata_file.unlink(missing_ok=True)
         os.replace(self._partial, self.path)
         self._closed = True
         return self.path
@@ -82,6 +90,7 @@ class Mp4Writer:
             self._process.kill()
             self._process.wait()
         self._partial.unlink(missing_ok=True)
+        self._metadata_file.unlink(missing_ok=True)
 
     def _start(self, height: int, width: int) -> None:
         import imageio_ffmpeg
@@ -101,6 +110,13 @@ class Mp4Writer:
             str(VIDEO_FPS),
             "-i",
             "-",
+        ]
+        if self.metadata is not None:
+            # From a file, not the command line: ffmpeg's arguments are capped at 128 KiB each, and a request's
+            # prompts can be longer than that in UTF-8.
+            self._metadata_file.write_text(ffmetadata({METADATA_KEY: json.dumps(self.metadata, sort_keys=True)}))
+            command += ["-f", "ffmetadata", "-i", str(self._metadata_file), "-map", "0:v", "-map_metadata", "1"]
+        command += [
             "-c:v",
             "libx264",
             "-pix_fmt",
@@ -110,8 +126,6 @@ class Mp4Writer:
             "-movflags",
             "+faststart",
         ]
-        if self.metadata is not None:
-            command += ["-metadata", f"{METADATA_KEY}={json.dumps(self.metadata, sort_keys=True)}"]
         command += ["-f", "mp4", str(self._partial)]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -148,19 +148,52 @@ class CheckpointMismatch(ValueError):
     """A transformer checkpoint's tensors do not match the architecture its config describes."""
 
 
+MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
+
+
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor names and shapes from a safetensors header; raises CheckpointMismatch if the file is truncated."""
+    """Tensor names and shapes from a safetensors header, read without loading any tensor.
+
+    Raises CheckpointMismatch saying what is wrong with a file that is not a whole safetensors file: too short,
+    a header larger than the file or the format allows, a header that is not a JSON object of tensor entries,
+    or data missing at the end (truncated).
+    """
     size = path.stat().st_size
+    if size < 8:
+        raise CheckpointMismatch(f"{size} bytes, shorter than the 8-byte header length")
     with open(path, "rb") as handle:
         header_length = struct.unpack("<Q", handle.read(8))[0]
-        if header_length > size - 8:
-            raise CheckpointMismatch(f"{path}: header larger than the file (truncated?)")
-        header = json.loads(handle.read(header_length))
+        if header_length > min(size - 8, MAX_HEADER_BYTES):
+            raise CheckpointMismatch(f"its header length ({header_length} bytes) exceeds the file or the format")
+        try:
+            header = json.loads(handle.read(header_length))
+        except (ValueError, RecursionError):
+            raise CheckpointMismatch("its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise CheckpointMismatch(f"its header is a JSON {type(header).__name__}, not an object of tensors")
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        if not _tensor_entry(info):
+            raise CheckpointMismatch(f"its header entry {name[:80]!r} is not a tensor (dtype, shape, data_offsets)")
     data_end = max((info["data_offsets"][1] for info in header.values()), default=0)
     if 8 + header_length + data_end > size:
-        raise CheckpointMismatch(f"{path}: {size} bytes, header promises {8 + header_length + data_end} (truncated)")
+        raise CheckpointMismatch(f"{size} bytes, the header promises {8 + header_length + data_end} (truncated)")
     return {name: info["shape"] for name, info in header.items()}
+
+
+def _tensor_entry(info) -> bool:
+    """A header entry: {"dtype": str, "shape": [int, ...], "data_offsets": [begin, end]}."""
+    if not isinstance(info, dict):
+        return False
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    return (
+        isinstance(info.get("dtype"), str)
+        and isinstance(shape, list)
+        and all(isinstance(d, int) and d >= 0 for d in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and o >= 0 for o in offsets)
+    )
 
 
 def verify_transformer_checkpoint(folder: Path) -> int:
@@ -179,7 +212,10 @@ def verify_transformer_checkpoint(folder: Path) -> int:
     expected = {name: list(t.shape) for name, t in model.state_dict().items()}
     actual: dict[str, list[int]] = {}
     for file in sorted(folder.glob("*.safetensors")):
-        actual.update(safetensors_shapes(file))
+        try:
+            actual.update(safetensors_shapes(file))
+        except CheckpointMismatch as error:
+            raise CheckpointMismatch(f"{file}: {error}") from None
     problems = []
     if missing := sorted(set(expected) - set(actual)):
         problems.append(f"{len(missing)} missing (first: {', '.join(missing[:5])})")

@@ -386,9 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         (weights / "random.done").write_text("random full-size weights\n")
         report["weights_seconds"] = time.monotonic() - t0
     config = json.loads((transformer_component("original").path(weights) / "config.json").read_text())
+    (args.out / "loras").mkdir(exist_ok=True)  # the servers' FRAMEPACK_LORA_DIR
     loras = {
-        "A": lora_file(config, args.out / "lora_a.safetensors", ("attn.to_q", "attn.to_k", "attn.to_v"), 1),
-        "B": lora_file(config, args.out / "lora_b.safetensors", ("proj_mlp", "proj_out"), 2),
+        "A": lora_file(config, args.out / "loras" / "lora_a.safetensors", ("attn.to_q", "attn.to_k", "attn.to_v"), 1),
+        "B": lora_file(config, args.out / "loras" / "lora_b.safetensors", ("proj_mlp", "proj_out"), 2),
     }
     size = (96, 64) if args.tiny else tuple(int(v) for v in args.size.split("x"))
     todo = requests_to_make(size, loras, args.tiny)
@@ -400,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         "FRAMEPACK_WEIGHTS": str(weights),
         "FRAMEPACK_COMPILE": "auto" if gpu else "on",
         "FRAMEPACK_OUTPUT_DIR": str(args.out / "served-outputs"),
+        "FRAMEPACK_LORA_DIR": str(args.out / "loras"),
     }
     try:
         if "served" in phases:

@@ -61,6 +61,8 @@ def input_parameter(spec: InputSpec) -> str:
         arguments.append(f"ge={_bound(spec, spec.ge)}")
     if spec.le is not None:
         arguments.append(f"le={_bound(spec, spec.le)}")
+    if spec.max_length is not None:
+        arguments.append(f"max_length={spec.max_length}")
     if spec.choices is not None:
         arguments.append(f"choices={_literal(spec.choices)}")
     return f"{_INDENT}{spec.name}: {_annotation(spec)} = Input({', '.join(arguments)}),"

@@ -23,11 +23,17 @@ BASE = tiny_request(prompt="a dancer on a stage", total_video_length_seconds=1.2
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory):
+def lora_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("loras")
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory, lora_folder):
     """An eager and a compiled service on the tiny weights, set up as predict.py sets them up."""
     made = {}
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FRAMEPACK_WEIGHTS", str(TINY_WEIGHTS))
+        env.setenv("FRAMEPACK_LORA_DIR", str(lora_folder))
         for mode in ("off", "on"):
             env.setenv("FRAMEPACK_COMPILE", mode)
             env.setenv("FRAMEPACK_OUTPUT_DIR", str(tmp_path_factory.mktemp(f"outputs-{mode}")))
@@ -38,8 +44,8 @@ def services(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lora_files(tmp_path_factory, services):
-    folder = tmp_path_factory.mktemp("loras")
+def lora_files(lora_folder, services):
+    folder = lora_folder
     model = services["off"].models.transformers["original"]
     files = {"A": folder / "a.safetensors", "B": folder / "b.safetensors"}
     save_file(musubi_lora(model), str(files["A"]))

@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import START_IMAGE
+from conftest import START_IMAGE, png_header
 
 from framepack import conditioning
+from framepack.conditioning import load_rgb_image
+from framepack.errors import InvalidInput
+from framepack.request import check_image_file
 
 
 @pytest.mark.parametrize(
@@ -64,3 +67,13 @@ def test_pad_prompt_embeds_mask():
     assert padded.shape == (1, 512, 16) and mask.shape == (1, 512)
     assert mask[0, :7].all() and not mask[0, 7:].any()
     assert torch.equal(padded[:, :7], embeds) and not padded[:, 7:].any()
+
+
+def test_images_are_decoded_once_and_a_bad_body_names_its_input(tmp_path):
+    # Header and chunk structure are sound, so the request's check (which decodes nothing) passes; the pixels
+    # are missing, which only the one decode, at use, finds.
+    hollow = tmp_path / "hollow.png"
+    hollow.write_bytes(png_header(64, 48))
+    check_image_file("end_image", hollow)
+    with pytest.raises(InvalidInput, match="'end_image': could not read hollow.png as an image"):
+        load_rgb_image(hollow, "end_image")

@@ -115,3 +115,12 @@ def test_progress_goes_to_stderr(run_cli, tmp_path):
     assert result.code == 0
     assert "section 3/3, step 2/2, elapsed" in result.stderr and "remaining" in result.stderr
     assert result.stdout.strip() == str(tmp_path / "out.mp4")
+
+
+def test_metadata_of_any_length_and_characters_survives(tmp_path):
+    # Longer than the 128 KiB ffmpeg allows one command-line argument, with its metadata file's special characters.
+    metadata = {"request": {"prompt": "😀=;#\\\n" * 30000}, "seed": 1}
+    frames = torch.zeros(2, 16, 16, 3, dtype=torch.uint8)
+    path = write_mp4(frames, tmp_path / "long.mp4", crf=16, metadata=metadata)
+    assert read_mp4_metadata(path) == metadata
+    assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]  # no metadata file or partial left

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import START_IMAGE, TINY_WEIGHTS
+from conftest import START_IMAGE, TINY_WEIGHTS, png_header
 
 from framepack.request import INPUT_SPECS
 from framepack.video import read_mp4_frames, read_mp4_metadata
@@ -50,10 +51,14 @@ SLOW_REQUEST = {**TINY_REQUEST, "total_video_length_seconds": 6.0, "steps": 60}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`python -m cog.server.http` from the repository root (where .cog/openapi_schema.json is)."""
+def server(tmp_path_factory, hostile_hosts):
+    """`python -m cog.server.http` from the repository root (where .cog/openapi_schema.json is).
+
+    It trusts the hostile https host's test CA and, as that host is on 127.0.0.1, allows private URL hosts.
+    """
     port = _free_port()
     output_dir = tmp_path_factory.mktemp("outputs")
+    lora_cache = tmp_path_factory.mktemp("lora-cache")
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {
         **os.environ,
@@ -61,6 +66,9 @@ def server(tmp_path_factory):
         "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
         "FRAMEPACK_WEIGHTS": str(TINY_WEIGHTS),
         "FRAMEPACK_OUTPUT_DIR": str(output_dir),
+        "FRAMEPACK_LORA_CACHE": str(lora_cache),
+        "FRAMEPACK_ALLOW_PRIVATE_URLS": "1",
+        "SSL_CERT_FILE": str(hostile_hosts.ca_file),
         # coglet starts its worker with the `python` on PATH: make that this interpreter.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
@@ -84,7 +92,7 @@ def server(tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, f"server not READY:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)
-        yield {"url": url, "output_dir": output_dir}
+        yield {"url": url, "output_dir": output_dir, "lora_cache": lora_cache}
     finally:
         process.terminate()
         try:
@@ -136,6 +144,14 @@ def _predict(server, inputs: dict) -> requests.Response:
     return requests.post(f"{server['url']}/predictions", json={"input": inputs}, timeout=300)
 
 
+def _start_async(server, inputs: dict, webhook: str, prediction_id: str | None = None) -> None:
+    """Start a prediction that reports to `webhook` (PUT with an id of ours when given, else POST)."""
+    url = f"{server['url']}/predictions" + (f"/{prediction_id}" if prediction_id else "")
+    send = requests.put if prediction_id else requests.post
+    response = send(url, timeout=30, headers={"Prefer": "respond-async"}, json={"input": inputs, "webhook": webhook})
+    assert response.status_code == 202, response.text
+
+
 def _video(response_json: dict, tmp_path: Path, name: str = "out.mp4") -> Path:
     header, payload = response_json["output"].split(",", 1)
     assert header == "data:video/mp4;base64"
@@ -145,9 +161,14 @@ def _video(response_json: dict, tmp_path: Path, name: str = "out.mp4") -> Path:
 
 
 def test_health_is_ready(server):
-    body = requests.get(f"{server['url']}/health-check", timeout=10).json()
-    assert body["status"] == "READY"
-    assert "loaded original, f1" in body["setup"]["logs"]
+    def setup_logs() -> str:
+        body = requests.get(f"{server['url']}/health-check", timeout=10).json()
+        assert body["status"] == "READY"
+        return body["setup"]["logs"]
+
+    # coglet can report READY a moment before the setup's last line reaches its log (seen on a loaded machine).
+    _wait_for(lambda: "loaded original, f1" in setup_logs(), 10)
+    body = {"setup": {"logs": setup_logs()}}
     assert "memory mode: cpu" in body["setup"]["logs"]
     # What acceleration each transformer got (on a GPU: the attention kernel and any kernel skipped, and why).
     assert "f1 transformer: attention native, compiled False, FP8 layers 0; not on CUDA" in body["setup"]["logs"]
@@ -168,7 +189,11 @@ def test_openapi_lists_every_input_with_its_constraints(server):
         elif not spec.required and spec.default is not None:
             default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
             assert prop["default"] == default, name
-    assert properties["input_image"]["format"] == "uri" and properties["seed"]["nullable"] is True
+    assert properties["input_image"]["format"] == "uri" and properties["end_image"]["nullable"] is True
+    assert properties["seed"]["default"] == -1 and "nullable" not in properties["seed"]
+    assert {n: p["maxLength"] for n, p in properties.items() if "maxLength" in p} == {
+        n: s.max_length for n, s in INPUT_SPECS.items() if s.max_length
+    }
     assert schema["Output"] == {"title": "Output", "type": "string", "format": "uri"}
 
 
@@ -203,13 +228,7 @@ def test_random_seed_is_logged_and_stored(server, tmp_path):
 
 def test_async_prediction_delivers_webhooks(server, webhooks):
     url, received = webhooks
-    response = requests.post(
-        f"{server['url']}/predictions",
-        timeout=30,
-        headers={"Prefer": "respond-async"},
-        json={"input": TINY_REQUEST, "webhook": url},
-    )
-    assert response.status_code == 202
+    _start_async(server, TINY_REQUEST, url)
     _wait_for(lambda: _terminal(received))
     final = _terminal(received)[0]
     assert final["status"] == "succeeded"
@@ -218,13 +237,7 @@ def test_async_prediction_delivers_webhooks(server, webhooks):
 
 def test_cancel_ends_canceled_and_the_next_prediction_succeeds(server, webhooks, tmp_path):
     url, received = webhooks
-    response = requests.put(
-        f"{server['url']}/predictions/cancel-me",
-        timeout=30,
-        headers={"Prefer": "respond-async"},
-        json={"input": SLOW_REQUEST, "webhook": url},
-    )
-    assert response.status_code == 202
+    _start_async(server, SLOW_REQUEST, url, "cancel-me")
     _wait_for(lambda: any("step 3/60" in (hook.get("logs") or "") for hook in received))
     assert requests.post(f"{server['url']}/predictions/cancel-me/cancel", timeout=30).status_code == 200
     _wait_for(lambda: _terminal(received))
@@ -235,6 +248,20 @@ def test_cancel_ends_canceled_and_the_next_prediction_succeeds(server, webhooks,
     body = _predict(server, TINY_REQUEST).json()
     assert body["status"] == "succeeded"
     assert read_mp4_frames(_video(body, tmp_path))[0].shape[0] == 37
+
+
+def test_a_cancel_during_a_stalled_lora_download_takes_effect_at_once(server, webhooks, hostile_hosts):
+    url, received = webhooks
+    inputs = {**TINY_REQUEST, "lora_weights": f"https://{hostile_hosts.secure}/stall"}
+    _start_async(server, inputs, url, "stalled-lora")
+    time.sleep(3)  # the host has sent its headers and 10 of 100,000 bytes, and is silent
+    cancelled = time.monotonic()
+    assert requests.post(f"{server['url']}/predictions/stalled-lora/cancel", timeout=30).status_code == 200
+    _wait_for(lambda: _terminal(received), 30)
+    assert _terminal(received)[0]["status"] == "canceled"
+    assert time.monotonic() - cancelled < 2.0  # the cancel, the webhook and its delivery
+    assert list(server["lora_cache"].iterdir()) == []  # no partial download left
+    _wait_for(lambda: requests.get(f"{server['url']}/health-check", timeout=10).json()["status"] == "READY", 10)
 
 
 def test_outputs_do_not_pile_up(server):
@@ -252,6 +279,8 @@ def test_outputs_do_not_pile_up(server):
         ({**TINY_REQUEST, "steps": "many"}, "steps", "is not of type"),
         ({**TINY_REQUEST, "use_teacache": "sometimes"}, "use_teacache", "is not of type"),
         ({k: v for k, v in TINY_REQUEST.items() if k != "prompt"}, "prompt", "Field required"),
+        ({**TINY_REQUEST, "prompt": "😀" * 11000}, "prompt", "longer than 4000 characters"),
+        ({**TINY_REQUEST, "seed": None}, "seed", "null is not of type"),
     ],
 )
 def test_invalid_inputs_are_422(server, inputs, field, message):
@@ -293,3 +322,87 @@ def test_controls_through_the_server(server, tmp_path):
     assert read_mp4_frames(_video(body, tmp_path))[0].shape[0] == 37
     failed = _predict(server, {**TINY_REQUEST, "model_variant": "f1", "end_image": end}).json()
     assert failed["status"] == "failed" and "Invalid input 'end_image'" in failed["error"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"input_image": "/etc/hostname"}, "Invalid input 'input_image': give an upload, an https URL or a data URI"),
+        ({"end_image": str(START_IMAGE)}, "Invalid input 'end_image': give an upload"),
+        ({"section_images": [IMAGE, "/etc/hostname"]}, "Invalid input 'section_images': give an upload"),
+        ({"lora_weights": "/etc/hostname"}, "Invalid input 'lora_weights': a local LoRA file must be in the server's"),
+        ({"extra_lora": "/nonexistent/x.safetensors"}, "Invalid input 'extra_lora': a local LoRA file must be in"),
+    ],
+)
+def test_server_files_are_never_read(server, inputs, message):
+    body = _predict(server, {**TINY_REQUEST, **inputs}).json()
+    assert body["status"] == "failed" and message in body["error"]
+    assert "hostname" not in body["error"] and "nonexistent" not in body["error"]  # no server path, no oracle
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((9000, 9000), "9000x9000 pixels, more than the 50,000,000 pixels allowed"),  # under PIL's own limit
+        ((30000, 30000), "has more than the 50,000,000 pixels allowed"),  # over it
+    ],
+)
+def test_an_image_bomb_is_refused_from_its_header(server, size, message):
+    body = _predict(server, {**TINY_REQUEST, "end_image": _data_uri(png_header(*size))}).json()
+    assert body["status"] == "failed"
+    assert "Invalid input 'end_image'" in body["error"] and message in body["error"]
+
+
+def test_the_schema_and_the_validation_agree_on_numbers_and_null(server, tmp_path):
+    inputs = {**TINY_REQUEST, "width": 96.0, "height": 64.0, "seed": 3.0, "steps": 2.0}
+    body = _predict(server, inputs).json()
+    assert body["status"] == "succeeded", body.get("error")
+    reference = _predict(server, TINY_REQUEST).json()
+    assert (
+        read_mp4_frames(_video(body, tmp_path, "a.mp4"))[0] == read_mp4_frames(_video(reference, tmp_path))[0]
+    ).all()
+    # -1, or no seed, is a random seed; null is refused by Cog's server whatever the schema, so it says no null.
+    assert (
+        "nullable"
+        not in requests.get(f"{server['url']}/openapi.json", timeout=10).json()["components"]["schemas"]["Input"][
+            "properties"
+        ]["seed"]
+    )
+    unseeded = {k: v for k, v in TINY_REQUEST.items() if k != "seed"}
+    for inputs in ({**TINY_REQUEST, "seed": -1}, unseeded):
+        body = _predict(server, inputs).json()
+        assert body["status"] == "succeeded" and "seed: " in body["logs"] and "seed: -1" not in body["logs"]
+
+
+def test_schemathesis_finds_no_server_error(server, tmp_path):
+    """A bounded property-based run against the prediction endpoint: no response of 500 or above."""
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "run",
+        f"{server['url']}/openapi.json",
+        "--include-path",
+        "/predictions",
+        "--include-method",
+        "POST",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "150",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "60",
+        "--seed",
+        "1",
+        "--generation-database",
+        ":memory:",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
+    ]
+    # In a folder of its own: schemathesis keeps a cache in its working directory.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    generated, passed = map(int, re.search(r"(\d+) generated, (\d+) passed", result.stdout).groups())
+    assert generated == passed >= 500, result.stdout[-3000:]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import pickle
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+import struct
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import musubi_lora, original_lora, peft_lora, section_and_text, tiny_request
+from safetensors.torch import save as save_file_bytes
 from safetensors.torch import save_file
 
 from framepack import lora
@@ -133,27 +132,26 @@ def test_pickles_and_plain_http_are_refused(tmp_path):
         build_request({**BASE, "lora_weights": str(tmp_path / "absent.safetensors")})
 
 
-@pytest.fixture
-def file_server(tmp_path):
-    served = tmp_path / "served"
-    served.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(served)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-
-
-def test_download_is_cached_by_url_and_bounded(tiny_models, tmp_path, file_server):
-    served, url = file_server
-    downloads = LoraDownloads(tmp_path / "cache")
-    save_file(peft_lora(tiny_models.transformers["original"]), str(served / "style.safetensors"))
-    first = lora.fetch(f"{url}/style.safetensors", "lora_weights", downloads)
-    (served / "style.safetensors").unlink()  # a second fetch must not need the server
-    assert lora.fetch(f"{url}/style.safetensors", "lora_weights", downloads) == first and first.is_file()
-    (served / "big.safetensors").write_bytes(b"x" * 5000)
-    with pytest.raises(InvalidInput, match="more than the 1000 allowed"):
-        lora.fetch(f"{url}/big.safetensors", "lora_weights", LoraDownloads(downloads.cache_dir, max_bytes=1000))
-    (served / "evil.safetensors").write_bytes(pickle.dumps([1, 2]))
-    with pytest.raises(InvalidInput, match="not a valid .safetensors file"):
-        lora.fetch(f"{url}/evil.safetensors", "extra_lora", downloads)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [first.name]
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "0 bytes, shorter than the 8-byte header length"),
+        (b"\x01\x02\x03", "3 bytes, shorter than the 8-byte header length"),
+        (struct.pack("<Q", 2) + b"[]", "its header is a JSON list, not an object of tensors"),
+        (struct.pack("<Q", 1) + b"7", "its header is a JSON int, not an object of tensors"),
+        (struct.pack("<Q", 20000) + b"[" * 10000 + b"]" * 10000, "its header is not valid JSON"),
+        (struct.pack("<Q", 2**40) + b"{}", "its header length (1099511627776 bytes) exceeds the file or the format"),
+        (struct.pack("<Q", 12) + b'{"w": "x"}  ', "its header entry 'w' is not a tensor"),
+        (
+            save_file_bytes({"w.lora_A.weight": torch.zeros(4, 8)})[:-10],
+            "the header promises",
+        ),
+    ],
+)
+def test_malformed_lora_files_are_refused_naming_the_input(tiny_models, tmp_path, content, reason):
+    path = tmp_path / "style.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(InvalidInput) as error:
+        lora.lora_layers(str(path), "extra_lora", tiny_models.transformers["original"], LoraDownloads(tmp_path))
+    assert str(error.value).startswith("Invalid input 'extra_lora': style.safetensors is not a valid .safetensors")
+    assert reason in str(error.value)

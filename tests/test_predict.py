@@ -50,6 +50,7 @@ def test_cogs_parser_accepts_predict_py_with_the_api_tables_inputs(cog_schema):
             assert prop["default"] == default, name
         assert prop.get("nullable", False) == (spec.default is None and not spec.required), name
         assert (prop.get("minimum"), prop.get("maximum")) == (spec.ge, spec.le), name
+        assert prop.get("maxLength") == spec.max_length, name
         if spec.choices is not None:
             assert schemas[name]["enum"] == list(spec.choices), name
         elif spec.type is list:

@@ -4,8 +4,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import START_IMAGE
 from pydantic import ValidationError
+from safetensors.torch import save_file
 
 from framepack.errors import InvalidInput
 from framepack.request import INPUT_SPECS, MAX_SEED, GenerationRequest, build_request
@@ -35,8 +37,8 @@ def test_omitted_seed_is_random_and_given_seed_is_kept():
         ({"steps": 101}, "steps", "allowed 1 to 100"),
         ({"cfg_scale": 40.0}, "cfg_scale", "allowed 1 to 32"),
         ({"total_video_length_seconds": 121}, "total_video_length_seconds", "allowed 0.1 to 120"),
-        ({"seed": -1}, "seed", "allowed 0 to 4294967295"),
-        ({"seed": 2**32}, "seed", "allowed 0 to 4294967295"),
+        ({"seed": -2}, "seed", "allowed -1 to 4294967295"),
+        ({"seed": 2**32}, "seed", "allowed -1 to 4294967295"),
         ({"mp4_crf": 52}, "mp4_crf", "allowed 0 to 51"),
         ({"latent_window_size": 34}, "latent_window_size", "allowed 1 to 33"),
         ({"model_variant": "f2"}, "model_variant", "'original', 'f1'"),
@@ -78,7 +80,7 @@ def test_every_spec_has_a_description():
 def test_the_api_table_is_the_models_fields():
     assert list(INPUT_SPECS) == list(GenerationRequest.model_fields)
     seed, variant, images = INPUT_SPECS["seed"], INPUT_SPECS["model_variant"], INPUT_SPECS["section_images"]
-    assert (seed.type, seed.default, seed.ge, seed.le, seed.required) == (int, None, 0, MAX_SEED, False)
+    assert (seed.type, seed.default, seed.ge, seed.le, seed.required) == (int, -1, -1, MAX_SEED, False)
     assert (variant.type, variant.choices) == (str, ("original", "f1"))
     assert (images.type, images.item_type, images.default) == (list, Path, ())
     assert INPUT_SPECS["input_image"].required and INPUT_SPECS["input_image"].type is Path
@@ -94,7 +96,7 @@ def test_values_are_taken_as_clients_send_them():
             "width": 96.0,  # JSON clients may send an integral float for an integer
             "height": 64,
             "cfg_scale": 2,
-            "seed": None,  # None is "not given": a random seed
+            "seed": None,  # None is "not given": the default, a random seed
             "mp4_crf": None,
         }
     )
@@ -124,3 +126,30 @@ def test_a_request_cannot_change_once_validated():
     with pytest.raises(ValidationError):
         request.steps = 5
     assert GenerationRequest.model_validate(request.model_dump()) == request
+
+
+def test_text_inputs_have_limits_checked_before_any_work():
+    with pytest.raises(InvalidInput, match="'prompt': is 4,001 characters long; at most 4,000 are allowed"):
+        build_request({"input_image": START_IMAGE, "prompt": "a" * 4001})
+    with pytest.raises(InvalidInput, match="'lora_weights': is 2,049 characters long"):
+        build_request({"input_image": START_IMAGE, "prompt": "a", "lora_weights": "https://x/" + "a" * 2039})
+    assert build_request({"input_image": START_IMAGE, "prompt": "😀" * 4000}).prompt == "😀" * 4000
+
+
+def test_metadata_keeps_no_secrets_and_no_server_paths(tmp_path):
+    lora = tmp_path / "private" / "style.safetensors"
+    lora.parent.mkdir()
+    save_file({"x": torch.zeros(1)}, str(lora))
+    request = build_request(
+        {
+            "input_image": START_IMAGE,
+            "prompt": "x",
+            "lora_weights": "https://user:pw@example.com/style.safetensors?token=SECRET#part",
+            "extra_lora": str(lora),
+        }
+    )
+    stored = request.to_json()
+    assert "SECRET" not in stored and "pw" not in stored and str(tmp_path) not in stored
+    values = request.to_json_dict()
+    assert values["lora_weights"] == "https://example.com/style.safetensors"
+    assert values["extra_lora"] == "style.safetensors" and values["input_image"] == START_IMAGE.name
