@@ -1,6 +1,8 @@
 """`python -m framepack predict`: the local mirror of `cog predict`, for people and scripts without Docker.
 
 `python -m framepack download-weights [--weights DIR]` pre-fetches the weights (e.g. to bake into an image).
+`python -m framepack ui [--server 127.0.0.1] [--port 7860] [--share] [--inbrowser] [--auth USER:PASSWORD]` starts
+the web studio (`studio.py`), with the same engine flags as predict.
 
     python -m framepack predict -i prompt="..." -i input_image=@photo.jpg -i seed=42 [-i name=value ...]
         [--weights DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [--fp8] [-o out.mp4]
@@ -20,12 +22,48 @@ from pathlib import Path
 from .config import ATTENTION_CHOICES, COMPILE_MODES, DTYPES, EngineConfig
 from .errors import InvalidInput
 from .logs import configure_logging
-from .request import INPUT_SPECS, GenerationRequest, build_request, parse_text_value
+from .request import INPUT_SPECS, MODEL_VARIANTS, GenerationRequest, build_request, parse_text_value
 from .weights import CheckpointMismatch, MissingWeights, check_weights
 
 logger = logging.getLogger(__name__)
 
 EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """The engine's settings as flags, over the FRAMEPACK_* variables (`config.EngineConfig`)."""
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="weights folder in the hub layout (default: $FRAMEPACK_WEIGHTS or weights/)",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default=None, help="transformer dtype (default: bfloat16 on cuda, float32 on cpu)"
+    )
+    parser.add_argument(
+        "--fp8",
+        action="store_true",
+        default=None,
+        help="run the transformer blocks' Linear layers in FP8 (faster on Ada/Hopper GPUs, "
+        "output differs by a few percent; high-VRAM mode only)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default=None,
+        help="compile the transformer blocks: auto (resident weights on a GPU), on (also on "
+        "the CPU), off (default: $FRAMEPACK_COMPILE or auto)",
+    )
+    parser.add_argument(
+        "--attention",
+        choices=ATTENTION_CHOICES,
+        default=None,
+        help="the transformer blocks' attention kernel: auto (the fastest that passes its probe on this GPU) or "
+        "one by name; sage (SageAttention) is for GPUs without FlashAttention 4 and is only used when asked for "
+        "(default: $FRAMEPACK_ATTENTION or auto)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,38 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="an API input; prefix file paths with @ (input_image=@photo.jpg)",
     )
-    predict.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        help="weights folder in the hub layout (default: $FRAMEPACK_WEIGHTS or weights/)",
-    )
-    predict.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    predict.add_argument(
-        "--dtype", choices=DTYPES, default=None, help="transformer dtype (default: bfloat16 on cuda, float32 on cpu)"
-    )
-    predict.add_argument(
-        "--fp8",
-        action="store_true",
-        default=None,
-        help="run the transformer blocks' Linear layers in FP8 (faster on Ada/Hopper GPUs, "
-        "output differs by a few percent; high-VRAM mode only)",
-    )
-    predict.add_argument(
-        "--compile",
-        choices=COMPILE_MODES,
-        default=None,
-        help="compile the transformer blocks: auto (resident weights on a GPU), on (also on "
-        "the CPU), off (default: $FRAMEPACK_COMPILE or auto)",
-    )
-    predict.add_argument(
-        "--attention",
-        choices=ATTENTION_CHOICES,
-        default=None,
-        help="the transformer blocks' attention kernel: auto (the fastest that passes its probe on this GPU) or "
-        "one by name; sage (SageAttention) is for GPUs without FlashAttention 4 and is only used when asked for "
-        "(default: $FRAMEPACK_ATTENTION or auto)",
-    )
+    add_engine_flags(predict)
     predict.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
     predict.add_argument(
         "--dump-tensors",
@@ -92,6 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", type=Path, default=None, help="target folder (default: $FRAMEPACK_WEIGHTS or weights/)"
     )
     download.add_argument("--variants", default="original,f1", help="comma-separated model variants")
+    ui = commands.add_parser(
+        "ui",
+        help="the web studio (Gradio) on this machine",
+        description="Start the web studio over the engine. Binds to 127.0.0.1 unless told otherwise.",
+    )
+    add_engine_flags(ui)
+    ui.add_argument("--server", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    ui.add_argument(
+        "--share", action="store_true", help="also open a public gradio.live link (anyone with it can use the GPU)"
+    )
+    ui.add_argument("--inbrowser", action="store_true", help="open the page in the default browser")
+    ui.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="ask for this login")
+    ui.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where videos are kept (default: $FRAMEPACK_OUTPUT_DIR or outputs/)",
+    )
     return parser
 
 
@@ -168,10 +194,35 @@ def run_download(args: argparse.Namespace) -> Path:
     return weights_dir
 
 
+def run_ui(args: argparse.Namespace) -> None:
+    """Start the engine (both variants) and serve the studio until interrupted."""
+    if args.auth is not None and ":" not in args.auth:
+        raise InvalidInput("--auth", "expected USER:PASSWORD")
+    config = engine_config(args, MODEL_VARIANTS)
+    check_weights(config.weights_dir, config.variants)
+
+    from .engine import load_engine
+    from .studio import launch
+
+    output_dir = args.output_dir or config.output_dir or Path("outputs")
+    launch(
+        load_engine(config),
+        server=args.server,
+        port=args.port,
+        share=args.share,
+        inbrowser=args.inbrowser,
+        auth=args.auth,
+        output_dir=output_dir,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging("stderr")
     try:
+        if args.command == "ui":
+            run_ui(args)
+            return 0
         output = run_download(args) if args.command == "download-weights" else run_predict(args)
     except (InvalidInput, MissingWeights, CheckpointMismatch) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -66,6 +66,11 @@ class GenerationOptions:
         sections sample. The frames after those handed over are final only when `generate` returns (the last
         `overlap`; for the original variant, all).
     lora_downloads: where the request's LoRA URLs are cached and how large one may be (`EngineConfig`).
+    on_step: called after every sampling step with (generation index of the section, step index, the step's
+        x_0 prediction (1, 16, lws, h, w) float32 on the execution device); for previews. It runs in the
+        sampling loop: keep it cheap (a copy to the host waits for the GPU). Raising stops the generation.
+    on_section: called after each section with the frames decoded so far (T, H, W, 3) uint8 in video order;
+        with the decode in the background, the newest section's frames may not be among them yet.
     """
 
     runner: type[TransformerRunner] = PackedTransformer
@@ -73,6 +78,8 @@ class GenerationOptions:
     reuse_decoded_tiles: bool = True
     on_frames: Callable[[torch.Tensor], None] | None = None
     lora_downloads: LoraDownloads = LoraDownloads()
+    on_step: Callable[[int, int, torch.Tensor], None] | None = None
+    on_section: Callable[[torch.Tensor], None] | None = None
 
 
 def section_inputs(
@@ -106,9 +113,12 @@ def sample_section(
     texts: dict[str, TextInputs],
     inputs: SectionInputs,
     noise: torch.Tensor,
-    on_step=None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Denoise one section's window; returns the final x_0 prediction (1, 16, lws, h, w) float32."""
+    """Denoise one section's window; returns the final x_0 prediction (1, 16, lws, h, w) float32.
+
+    `on_step(step index, x_0)` follows every step.
+    """
     device, dtype = transformer.device, transformer.dtype
     _, _, _, latent_height, latent_width = noise.shape
     guidance = torch.tensor([settings.distilled_cfg_scale * 1000.0]).to(device=device, dtype=dtype)
@@ -117,7 +127,6 @@ def sample_section(
         for branch in ("positive", "negative")
     }
     sigmas = flux_sigmas(settings.steps, flux_mu(noisy_token_count(tuple(noise.shape))))
-    callback = (lambda i, _x0: on_step(i)) if on_step is not None else None
     edit = camera_roll(settings.steps, settings.camera_movement) if settings.camera_movement > 0 else None
     with transformer.on_device():
         prepared = transformer.prepare_section(inputs, latent_height, latent_width)
@@ -128,7 +137,7 @@ def sample_section(
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             return flow_x0(x, sigma, velocity, dtype, settings.cfg_scale, settings.cfg_rescale)
 
-        x0 = sample_unipc(denoise, noise.to(device=device, dtype=torch.float32), sigmas, callback, edit)
+        x0 = sample_unipc(denoise, noise.to(device=device, dtype=torch.float32), sigmas, on_step, edit)
     return x0.to("cpu")
 
 
@@ -161,6 +170,17 @@ def generate(
         # The runner is built with the LoRAs merged: it keeps a float32 copy of the output head.
         transformer = options.runner(model, models.device, models.streamers.get(request.model_variant))
         return _generate(request, models, progress, record, transformer, options)
+
+
+def _step_callback(progress: ProgressReporter, on_step, generation_index: int) -> Callable[[int, torch.Tensor], None]:
+    """The sampler's per-step callback: progress, then the caller's `on_step` with the section's index."""
+
+    def step_done(step: int, x0: torch.Tensor) -> None:
+        progress.step_done(step)
+        if on_step is not None:
+            on_step(generation_index, step, x0)
+
+    return step_done
 
 
 def _upcoming_decode(
@@ -222,8 +242,9 @@ def _generate(
                     "keyframe": cond.keyframes[section.video_index],
                 }
             )
+            on_step = _step_callback(progress, options.on_step, section.generation_index)
             with progress.stage("sampling"):
-                latents = sample_section(transformer, settings, texts, inputs, noise, progress.step_done)
+                latents = sample_section(transformer, settings, texts, inputs, noise, on_step)
             record(f"section_{section.generation_index}_latents", latents)
             record(f"section_{section.generation_index}_clean_latents", inputs.clean_latents)
 
@@ -234,6 +255,8 @@ def _generate(
                 variant.newest(newest, section.decode_latents or generated_frames),
                 _upcoming_decode(variant, upcoming, lws, newest),
             )
+            if options.on_section is not None:
+                options.on_section(decoder.assembler.frames())
         frames = decoder.finish()
         if decoder.tiles is not None:
             tiles = decoder.tiles

@@ -21,6 +21,7 @@ TINY_WEIGHTS = FIXTURES / "tiny-weights"
 IMAGES = FIXTURES / "images"
 GOLDEN = FIXTURES / "golden"
 START_IMAGE = IMAGES / "start_100x140.png"
+END_IMAGE = IMAGES / "end_100x140.png"
 
 # A small, fast request on the tiny weights (3 sections of 3 latents, 96x64).
 TINY_INPUTS = {

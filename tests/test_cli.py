@@ -84,3 +84,9 @@ def test_an_attention_kernel_asked_for_reaches_the_engine(run_cli, tmp_path):
 def test_an_unknown_attention_kernel_is_refused(run_cli, tmp_path):
     with pytest.raises(SystemExit):  # argparse: exit code 2 with the choices
         run_cli(*predict_args(TINY_INPUTS, tmp_path / "out.mp4", "--attention", "xformers"))
+
+
+def test_the_studio_refuses_a_malformed_login_before_loading(run_cli):
+    result = run_cli("ui", "--weights", str(TINY_WEIGHTS), "--auth", "no-colon")
+    assert result.code == 2 and "Invalid input '--auth': expected USER:PASSWORD" in result.stderr
+    assert "loading" not in result.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import IMAGES, TINY_WEIGHTS, musubi_lora, peft_lora, relative_l2, tiny_request
+from conftest import END_IMAGE, TINY_WEIGHTS, musubi_lora, peft_lora, relative_l2, tiny_request
 from safetensors.torch import save_file
 
 from framepack.models import all_blocks
@@ -18,7 +18,6 @@ from framepack.service import FramePackService
 
 # float32 on the CPU: compiled kernels reassociate sums, so results agree to rounding, not bit for bit.
 MAX_RELATIVE_L2 = 1e-5
-END_IMAGE = IMAGES / "end_100x140.png"
 BASE = tiny_request(prompt="a dancer on a stage", total_video_length_seconds=1.2)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import IMAGES, TINY_INPUTS, predict_args, tiny_request
+from conftest import END_IMAGE, IMAGES, TINY_INPUTS, predict_args, tiny_request
 from transformers import LlamaModel
 
 from framepack import conditioning, controls
@@ -12,7 +12,6 @@ from framepack.errors import InvalidInput
 from framepack.pipeline import TensorRecorder, generate
 from framepack.request import build_request
 
-END_IMAGE = IMAGES / "end_100x140.png"
 SMALL_IMAGE = IMAGES / "start_90x60.png"
 # 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.
 BASE = tiny_request(prompt="base prompt", seed=5)

@@ -1,0 +1,79 @@
+"""Named presets of a request's settings, in one JSON file, and the settings stored in a video we made.
+
+A preset is a mapping of API input names to JSON values: every input but the files (images), which are the
+user's material rather than settings. The file lives in the user's config folder
+(`$XDG_CONFIG_HOME/framepack/presets.json`, default `~/.config/framepack/presets.json`) and is replaced
+atomically on every change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInput
+from .request import INPUT_SPECS
+from .video import read_mp4_metadata
+
+FILE_INPUTS = tuple(name for name, spec in INPUT_SPECS.items() if spec.type in (Path, list))
+SETTINGS = tuple(name for name in INPUT_SPECS if name not in FILE_INPUTS)
+
+
+def default_presets_file() -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "framepack" / "presets.json"
+
+
+def settings_of(values: dict[str, Any]) -> dict[str, Any]:
+    """The settings among `values` (input name -> value): every known input but the files."""
+    return {name: values[name] for name in SETTINGS if name in values}
+
+
+class PresetStore:
+    """Presets by name in one JSON file: {"presets": {name: {input: value}}}."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path is not None else default_presets_file()
+
+    def names(self) -> list[str]:
+        return sorted(self._read())
+
+    def load(self, name: str) -> dict[str, Any]:
+        presets = self._read()
+        if name not in presets:
+            raise InvalidInput("preset", f"no preset named {name!r}")
+        return presets[name]
+
+    def save(self, name: str, values: dict[str, Any]) -> None:
+        name = name.strip()
+        if not name:
+            raise InvalidInput("preset", "give the preset a name")
+        presets = self._read()
+        presets[name] = settings_of(values)
+        self._write(presets)
+
+    def delete(self, name: str) -> None:
+        presets = self._read()
+        presets.pop(name, None)
+        self._write(presets)
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        if not self.path.is_file():
+            return {}
+        return json.loads(self.path.read_text()).get("presets", {})
+
+    def _write(self, presets: dict[str, dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps({"presets": presets}, indent=2, sort_keys=True))
+        os.replace(partial, self.path)
+
+
+def settings_from_video(path: Path) -> dict[str, Any]:
+    """The settings of the request that made the MP4 at `path` (seed included), from its metadata."""
+    request = read_mp4_metadata(Path(path)).get("request")
+    if not isinstance(request, dict):
+        raise InvalidInput("video", f"{Path(path).name} holds no FramePack settings (not made by this project?)")
+    return settings_of(request)

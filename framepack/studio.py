@@ -1,0 +1,432 @@
+"""The web studio: a Gradio page over the engine, with live previews, a section timeline, presets and Stop.
+
+`python -m framepack ui` starts it (`cli.py`). The form is built from the request model's table
+(`request.INPUT_SPECS`): every input with its default, range and description. A run validates the inputs as
+the API does, then generates on a worker thread while the page shows the progress line, a preview of the
+latents being sampled (`previews.py`), the video so far after each section, and at the end the MP4, its
+seed and timings. Stop ends the run at the next sampling step; the sections already finished stay as a
+playable video, labelled partial. One generation runs at a time; others wait in Gradio's queue, which shows
+their position. Beside the page, `/generate` takes the API's inputs by name and returns the MP4.
+
+Gradio is imported only here, when the studio starts, so the API and the engine stay light without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import inspect
+import logging
+import queue
+import random
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import controls, planner
+from .engine import Engine
+from .errors import InvalidInput
+from .outputs import generate_video
+from .presets import SETTINGS, PresetStore, settings_from_video
+from .previews import fit_latent_to_rgb, latent_preview
+from .progress import ProgressReporter
+from .request import INPUT_SPECS, MAX_SEED, InputSpec, build_request
+from .video import write_mp4
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_LINE = re.compile(r"section \d+/\d+, step \d+/\d+")
+PREVIEW_INTERVAL_S = 0.5  # at most two preview copies a second leave the GPU
+PRIVATE = "private"
+# The page's own quick events: outside the queue, and not part of the API (beside the page: /generate alone).
+PAGE_ONLY = {"queue": False, "api_visibility": PRIVATE}
+BASICS = ("input_image", "prompt", "total_video_length_seconds", "model_variant", "seed")
+TIMELINE = ("section_prompts", "section_images", "section_image_indices")
+END_FRAME = ("end_image", "end_image_strength")
+LORAS = ("lora_weights", "lora_scale", "extra_lora", "extra_lora_scale")
+ADVANCED = tuple(name for name in INPUT_SPECS if name not in BASICS + TIMELINE + END_FRAME + LORAS)
+
+
+class StopRequested(Exception):
+    """Raised inside the sampling loop when the user pressed Stop."""
+
+
+@dataclass
+class RunEvent:
+    """One message from the worker to the page: kind is progress, preview, section, done, stopped or failed."""
+
+    kind: str
+    text: str = ""
+    image: Any = None
+    path: Path | None = None
+
+
+@dataclass
+class Job:
+    """A generation on a worker thread, reporting through `events`; `stop` ends it at the next step."""
+
+    events: queue.Queue = field(default_factory=queue.Queue)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def timeline_rows(
+    length_seconds: float, window: int, prompt: str, section_prompts: str, keyframe_names: list[str], indices: str
+) -> list[list[Any]]:
+    """One row per section in video order: [section, from s, to s, prompt, keyframe file or ""].
+
+    The spans follow the section grid (`controls.section_grid`); bad keyframe indices show no keyframe here,
+    and the run names the problem.
+    """
+    num_sections = planner.section_count(length_seconds, window)
+    grid = controls.section_grid(num_sections, window)
+    prompts = controls.plan_section_prompts(section_prompts, prompt, num_sections).prompts
+    try:
+        keyframes = controls.plan_keyframes(
+            controls.parse_keyframe_indices(indices, len(keyframe_names), num_sections), num_sections
+        )
+    except InvalidInput:
+        keyframes = [None] * num_sections
+    return [
+        [
+            index,
+            round(start, 2),
+            round(end, 2),
+            prompts[index],
+            keyframe_names[keyframes[index]] if keyframes[index] is not None else "",
+        ]
+        for index, (start, end) in enumerate(grid)
+    ]
+
+
+def api_inputs(values: dict[str, Any]) -> dict[str, Any]:
+    """Form values as the request model takes them: files as paths, empty optional files left out."""
+    inputs = {}
+    for name, value in values.items():
+        spec = INPUT_SPECS[name]
+        if spec.type is Path:
+            value = _path_of(value)
+        elif spec.type is list:
+            value = [_path_of(item) for item in value or [] if _path_of(item) is not None]
+        if value is not None:
+            inputs[name] = value
+    return inputs
+
+
+def _path_of(value: Any) -> Path | None:
+    """A path from what Gradio hands over: a path string, a file dict or object (`path`, `name`), or None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):  # an API call's file: {"path": ..., "orig_name": ..., ...}
+        return Path(value["path"]) if value.get("path") else None
+    for attribute in ("path", "name"):
+        if hasattr(value, attribute) and not isinstance(value, (str, Path)):
+            return Path(getattr(value, attribute))
+    return Path(value)
+
+
+class Studio:
+    """The engine and the one generation that may run; `output_dir` keeps every finished video."""
+
+    def __init__(self, engine: Engine, output_dir: Path, presets: PresetStore):
+        self.engine = engine
+        self.output_dir = Path(output_dir)
+        self.presets = presets
+        self.scratch = Path(tempfile.mkdtemp(prefix="framepack-studio-"))
+        self.job: Job | None = None
+
+    def start(self, inputs: dict[str, Any]) -> Job:
+        """Validate `inputs` (raises InvalidInput) and start generating on a worker thread."""
+        request = build_request(inputs)
+        job = Job()
+        self.job = job
+        threading.Thread(target=self._generate, args=(request, job), daemon=True, name="framepack-studio").start()
+        return job
+
+    def stop(self) -> None:
+        if self.job is not None:
+            self.job.stop.set()
+
+    def _generate(self, request, job: Job) -> None:
+        """The worker: generate with previews and per-section videos; the last event says how it ended."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        output = self.output_dir / f"framepack-{stamp}-{request.seed}.mp4"
+        kept: dict[str, torch.Tensor] = {}
+        last_preview = [0.0]
+        sections_done = [0]
+        partial: list[Path | None] = [None]
+
+        def record(name: str, tensor: torch.Tensor) -> None:
+            if name in ("image_cropped_uint8", "start_latent"):
+                kept[name] = tensor.detach().cpu()
+
+        def on_step(section: int, step: int, x0: torch.Tensor) -> None:
+            if job.stop.is_set():
+                raise StopRequested
+            now = time.monotonic()
+            if now - last_preview[0] >= PREVIEW_INTERVAL_S and "start_latent" in kept:
+                last_preview[0] = now
+                if "projection" not in kept:
+                    kept["projection"] = fit_latent_to_rgb(kept["start_latent"], kept["image_cropped_uint8"])
+                image = latent_preview(x0, kept["projection"]).numpy()
+                job.events.put(RunEvent("preview", f"section {section + 1}, step {step + 1}", image=image))
+
+        def on_section(frames: torch.Tensor) -> None:
+            sections_done[0] += 1
+            if frames.shape[0] == 0:
+                return
+            path = self.scratch / f"so-far-{stamp}-{sections_done[0]}.mp4"
+            write_mp4(frames, path, request.mp4_crf)
+            partial[0] = path
+            job.events.put(RunEvent("section", f"{sections_done[0]}/{request.num_sections} sections", path=path))
+
+        progress = ProgressReporter(
+            request.num_sections,
+            request.steps,
+            write=lambda line: job.events.put(RunEvent("progress", line)) if PROGRESS_LINE.match(line) else None,
+        )
+        options = dataclasses.replace(self.engine.generation_options(), on_step=on_step, on_section=on_section)
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            result = generate_video(
+                request, self.engine.models, output, progress=progress, record=record, options=options
+            )
+            timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
+            job.events.put(RunEvent("done", f"seed {request.seed}; {timings}", path=output))
+        except StopRequested:
+            job.events.put(RunEvent("stopped", f"stopped after {sections_done[0]} sections", path=partial[0]))
+        except Exception as error:  # noqa: BLE001  (reported on the page; the studio stays up)
+            logger.exception("generation failed")
+            job.events.put(RunEvent("failed", str(error)))
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _component(gr, spec: InputSpec):
+    """The Gradio input for one API input, with its default, range and description."""
+    common = {"label": spec.name, "info": spec.description, "elem_id": f"input-{spec.name}"}
+    if spec.type is Path:
+        return gr.Image(type="filepath", sources=["upload"], label=spec.name, elem_id=common["elem_id"])
+    if spec.type is list:
+        return gr.File(file_count="multiple", file_types=["image"], label=spec.name, elem_id=common["elem_id"])
+    if spec.choices:
+        return gr.Dropdown(list(spec.choices), value=spec.default, **common)
+    if spec.type is bool:
+        return gr.Checkbox(value=spec.default, **common)
+    if spec.name == "seed":
+        return gr.Number(value=spec.default, precision=0, minimum=spec.ge, maximum=spec.le, **common)
+    if spec.type in (int, float):
+        step = 1 if spec.type is int else (0.01 if spec.le - spec.ge <= 2 else 0.1)
+        return gr.Slider(minimum=spec.ge, maximum=spec.le, step=step, value=spec.default, **common)
+    lines = 3 if "prompt" in spec.name else 1
+    return gr.Textbox(value=spec.default or "", lines=lines, max_length=spec.max_length, **common)
+
+
+def build_app(studio: Studio):
+    """The page and the `/generate` endpoint."""
+    import gradio as gr
+
+    names = list(INPUT_SPECS)
+    with gr.Blocks(title="FramePack studio") as app:
+        gr.Markdown("# FramePack studio")
+        components: dict[str, Any] = {}
+        with gr.Row():
+            with gr.Column(scale=1):
+                for name in BASICS:
+                    components[name] = _component(gr, INPUT_SPECS[name])
+                random_seed = gr.Button("Random seed", elem_id="random-seed", size="sm")
+                with gr.Accordion("Sections", open=True):
+                    for name in TIMELINE:
+                        components[name] = _component(gr, INPUT_SPECS[name])
+                    timeline = gr.Dataframe(
+                        headers=["section", "from s", "to s", "prompt", "keyframe"],
+                        interactive=False,
+                        elem_id="timeline",
+                        label="Timeline (video order)",
+                    )
+                with gr.Accordion("End frame", open=False):
+                    for name in END_FRAME:
+                        components[name] = _component(gr, INPUT_SPECS[name])
+                with gr.Accordion("LoRA", open=False):
+                    for name in LORAS:
+                        components[name] = _component(gr, INPUT_SPECS[name])
+                with gr.Accordion("Advanced", open=False):
+                    for name in ADVANCED:
+                        components[name] = _component(gr, INPUT_SPECS[name])
+                with gr.Accordion("Presets", open=False):
+                    preset_names = gr.Dropdown(studio.presets.names(), label="preset", elem_id="preset-names")
+                    preset_name = gr.Textbox(label="name", elem_id="preset-name")
+                    with gr.Row():
+                        save = gr.Button("Save", elem_id="preset-save", size="sm")
+                        load = gr.Button("Load", elem_id="preset-load", size="sm")
+                        delete = gr.Button("Delete", elem_id="preset-delete", size="sm")
+                    reuse = gr.File(label="Reuse settings from a video", file_types=[".mp4"], elem_id="reuse-video")
+                    preset_status = gr.Markdown(elem_id="preset-status")
+            with gr.Column(scale=1):
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="run")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                status = gr.Markdown(elem_id="status")
+                progress_line = gr.Markdown(elem_id="progress")
+                preview = gr.Image(label="Preview (latents being sampled)", elem_id="preview", interactive=False)
+                so_far = gr.Video(label="Video so far", elem_id="so-far", interactive=False)
+                final = gr.Video(label="Video", elem_id="final", interactive=False)
+                download = gr.File(label="Download", elem_id="download", interactive=False)
+
+        inputs = [components[name] for name in names]
+        settings = [components[name] for name in SETTINGS]
+
+        def refresh_timeline(length, window, prompt, section_prompts, images, indices):
+            keyframe_names = [p.name for p in api_inputs({"section_images": images}).get("section_images", [])]
+            return timeline_rows(length, int(window), prompt or "", section_prompts or "", keyframe_names, indices)
+
+        timeline_inputs = [
+            components[n]
+            for n in (
+                "total_video_length_seconds",
+                "latent_window_size",
+                "prompt",
+                "section_prompts",
+                "section_images",
+                "section_image_indices",
+            )
+        ]
+        for component in timeline_inputs:
+            component.change(refresh_timeline, timeline_inputs, timeline, **PAGE_ONLY)
+        app.load(refresh_timeline, timeline_inputs, timeline, **PAGE_ONLY)
+        random_seed.click(
+            lambda: random.randint(0, MAX_SEED), None, components["seed"], queue=False, api_visibility=PRIVATE
+        )
+
+        def run_from_page(*values) -> Iterator[tuple]:
+            keep = gr.skip()
+            try:
+                job = studio.start(api_inputs(dict(zip(names, values))))
+            except InvalidInput as error:
+                yield f"**{error}**", keep, keep, keep, keep, keep
+                return
+            yield "Running…", "", None, None, None, None
+            while True:
+                event = job.events.get()
+                if event.kind == "progress":
+                    yield keep, event.text, keep, keep, keep, keep
+                elif event.kind == "preview":
+                    yield keep, keep, event.image, keep, keep, keep
+                elif event.kind == "section":
+                    yield keep, keep, keep, str(event.path), keep, keep
+                elif event.kind == "done":
+                    yield f"Done: {event.text}", keep, keep, keep, str(event.path), str(event.path)
+                    return
+                elif event.kind == "stopped":
+                    partial = str(event.path) if event.path else None
+                    yield f"Stopped: partial video, {event.text}", keep, keep, partial, None, partial
+                    return
+                else:
+                    yield f"**Failed:** {event.text}", keep, keep, keep, keep, keep
+                    return
+
+        run.click(
+            run_from_page,
+            inputs,
+            [status, progress_line, preview, so_far, final, download],
+            concurrency_limit=1,
+            concurrency_id="generation",
+            api_visibility=PRIVATE,
+        )
+        stop.click(studio.stop, None, None, **PAGE_ONLY)
+
+        def save_preset(name, *values):
+            try:
+                studio.presets.save(name, dict(zip(SETTINGS, values)))
+            except InvalidInput as error:
+                return gr.update(), f"**{error}**"
+            return gr.update(choices=studio.presets.names(), value=name.strip()), f"Saved preset {name.strip()!r}"
+
+        def load_settings(found: dict[str, Any], message: str):
+            return [found.get(name, gr.skip()) for name in SETTINGS] + [message]
+
+        def load_preset(name):
+            try:
+                return load_settings(studio.presets.load(name or ""), f"Loaded preset {name!r}")
+            except InvalidInput as error:
+                return [gr.skip()] * len(SETTINGS) + [f"**{error}**"]
+
+        def delete_preset(name):
+            studio.presets.delete(name or "")
+            return gr.update(choices=studio.presets.names(), value=None), f"Deleted preset {name!r}"
+
+        def reuse_video(file):
+            if file is None:
+                return [gr.skip()] * len(SETTINGS) + [""]
+            try:
+                return load_settings(settings_from_video(_path_of(file)), "Settings restored from the video")
+            except (InvalidInput, OSError, ValueError) as error:
+                return [gr.skip()] * len(SETTINGS) + [f"**{error}**"]
+
+        save.click(
+            save_preset, [preset_name, *settings], [preset_names, preset_status], queue=False, api_visibility=PRIVATE
+        )
+        load.click(load_preset, preset_names, [*settings, preset_status], **PAGE_ONLY)
+        delete.click(delete_preset, preset_names, [preset_names, preset_status], **PAGE_ONLY)
+        reuse.upload(reuse_video, reuse, [*settings, preset_status], **PAGE_ONLY)
+        app.load(
+            lambda: gr.update(choices=studio.presets.names()), None, preset_names, queue=False, api_visibility=PRIVATE
+        )
+        gr.api(_api_function(studio), api_name="generate", concurrency_limit=1, concurrency_id="generation")
+    return app
+
+
+def _api_function(studio: Studio):
+    """`/generate`: the API's inputs as keyword arguments (files as uploads), returning the MP4."""
+    from gradio.data_classes import FileData
+
+    def generate(*args, **kwargs):
+        values = dict(zip(INPUT_SPECS, args)) | kwargs
+        job = studio.start(api_inputs(values))
+        while True:
+            event = job.events.get()
+            if event.kind == "done":
+                return FileData(path=str(event.path))
+            if event.kind in ("stopped", "failed"):
+                raise RuntimeError(f"generation {event.kind}: {event.text}")
+
+    hints = {Path: FileData | None, list: list[FileData]}
+    parameters = []
+    for name, spec in INPUT_SPECS.items():
+        annotation = hints.get(spec.type, spec.type)
+        default = inspect.Parameter.empty if spec.required else spec.default
+        if spec.type is list:
+            default = None
+            annotation = list[FileData] | None
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+        )
+    generate.__signature__ = inspect.Signature(parameters, return_annotation=FileData)
+    generate.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": FileData}
+    generate.__doc__ = "Generate a video from the prediction API's inputs; returns the MP4."
+    return generate
+
+
+def launch(engine: Engine, *, server: str, port: int, share: bool, inbrowser: bool, auth: str | None, output_dir: Path):
+    """Build the page over `engine` and serve it (blocking)."""
+    studio = Studio(engine, output_dir, PresetStore())
+    app = build_app(studio)
+    if share:
+        logger.warning("--share: anyone with the printed gradio.live link can use this GPU and see its outputs")
+    credentials = tuple(auth.split(":", 1)) if auth else None
+    app.queue(default_concurrency_limit=1).launch(
+        server_name=server,
+        server_port=port,
+        share=share,
+        inbrowser=inbrowser,
+        auth=credentials,
+        allowed_paths=[str(output_dir), str(studio.scratch)],
+    )
