@@ -13,6 +13,7 @@ Gradio is imported only here, when the studio starts, so the API and the engine 
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import gc
 import inspect
@@ -20,6 +21,7 @@ import logging
 import queue
 import random
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -138,7 +140,8 @@ class Studio:
         self.engine = engine
         self.output_dir = Path(output_dir)
         self.presets = presets
-        self.scratch = Path(tempfile.mkdtemp(prefix="framepack-studio-"))
+        self.scratch = Path(tempfile.mkdtemp(prefix="framepack-studio-"))  # the videos so far; gone at exit
+        atexit.register(shutil.rmtree, self.scratch, True)
         self.job: Job | None = None
 
     def start(self, inputs: dict[str, Any]) -> Job:
@@ -333,10 +336,23 @@ def build_app(studio: Studio):
                     yield f"**Failed:** {event.text}", keep, keep, keep, keep, keep
                     return
 
+        def validate_form(*values):
+            """Before a run: the API's validation, its error shown at the input it names."""
+            try:
+                build_request(api_inputs(dict(zip(names, values))))
+                error = None
+            except InvalidInput as invalid:
+                error = invalid
+            return [
+                gr.validate(error is None or error.name != name, error.message if error and error.name == name else "")
+                for name in names
+            ]
+
         run.click(
             run_from_page,
             inputs,
             [status, progress_line, preview, so_far, final, download],
+            validator=validate_form,
             concurrency_limit=1,
             concurrency_id="generation",
             api_visibility=PRIVATE,

@@ -241,3 +241,16 @@ def test_the_timeline_follows_the_sections_prompts_and_keyframes():
     rows = timeline_rows(1.2, 3, "a cat", "\nrain", ["k.png"], "2")
     assert rows == [[0, 0.0, 0.43, "a cat", ""], [1, 0.43, 0.83, "rain", ""], [2, 0.83, 1.23, "rain", "k.png"]]
     assert [row[4] for row in timeline_rows(1.2, 3, "a", "", ["k.png"], "7")] == ["", "", ""]  # bad index: none
+
+
+def test_a_bad_input_is_named_beside_it_and_nothing_runs(page, studio):
+    before = set(studio["outputs"].glob("*.mp4")) if studio["outputs"].exists() else set()
+    page.locator("#input-input_image input[type=file]").set_input_files(str(START_IMAGE))
+    _set(page, "prompt", "a cat")
+    _open(page, "Advanced")
+    _set(page, "width", 100)
+    _set(page, "height", 64)
+    page.locator("#run").click()
+    page.locator("#input-width").get_by_text("100 is not a multiple of 16").wait_for(timeout=10_000)
+    assert page.locator("#progress").inner_text() == ""
+    assert (set(studio["outputs"].glob("*.mp4")) if studio["outputs"].exists() else set()) == before
