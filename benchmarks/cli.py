@@ -39,7 +39,7 @@ from framepack.transformer import PackedTransformer
 from framepack.vae_acceleration import accelerate_vae
 
 from . import forward
-from .end_to_end import EndToEndRuns
+from .end_to_end import EndToEndRuns, preview_cost
 from .low_vram import low_vram, save_into
 from .measure import peak_memory, relative_l2
 from .random_models import random_models, save_random_weights
@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         choices=ATTENTION_CHOICES[1:],
         help="also time our eager forward with each of these attention kernels, against the stock forward",
+    )
+    parser.add_argument(
+        "--preview-cost",
+        action="store_true",
+        help="also time our loop's sampling with and without the studio's live preview (--e2e-seconds, --steps)",
     )
     parser.add_argument("--fp8", action="store_true", help="also time the FP8 mode (last: it replaces layers)")
     parser.add_argument("--decode", action="store_true", help="also time one section's VAE decode, diffusers' and ours")
@@ -221,6 +226,8 @@ def compare_paths(args, device: torch.device, dtype: torch.dtype, size: tuple[in
     print({k: report[k] for k in ("forward_stock_s", "forward_ours_s", "forward_speedup", "forward_relative_l2")})
     if args.e2e:
         _our_loop(args, e2e, teacache_off, teacache_on)
+    if args.preview_cost:
+        report["preview_cost"] = preview_cost(e2e)
     if args.fp8:
         _fp8(args, case, device, e2e, report, stock_out, ours_out, fp32_out, teacache_off)
     report.update(peak_memory(device))

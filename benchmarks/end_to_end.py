@@ -33,13 +33,15 @@ def end_to_end(
     device: torch.device,
     our_decode: bool = False,
     variant: str = "original",
+    on_step=None,
+    record=None,
 ) -> dict:
     """One generation and its MP4, timed per stage; reports the run's peak GPU memory.
 
     `our_decode`: in the background where memory allows, shared tiles decoded once, and F1's MP4 encoded as its
     frames become final; else as the reference decodes (in line, each section whole) and encodes (at the end).
     Returns the stage seconds, the decode plan's log lines, the frame count, and the video's latents
-    (1, 16, T, h, w) and frames (T, H, W, 3) uint8.
+    (1, 16, T, h, w) and frames (T, H, W, 3) uint8. `on_step` and `record` are the pipeline's hooks.
     """
     request = build_request(
         {
@@ -69,8 +71,12 @@ def end_to_end(
         models,
         image.with_name("output.mp4"),
         progress=progress,
+        record=record,
         options=GenerationOptions(
-            runner=runner, background_decode=None if our_decode else False, reuse_decoded_tiles=our_decode
+            runner=runner,
+            background_decode=None if our_decode else False,
+            reuse_decoded_tiles=our_decode,
+            on_step=on_step,
         ),
         stream=our_decode,
     )
@@ -140,3 +146,53 @@ class EndToEndRuns:
 
     def speedup(self, baseline: str, name: str) -> float:
         return self.results[baseline]["total"] / self.results[name]["total"]
+
+
+def preview_cost(runs: EndToEndRuns, rounds: int = 2) -> dict:
+    """Sampling seconds of our loop without and with the studio's live preview (`previews.ThrottledPreview`).
+
+    The two alternate, `rounds` times each, so drift of the GPU's clock falls on both; reports the medians,
+    their ratio and how many previews were made.
+    """
+    from framepack.previews import ThrottledPreview
+    from framepack.studio import PREVIEW_INTERVAL_S
+    from framepack.transformer import PackedTransformer
+
+    seconds: dict[str, list[float]] = {"without": [], "with": []}
+    pictures = []
+    for _ in range(rounds):
+        plain = end_to_end(
+            runs.models,
+            runs.image,
+            runs.size,
+            PackedTransformer,
+            False,
+            runs.seconds,
+            runs.steps,
+            runs.device,
+            True,
+            runs.variant,
+        )
+        seconds["without"].append(plain["sampling"])
+        preview = ThrottledPreview(lambda section, step, picture: pictures.append(picture.shape), PREVIEW_INTERVAL_S)
+        shown = end_to_end(
+            runs.models,
+            runs.image,
+            runs.size,
+            PackedTransformer,
+            False,
+            runs.seconds,
+            runs.steps,
+            runs.device,
+            True,
+            runs.variant,
+            on_step=preview,
+            record=preview.record,
+        )
+        seconds["with"].append(shown["sampling"])
+    median = {name: sorted(values)[len(values) // 2] for name, values in seconds.items()}
+    result = {"sampling_s": seconds, "ratio_with_over_without": median["with"] / median["without"]}
+    result["previews"] = len(pictures)
+    result["preview_shape"] = list(pictures[0]) if pictures else None
+    print("preview cost", result, flush=True)
+    return result

@@ -7,6 +7,8 @@ is one small matrix product per step, far below a transformer pass.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -32,3 +34,30 @@ def latent_preview(latents: torch.Tensor, projection: torch.Tensor) -> torch.Ten
     rgb = x @ projection[:-1].to(x.device) + projection[-1].to(x.device)  # (T, h, w, 3)
     picture = torch.cat(list(rgb), dim=1)  # (h, T*w, 3)
     return ((picture.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+class ThrottledPreview:
+    """The sampler's `on_step` hook that makes a preview picture at most every `interval` seconds.
+
+    Give it the generation's recorded tensors first (`record`: it keeps the start image and its latent, and fits
+    the map on the first preview); `emit(section, step, picture)` receives each (h, T*w, 3) uint8 picture.
+    """
+
+    def __init__(self, emit, interval: float, clock=time.monotonic):
+        self.emit, self.interval, self.clock = emit, interval, clock
+        self.kept: dict[str, torch.Tensor] = {}
+        self.projection: torch.Tensor | None = None
+        self.last = float("-inf")
+
+    def record(self, name: str, tensor: torch.Tensor) -> None:
+        if name in ("image_cropped_uint8", "start_latent"):
+            self.kept[name] = tensor.detach().cpu()
+
+    def __call__(self, section: int, step: int, x0: torch.Tensor) -> None:
+        now = self.clock()
+        if now - self.last < self.interval or "start_latent" not in self.kept:
+            return
+        self.last = now
+        if self.projection is None:
+            self.projection = fit_latent_to_rgb(self.kept["start_latent"], self.kept["image_cropped_uint8"])
+        self.emit(section, step, latent_preview(x0, self.projection))

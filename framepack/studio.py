@@ -37,7 +37,7 @@ from .engine import Engine
 from .errors import InvalidInput
 from .outputs import generate_video
 from .presets import SETTINGS, PresetStore, settings_from_video
-from .previews import fit_latent_to_rgb, latent_preview
+from .previews import ThrottledPreview
 from .progress import ProgressReporter
 from .request import INPUT_SPECS, MAX_SEED, InputSpec, build_request
 from .video import write_mp4
@@ -160,25 +160,19 @@ class Studio:
         """The worker: generate with previews and per-section videos; the last event says how it ended."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         output = self.output_dir / f"framepack-{stamp}-{request.seed}.mp4"
-        kept: dict[str, torch.Tensor] = {}
-        last_preview = [0.0]
         sections_done = [0]
         partial: list[Path | None] = [None]
-
-        def record(name: str, tensor: torch.Tensor) -> None:
-            if name in ("image_cropped_uint8", "start_latent"):
-                kept[name] = tensor.detach().cpu()
+        preview = ThrottledPreview(
+            lambda section, step, picture: job.events.put(
+                RunEvent("preview", f"section {section + 1}, step {step + 1}", image=picture.numpy())
+            ),
+            PREVIEW_INTERVAL_S,
+        )
 
         def on_step(section: int, step: int, x0: torch.Tensor) -> None:
             if job.stop.is_set():
                 raise StopRequested
-            now = time.monotonic()
-            if now - last_preview[0] >= PREVIEW_INTERVAL_S and "start_latent" in kept:
-                last_preview[0] = now
-                if "projection" not in kept:
-                    kept["projection"] = fit_latent_to_rgb(kept["start_latent"], kept["image_cropped_uint8"])
-                image = latent_preview(x0, kept["projection"]).numpy()
-                job.events.put(RunEvent("preview", f"section {section + 1}, step {step + 1}", image=image))
+            preview(section, step, x0)
 
         def on_section(frames: torch.Tensor) -> None:
             sections_done[0] += 1
@@ -198,7 +192,7 @@ class Studio:
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             result = generate_video(
-                request, self.engine.models, output, progress=progress, record=record, options=options
+                request, self.engine.models, output, progress=progress, record=preview.record, options=options
             )
             timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
             job.events.put(RunEvent("done", f"seed {request.seed}; {timings}", path=output))

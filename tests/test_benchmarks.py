@@ -23,11 +23,16 @@ def test_tiny_benchmark_runs_and_paths_agree(tmp_path):
 def test_tiny_benchmark_teacache_runs_only_against_the_reference_decode(tmp_path):
     out = tmp_path / "bench.json"
     run_bench(
-        out, "--size tiny --repeat 1 --e2e --teacache-runs-only --compare-reference-decode --e2e-seconds 1.2 --steps 2"
+        out,
+        "--size tiny --repeat 1 --e2e --teacache-runs-only --compare-reference-decode --e2e-seconds 1.2 --steps 2 "
+        "--preview-cost",
     )
     report = json.loads(out.read_text())
     assert set(report["e2e"]) == {"eager_teacache_on", "ours_teacache_on", "ours_reference_decode_teacache_on"}
     assert "e2e_speedup_teacache_on" in report
+    # The studio's live preview: made at the first step at least, the window's 9 latent frames side by side.
+    cost = report["preview_cost"]
+    assert cost["previews"] >= 2 and cost["preview_shape"] == [8, 9 * 12, 3] and cost["ratio_with_over_without"] > 0
     comparison = report["e2e_our_decode_teacache_on"]
     assert comparison["frames_equal"] and comparison["frames_max_difference"] == 0
     # Off the GPU our loop decides to decode in line, and says so; its one section (10 latents) is 4 tiles.
