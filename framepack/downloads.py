@@ -64,16 +64,22 @@ def public_url(url: str) -> str:
 
 
 def refused_address(address: str) -> str | None:
-    """Why a URL input may not connect to `address` (an IP), or None for a public address."""
+    """Why a URL input may not connect to `address` (an IP), or None for a globally routable unicast address.
+
+    IPv6 addresses that carry an IPv4 one (mapped, 6to4, Teredo) are judged by the IPv4 address they carry.
+    Anything not global is refused, which also covers the shared address space 100.64.0.0/10 where some
+    clouds serve instance metadata.
+    """
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        carried = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        ip = carried or ip
     for kind, applies in (
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
         ("private", ip.is_private),
         ("multicast", ip.is_multicast),
-        ("reserved", ip.is_reserved or ip.is_unspecified),
+        ("non-public", not ip.is_global),
     ):
         if applies:
             return f"a {kind} address"
@@ -173,11 +179,12 @@ def _get(url: str, name: str, shown: str, allow_private: bool, transfer: _Transf
         raise InvalidInput(name, f"{shown} led to {public_url(url)}: only https URLs are accepted")
     port = parts.port or 443
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)}
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except OSError:
         raise InvalidInput(name, f"could not download {shown}: {_UNREACHABLE}") from None
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))  # the resolver's order of preference
     if not allow_private:
-        for address in sorted(addresses):
+        for address in addresses:
             reason = refused_address(address)
             if reason is not None:
                 raise InvalidInput(
@@ -185,8 +192,7 @@ def _get(url: str, name: str, shown: str, allow_private: bool, transfer: _Transf
                     f"{public_url(url)} resolves to {reason}; URL inputs must be public hosts "
                     "(FRAMEPACK_ALLOW_PRIVATE_URLS=1 allows private networks)",
                 )
-    # Longer than the rate window: a silent host is dropped by the waiting thread's rate check, with its message.
-    raw = socket.create_connection((sorted(addresses)[0], port), timeout=3 * RATE_WINDOW_S)
+    raw = _connect(addresses, port)
     transfer.sockets.append(raw)
     if transfer.stop.is_set():
         raise OSError("cancelled")
@@ -197,6 +203,19 @@ def _get(url: str, name: str, shown: str, allow_private: bool, transfer: _Transf
     path = parts.path or "/"
     connection.request("GET", f"{path}?{parts.query}" if parts.query else path, headers={"User-Agent": "framepack"})
     return connection.getresponse()
+
+
+def _connect(addresses: list[str], port: int) -> socket.socket:
+    """A connection to the first of the checked `addresses` that answers (an IPv6 one may be unreachable here).
+
+    The timeout is longer than the rate window: a silent host is dropped by the waiting thread's rate check.
+    """
+    for address in addresses[:-1]:
+        try:
+            return socket.create_connection((address, port), timeout=3 * RATE_WINDOW_S)
+        except OSError:
+            continue
+    return socket.create_connection((addresses[-1], port), timeout=3 * RATE_WINDOW_S)
 
 
 def _save_body(response, name: str, shown: str, target: Path, max_bytes: int, transfer: _Transfer) -> None:

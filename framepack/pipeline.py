@@ -69,8 +69,8 @@ class GenerationOptions:
     on_step: called after every sampling step with (generation index of the section, step index, the step's
         x_0 prediction (1, 16, lws, h, w) float32 on the execution device); for previews. It runs in the
         sampling loop: keep it cheap (a copy to the host waits for the GPU). Raising stops the generation.
-    on_section: called after each section with the frames decoded so far (T, H, W, 3) uint8 in video order;
-        with the decode in the background, the newest section's frames may not be among them yet.
+    on_section: called after each section with the frames so far (T, H, W, 3) uint8 in video order, the
+        section's own included: with it the VAE decodes in line, after each section.
     """
 
     runner: type[TransformerRunner] = PackedTransformer
@@ -218,6 +218,10 @@ def _generate(
     history, generated_frames = variant.start_history(empty, start_latent)
     assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant.prepends, on_final=options.on_frames)
     background_decode = options.background_decode
+    if options.on_section is not None and background_decode is not False:
+        # on_section is handed each section's frames at once, so they must be decoded by then.
+        background_decode = False
+        progress.write("VAE decode: after each section (its frames are shown as it ends)")
     if background_decode is None:
         background_decode, reason = background_decode_plan(models.vae, 8 * latent_height, 8 * latent_width)
         progress.write(f"VAE decode: {reason}")

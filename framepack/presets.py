@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,13 @@ class PresetStore:
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path is not None else default_presets_file()
+        self._lock = threading.Lock()  # the page's events run concurrently; each change reads, edits, writes
 
     def names(self) -> list[str]:
-        return sorted(self._read())
+        try:
+            return sorted(self._read())
+        except InvalidInput:
+            return []  # the page still loads; saving or loading says what is wrong
 
     def load(self, name: str) -> dict[str, Any]:
         presets = self._read()
@@ -50,23 +55,29 @@ class PresetStore:
         name = name.strip()
         if not name:
             raise InvalidInput("preset", "give the preset a name")
-        presets = self._read()
-        presets[name] = settings_of(values)
-        self._write(presets)
+        with self._lock:
+            presets = self._read()
+            presets[name] = settings_of(values)
+            self._write(presets)
 
     def delete(self, name: str) -> None:
-        presets = self._read()
-        presets.pop(name, None)
-        self._write(presets)
+        with self._lock:
+            presets = self._read()
+            presets.pop(name, None)
+            self._write(presets)
 
     def _read(self) -> dict[str, dict[str, Any]]:
         if not self.path.is_file():
             return {}
-        return json.loads(self.path.read_text()).get("presets", {})
+        try:
+            presets = json.loads(self.path.read_text()).get("presets", {})
+        except (ValueError, AttributeError) as error:
+            raise InvalidInput("preset", f"{self.path} is not a presets file ({error}); move it away") from None
+        return presets
 
     def _write(self, presets: dict[str, dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.partial")
         partial.write_text(json.dumps({"presets": presets}, indent=2, sort_keys=True))
         os.replace(partial, self.path)
 

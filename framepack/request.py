@@ -350,16 +350,23 @@ class FileInputs:
 
     served: bool = False
     lora_dirs: tuple[Path, ...] = ()
+    upload_dir: Path | None = None  # when set, served images must lie inside it (the web studio's uploads)
 
 
-def check_served_files(inputs: Mapping[str, Any]) -> None:
-    """Refuse image inputs given as text (a path on the server) rather than as a file Cog delivered."""
+def check_served_files(inputs: Mapping[str, Any], upload_dir: Path | None = None) -> None:
+    """Refuse image inputs given as text (a path on the server) rather than as a file the server received.
+
+    With `upload_dir`, a file must also lie inside that folder (after resolving links and `..`).
+    """
+    refusal = "give an upload, an https URL or a data URI; paths on the server are not read"
     for name, spec in INPUT_SPECS.items():
         if spec.type not in (Path, list) or inputs.get(name) is None:
             continue
         values = inputs[name] if spec.type is list else [inputs[name]]
         if any(not isinstance(value, Path) for value in values):
-            raise InvalidInput(name, "give an upload, an https URL or a data URI; paths on the server are not read")
+            raise InvalidInput(name, refusal)
+        if upload_dir is not None and not all(v.resolve().is_relative_to(upload_dir.resolve()) for v in values):
+            raise InvalidInput(name, refusal)
 
 
 def check_image_file(name: str, path: Path) -> None:
@@ -417,7 +424,7 @@ def build_request(
     where `files` allows.
     """
     if files.served:
-        check_served_files(inputs)
+        check_served_files(inputs, files.upload_dir)
     try:
         request = GenerationRequest.model_validate({k: v for k, v in inputs.items() if v is not None})
     except ValidationError as error:

@@ -39,7 +39,7 @@ from .outputs import generate_video
 from .presets import SETTINGS, PresetStore, settings_from_video
 from .previews import ThrottledPreview
 from .progress import ProgressReporter
-from .request import INPUT_SPECS, MAX_SEED, InputSpec, build_request
+from .request import INPUT_SPECS, MAX_SEED, FileInputs, InputSpec, build_request
 from .video import write_mp4
 
 logger = logging.getLogger(__name__)
@@ -133,20 +133,71 @@ def _path_of(value: Any) -> Path | None:
     return Path(value)
 
 
-class Studio:
-    """The engine and the one generation that may run; `output_dir` keeps every finished video."""
+class SoFarWriter:
+    """Encodes the video so far on a thread of its own, so sampling never waits for it.
 
-    def __init__(self, engine: Engine, output_dir: Path, presets: PresetStore):
+    Only the newest frames handed over are encoded: a section that ends while the previous one is still being
+    written replaces it. Each finished file replaces the previous one on disk; `emit(path)` announces it.
+    """
+
+    def __init__(self, folder: Path, stem: str, crf: int, emit):
+        self.folder, self.stem, self.crf, self.emit = folder, stem, crf, emit
+        self.latest: Path | None = None
+        self._pending: tuple[int, torch.Tensor] | None = None
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="framepack-so-far")
+        self._thread.start()
+
+    def submit(self, sections: int, frames: torch.Tensor) -> None:
+        with self._wake:
+            self._pending = (sections, frames)
+            self._wake.notify()
+
+    def close(self, timeout: float = 60.0) -> Path | None:
+        """Write what is pending, stop, and return the newest file."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        return self.latest
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._pending is None and not self._closed:
+                    self._wake.wait()
+                if self._pending is None:
+                    return
+                (sections, frames), self._pending = self._pending, None
+            path = self.folder / f"{self.stem}-{sections}.mp4"
+            write_mp4(frames, path, self.crf)
+            if self.latest is not None:
+                self.latest.unlink(missing_ok=True)
+            self.latest = path
+            self.emit(sections, path)
+
+
+class Studio:
+    """The engine and the one generation that may run; `output_dir` keeps every finished video.
+
+    Stop ends the generation that runs, whoever started it: the studio is for one user (or a few who share
+    it), bound to 127.0.0.1 by default.
+    """
+
+    def __init__(self, engine: Engine, output_dir: Path, presets: PresetStore, files: FileInputs = FileInputs()):
         self.engine = engine
         self.output_dir = Path(output_dir)
         self.presets = presets
+        self.files = files
+        self.lock = threading.Lock()  # one generation at a time, also when a closed page left one finishing
         self.scratch = Path(tempfile.mkdtemp(prefix="framepack-studio-"))  # the videos so far; gone at exit
         atexit.register(shutil.rmtree, self.scratch, True)
         self.job: Job | None = None
 
     def start(self, inputs: dict[str, Any]) -> Job:
         """Validate `inputs` (raises InvalidInput) and start generating on a worker thread."""
-        request = build_request(inputs)
+        request = build_request(inputs, files=self.files)
         job = Job()
         self.job = job
         threading.Thread(target=self._generate, args=(request, job), daemon=True, name="framepack-studio").start()
@@ -157,11 +208,22 @@ class Studio:
             self.job.stop.set()
 
     def _generate(self, request, job: Job) -> None:
+        with self.lock:
+            self._generate_locked(request, job)
+
+    def _generate_locked(self, request, job: Job) -> None:
         """The worker: generate with previews and per-section videos; the last event says how it ended."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         output = self.output_dir / f"framepack-{stamp}-{request.seed}.mp4"
         sections_done = [0]
-        partial: list[Path | None] = [None]
+        so_far = SoFarWriter(
+            self.scratch,
+            f"so-far-{stamp}",
+            request.mp4_crf,
+            lambda sections, path: job.events.put(
+                RunEvent("section", f"{sections}/{request.num_sections} sections", path=path)
+            ),
+        )
         preview = ThrottledPreview(
             lambda section, step, picture: job.events.put(
                 RunEvent("preview", f"section {section + 1}, step {step + 1}", image=picture.numpy())
@@ -176,12 +238,8 @@ class Studio:
 
         def on_section(frames: torch.Tensor) -> None:
             sections_done[0] += 1
-            if frames.shape[0] == 0:
-                return
-            path = self.scratch / f"so-far-{stamp}-{sections_done[0]}.mp4"
-            write_mp4(frames, path, request.mp4_crf)
-            partial[0] = path
-            job.events.put(RunEvent("section", f"{sections_done[0]}/{request.num_sections} sections", path=path))
+            if frames.shape[0]:
+                so_far.submit(sections_done[0], frames)
 
         progress = ProgressReporter(
             request.num_sections,
@@ -194,11 +252,14 @@ class Studio:
             result = generate_video(
                 request, self.engine.models, output, progress=progress, record=preview.record, options=options
             )
+            so_far.close()
             timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
             job.events.put(RunEvent("done", f"seed {request.seed}; {timings}", path=output))
         except StopRequested:
-            job.events.put(RunEvent("stopped", f"stopped after {sections_done[0]} sections", path=partial[0]))
+            partial = so_far.close()
+            job.events.put(RunEvent("stopped", f"stopped after {sections_done[0]} sections", path=partial))
         except Exception as error:  # noqa: BLE001  (reported on the page; the studio stays up)
+            so_far.close()
             logger.exception("generation failed")
             job.events.put(RunEvent("failed", str(error)))
         finally:
@@ -311,6 +372,12 @@ def build_app(studio: Studio):
                 yield f"**{error}**", keep, keep, keep, keep, keep
                 return
             yield "Running…", "", None, None, None, None
+            try:
+                yield from _page_updates(job, keep)
+            finally:  # the page went away (or the run ended): a run nobody watches stops at its next step
+                job.stop.set()
+
+        def _page_updates(job: Job, keep) -> Iterator[tuple]:
             while True:
                 event = job.events.get()
                 if event.kind == "progress":
@@ -333,7 +400,7 @@ def build_app(studio: Studio):
         def validate_form(*values):
             """Before a run: the API's validation, its error shown at the input it names."""
             try:
-                build_request(api_inputs(dict(zip(names, values))))
+                build_request(api_inputs(dict(zip(names, values))), files=studio.files)
                 error = None
             except InvalidInput as invalid:
                 error = invalid
@@ -396,17 +463,21 @@ def build_app(studio: Studio):
 
 def _api_function(studio: Studio):
     """`/generate`: the API's inputs as keyword arguments (files as uploads), returning the MP4."""
+    import gradio as gr
     from gradio.data_classes import FileData
 
     def generate(*args, **kwargs):
         values = dict(zip(INPUT_SPECS, args)) | kwargs
-        job = studio.start(api_inputs(values))
+        try:
+            job = studio.start(api_inputs(values))
+        except InvalidInput as error:
+            raise gr.Error(str(error)) from None  # gr.Error reaches the client; other exceptions are hidden
         while True:
             event = job.events.get()
             if event.kind == "done":
                 return FileData(path=str(event.path))
             if event.kind in ("stopped", "failed"):
-                raise RuntimeError(f"generation {event.kind}: {event.text}")
+                raise gr.Error(f"generation {event.kind}: {event.text}")
 
     hints = {Path: FileData | None, list: list[FileData]}
     parameters = []
@@ -427,7 +498,12 @@ def _api_function(studio: Studio):
 
 def launch(engine: Engine, *, server: str, port: int, share: bool, inbrowser: bool, auth: str | None, output_dir: Path):
     """Build the page over `engine` and serve it (blocking)."""
-    studio = Studio(engine, output_dir, PresetStore())
+    from gradio.utils import get_upload_folder
+
+    # Images only from Gradio's uploads and LoRA files only from the LoRA folders: with --share or another
+    # --server, the page and /generate are open to others, who must not read this machine's files.
+    files = FileInputs(served=True, lora_dirs=engine.config.local_lora_dirs(), upload_dir=Path(get_upload_folder()))
+    studio = Studio(engine, output_dir, PresetStore(), files)
     app = build_app(studio)
     if share:
         logger.warning("--share: anyone with the printed gradio.live link can use this GPU and see its outputs")

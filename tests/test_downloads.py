@@ -74,6 +74,8 @@ def test_private_hosts_are_refused_by_default(tiny_models, hosts, tmp_path):
 @pytest.mark.parametrize(
     "address",
     [
+        "100.100.100.200",  # shared address space; a cloud's metadata service
+        "2002:7f00:1::1",  # 6to4 around 127.0.0.1
         "127.0.0.1",
         "10.1.2.3",
         "192.168.0.1",

@@ -36,3 +36,13 @@ def test_settings_come_back_from_a_video_and_a_foreign_video_is_refused(tmp_path
     foreign = write_mp4(frames, tmp_path / "foreign.mp4", 16)
     with pytest.raises(InvalidInput, match="'video': foreign.mp4 holds no FramePack settings"):
         settings_from_video(foreign)
+
+
+def test_a_broken_presets_file_is_reported_not_overwritten(tmp_path):
+    path = tmp_path / "presets.json"
+    path.write_text("{not json")
+    store = PresetStore(path)
+    assert store.names() == []  # the page still loads
+    with pytest.raises(InvalidInput, match="is not a presets file"):
+        store.save("x", {"prompt": "y"})
+    assert path.read_text() == "{not json"

@@ -153,3 +153,17 @@ def test_metadata_keeps_no_secrets_and_no_server_paths(tmp_path):
     values = request.to_json_dict()
     assert values["lora_weights"] == "https://example.com/style.safetensors"
     assert values["extra_lora"] == "style.safetensors" and values["input_image"] == START_IMAGE.name
+
+
+def test_served_images_must_lie_in_the_upload_folder(tmp_path):
+    from framepack.request import FileInputs
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    inside = uploads / START_IMAGE.name
+    inside.write_bytes(START_IMAGE.read_bytes())
+    files = FileInputs(served=True, upload_dir=uploads)
+    assert build_request({"input_image": inside, "prompt": "x"}, files=files).input_image == inside
+    for outside in (START_IMAGE, uploads / ".." / ".." / START_IMAGE.name):
+        with pytest.raises(InvalidInput, match="'input_image': give an upload"):
+            build_request({"input_image": Path(outside), "prompt": "x"}, files=files)

@@ -230,6 +230,8 @@ def test_the_api_beside_the_page_generates_and_a_reused_seed_repeats_the_video(s
     )
     frames = read_mp4_frames(Path(first))[0]
     assert frames.shape == (planner.pixel_frames(planner.total_latent_frames(1, 3)), 64, 96, 3)
+    with pytest.raises(Exception, match="give an upload"):  # a path on the server is not read
+        client.predict(input_image="/etc/hostname", prompt="a cat", **small, api_name="/generate")
     settings = settings_from_video(Path(first))  # the seed that was drawn, and everything else
     again = client.predict(input_image=handle_file(str(START_IMAGE)), **settings, api_name="/generate")
     assert (read_mp4_frames(Path(again))[0] == frames).all()
