@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 from conftest import END_IMAGE, START_IMAGE, TINY_WEIGHTS
 
 from framepack import planner
+from framepack.outputs import open_mp4
 from framepack.presets import settings_from_video
+from framepack.request import build_request
 from framepack.video import read_mp4_frames
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,8 +148,9 @@ def test_a_run_with_a_timeline_shows_progress_previews_and_a_playable_video(page
     page.locator("#input-section_images input[type=file]").set_input_files(str(END_IMAGE))
     _set(page, "section_image_indices", "1")
     # Three sections of 0.4 s (window 3): prompts cascade, the keyframe fills section 1 and those after it.
+    # Each change refreshes the timeline; wait for the one after the last (the keyframe index) to land.
     page.wait_for_function(
-        f"document.querySelector('#timeline').innerText.includes('{END_IMAGE.name}')", timeout=30_000
+        f"document.querySelector('#timeline').innerText.split('{END_IMAGE.name}').length == 3", timeout=30_000
     )
     text = page.locator("#timeline").inner_text()
     assert "1.23" in text and "1.63" not in text  # the last section ends at 37 frames / 30 fps
@@ -189,13 +193,13 @@ def test_stop_keeps_the_finished_sections_as_a_partial_video(page, tmp_path):
 def test_a_saved_preset_survives_a_reload(page, studio):
     _set(page, "prompt", "a lighthouse in fog")
     _open(page, "Advanced")
-    _set(page, "steps", 7)
+    page.locator("#input-use_teacache input[type=checkbox]").uncheck()
     _open(page, "Presets")
     page.locator("#preset-name textarea, #preset-name input").first.fill("foggy")
     page.locator("#preset-save").click()
     page.wait_for_function("document.querySelector('#preset-status').innerText.includes('Saved')")
     saved = json.loads((studio["config"] / "framepack" / "presets.json").read_text())["presets"]["foggy"]
-    assert (saved["prompt"], saved["steps"]) == ("a lighthouse in fog", 7) and "input_image" not in saved
+    assert (saved["prompt"], saved["use_teacache"]) == ("a lighthouse in fog", False) and "input_image" not in saved
 
     page.reload()
     page.wait_for_selector("#run")
@@ -206,18 +210,22 @@ def test_a_saved_preset_survives_a_reload(page, studio):
     page.wait_for_function("document.querySelector('#preset-status').innerText.includes('Loaded')")
     assert page.locator("#input-prompt textarea").input_value() == "a lighthouse in fog"
     _open(page, "Advanced")
-    assert page.locator("#input-steps input[type=number]").input_value() == "7"
+    assert not page.locator("#input-use_teacache input[type=checkbox]").is_checked()
     assert (studio["config"] / "framepack" / "presets.json").is_file()
 
 
-def test_settings_are_reused_from_a_video(page, studio):
-    made = sorted(studio["outputs"].glob("*.mp4"))[0]  # from the first test
+def test_settings_are_reused_from_a_video(page, tmp_path):
+    # A video as a run writes it: the MP4 writer of a real request, with that request as metadata.
+    request = build_request({"input_image": START_IMAGE, "prompt": "a red kite", "seed": 77, "steps": 9})
+    with open_mp4(request, tmp_path / "made.mp4") as video:
+        video.write(torch.zeros(2, 16, 16, 3, dtype=torch.uint8))
+    made = tmp_path / "made.mp4"
     settings = settings_from_video(made)
     _open(page, "Presets")
     page.locator("#reuse-video input[type=file]").set_input_files(str(made))
     page.wait_for_function("document.querySelector('#preset-status').innerText.includes('restored')")
     assert page.locator("#input-prompt textarea").input_value() == settings["prompt"]
-    assert page.locator("#input-seed input").input_value() == str(settings["seed"])
+    assert page.locator("#input-seed input").input_value() == "77" == str(settings["seed"])
 
 
 def test_the_api_beside_the_page_generates_and_a_reused_seed_repeats_the_video(studio, tmp_path):
