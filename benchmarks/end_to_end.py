@@ -158,38 +158,18 @@ def preview_cost(runs: EndToEndRuns, rounds: int = 2) -> dict:
     from framepack.studio import PREVIEW_INTERVAL_S
     from framepack.transformer import PackedTransformer
 
+    def sampling_seconds(**hooks) -> float:  # our loop, our decode, TeaCache off
+        return end_to_end(
+            runs.models, runs.image, runs.size, PackedTransformer, False, runs.seconds, runs.steps, runs.device,
+            True, runs.variant, **hooks,
+        )["sampling"]  # fmt: skip
+
     seconds: dict[str, list[float]] = {"without": [], "with": []}
     pictures = []
     for _ in range(rounds):
-        plain = end_to_end(
-            runs.models,
-            runs.image,
-            runs.size,
-            PackedTransformer,
-            False,
-            runs.seconds,
-            runs.steps,
-            runs.device,
-            True,
-            runs.variant,
-        )
-        seconds["without"].append(plain["sampling"])
+        seconds["without"].append(sampling_seconds())
         preview = ThrottledPreview(lambda section, step, picture: pictures.append(picture.shape), PREVIEW_INTERVAL_S)
-        shown = end_to_end(
-            runs.models,
-            runs.image,
-            runs.size,
-            PackedTransformer,
-            False,
-            runs.seconds,
-            runs.steps,
-            runs.device,
-            True,
-            runs.variant,
-            on_step=preview,
-            record=preview.record,
-        )
-        seconds["with"].append(shown["sampling"])
+        seconds["with"].append(sampling_seconds(on_step=preview, record=preview.record))
     median = {name: sorted(values)[len(values) // 2] for name, values in seconds.items()}
     result = {"sampling_s": seconds, "ratio_with_over_without": median["with"] / median["without"]}
     result["previews"] = len(pictures)
