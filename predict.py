@@ -7,10 +7,14 @@ literals because `cog build` reads this file with a static parser that cannot ca
 
 from typing import Optional
 
-from cog import BasePredictor, Input, Path, current_scope
+from framepack import prefetch
 
-from framepack.request import INPUT_SPECS
-from framepack.service import FramePackService
+prefetch.start_from_env()  # the disk reads the weights while the imports below run (framepack/prefetch.py)
+
+from cog import BasePredictor, Input, Path, current_scope  # noqa: E402
+
+from framepack.request import INPUT_SPECS  # noqa: E402
+from framepack.service import FramePackService  # noqa: E402
 
 
 class Predictor(BasePredictor):

@@ -1,6 +1,8 @@
 """`python -m framepack predict`: the local mirror of `cog predict`, for people and scripts without Docker.
 
 `python -m framepack download-weights [--weights DIR]` pre-fetches the weights (e.g. to bake into an image).
+`python -m framepack warm-cache [engine flags]` starts the engine once, so the compiled kernels are written to the
+compile cache (`compile_cache.py`; FRAMEPACK_COMPILE_CACHE, by default beside the weights).
 `python -m framepack ui [--server 127.0.0.1] [--port 7860] [--share] [--inbrowser] [--auth USER:PASSWORD]` starts
 the web studio (`studio.py`), with the same engine flags as predict.
 
@@ -99,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", type=Path, default=None, help="target folder (default: $FRAMEPACK_WEIGHTS or weights/)"
     )
     download.add_argument("--variants", default="original,f1", help="comma-separated model variants")
+    warm = commands.add_parser(
+        "warm-cache",
+        help="compile the kernels once into the compile cache (on the GPU the service will run on)",
+        description="Start the engine as the service does, which compiles the blocks and writes the compile cache "
+        "(FRAMEPACK_COMPILE_CACHE, default <weights>/compile-cache); prints the cache folder.",
+    )
+    add_engine_flags(warm)
     ui = commands.add_parser(
         "ui",
         help="the web studio (Gradio) on this machine",
@@ -194,6 +203,21 @@ def run_download(args: argparse.Namespace) -> Path:
     return weights_dir
 
 
+def run_warm_cache(args: argparse.Namespace) -> Path:
+    """Start the engine with both variants (as the service does) and return the compile cache's folder."""
+    config = engine_config(args, MODEL_VARIANTS)
+    cache_dir = config.compile_cache_dir()
+    if cache_dir is None:
+        raise InvalidInput("FRAMEPACK_COMPILE_CACHE", "is off: there is no cache to write")
+    check_weights(config.weights_dir, config.variants)
+
+    from .engine import load_engine
+
+    if load_engine(config).models.compile_record is None:
+        raise InvalidInput("--compile", "nothing was compiled with these settings, so there is nothing to cache")
+    return cache_dir
+
+
 def run_ui(args: argparse.Namespace) -> None:
     """Start the engine (both variants) and serve the studio until interrupted."""
     if args.auth is not None and ":" not in args.auth:
@@ -223,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             run_ui(args)
             return 0
-        output = run_download(args) if args.command == "download-weights" else run_predict(args)
+        commands = {"download-weights": run_download, "warm-cache": run_warm_cache, "predict": run_predict}
+        output = commands[args.command](args)
     except (InvalidInput, MissingWeights, CheckpointMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

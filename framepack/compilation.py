@@ -5,9 +5,12 @@ CUDA GPU (high-VRAM mode); `on` also compiles on the CPU, with inductor's C++ ba
 compiled configuration); `off` keeps everything eager. Streamed weights (low-VRAM mode) are never compiled:
 their storage changes block by block.
 
-Each block is compiled in place, one code object for all blocks of a kind, so one graph per kind and input
-shape; nothing recompiles between steps or sections. Compiling can fail without an error reaching the caller
-(dynamo falls back to eager for a frame it cannot handle), so two checks keep the log truthful:
+Each block is compiled in place, one code object for all blocks of a kind, with dynamic shapes from the start:
+the token counts (prompt length, resolution, window, history) are symbols, so one graph per kind serves every
+request, and nothing recompiles between steps, sections or requests. (Compiled for the first shape seen, dynamo
+would recompile at the second value of each size, an 18 s stall on an H200 for a prompt of another length.)
+Compiling can fail without an error reaching the caller (dynamo falls back to eager for a frame it cannot
+handle), so two checks keep the log truthful:
 - at setup, each kind of block is captured as one whole graph on a small probe input (`capture_problem`);
   a block that cannot be is not compiled, and the log says why;
 - at run time every graph goes through `CompileRecord`, which counts the graphs inductor built and records
@@ -65,10 +68,13 @@ class CompileRecord:
     failures: list[str] = field(default_factory=list)
 
     def __call__(self, graph: torch.fx.GraphModule, example_inputs):
+        from torch._dynamo.exc import RestartAnalysis
         from torch._inductor.compile_fx import compile_fx
 
         try:
             compiled = compile_fx(graph, example_inputs)
+        except RestartAnalysis:  # not a failure: dynamo's signal to trace again (with dynamic float scalars)
+            raise
         # Broad on purpose: any inductor failure must leave a working (eager) graph and a logged reason.
         except Exception as error:  # noqa: BLE001
             self.failures.append(_error_line(error))
@@ -106,7 +112,9 @@ def capture_problem(model) -> str | None:
     try:
         with torch.no_grad():
             for block in (model.transformer_blocks[0], model.single_transformer_blocks[0]):
-                torch.compile(block.forward, backend=capture, fullgraph=True)(*_probe_inputs(block, model))
+                torch.compile(block.forward, backend=capture, fullgraph=True, dynamic=True)(
+                    *_probe_inputs(block, model)
+                )
     # Broad on purpose: dynamo raises many error types for code it cannot capture.
     except Exception as error:  # noqa: BLE001
         return _error_line(error)
@@ -115,19 +123,38 @@ def capture_problem(model) -> str | None:
     return None if len(captured) == 2 else f"captured {len(captured)} graphs for 2 block kinds"
 
 
-def compile_blocks(model, record: CompileRecord) -> None:
-    """Compile every block of `model` in place through `record` (whole-graph: no breaks allowed)."""
+def compiled_graphs() -> int:
+    """How many graphs dynamo has compiled in this process (blocks, VAE norms, recompilations included)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def use_symbolic_sizes() -> None:
+    """Let dynamic shapes stay independent: sizes equal by chance in the first call (a square warm-up's height
+    and width, say) would otherwise be assumed equal forever, and recompile when they differ."""
+    import torch.fx.experimental._config as fx_config
+
+    fx_config.use_duck_shape = False
+
+
+def compile_blocks(model, record: CompileRecord, dynamic: bool = True) -> None:
+    """Compile every block of `model` in place through `record` (whole-graph: no breaks allowed).
+
+    `dynamic=False` compiles for the shapes of the first call, as this project did before (the benchmark
+    compares the two).
+    """
     import torch._inductor.config as inductor_config
 
     # Round fused bf16 intermediates where eager PyTorch rounds them: a compiled single-stream block then
     # differs from the eager one by 1.2e-4 instead of 1.5e-3 (relative L2, H200), at the same speed.
     inductor_config.emulate_precision_casts = True
-    # fullgraph=True turns dynamo's recompile limit (8 per code object) into a failed prediction. A server sees
-    # many shapes (prompt lengths, sizes, FP8 or not); each adds at most a few entries, and dynamic-shape
-    # graphs take over after the second value of a size, so a higher limit is only a safety margin.
+    # fullgraph=True turns dynamo's recompile limit (8 per code object) into a failed prediction. With dynamic
+    # shapes a new shape does not recompile; the higher limit is only a safety margin.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    use_symbolic_sizes()
     for block in all_blocks(model):
-        block.compile(backend=record, fullgraph=True)
+        block.compile(backend=record, fullgraph=True, dynamic=dynamic)
 
 
 def settle_cublas(device: torch.device) -> None:

@@ -16,6 +16,7 @@ the same fields, over the environment's values. Bad values are refused here, nam
 | lora_max_bytes | FRAMEPACK_LORA_MAX_BYTES | the largest LoRA file downloaded, in bytes (4 GiB) |
 | lora_cache_max_bytes | FRAMEPACK_LORA_CACHE_MAX_BYTES | the cache's total; least recently used go first (20 GiB) |
 | allow_private_urls | FRAMEPACK_ALLOW_PRIVATE_URLS | 1/0: URL inputs may be private-network hosts (off) |
+| compile_cache | FRAMEPACK_COMPILE_CACHE | a folder for compiled kernels, or off (<weights>/compile-cache) |
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ ENV = {
     "lora_max_bytes": "FRAMEPACK_LORA_MAX_BYTES",
     "lora_cache_max_bytes": "FRAMEPACK_LORA_CACHE_MAX_BYTES",
     "allow_private_urls": "FRAMEPACK_ALLOW_PRIVATE_URLS",
+    "compile_cache": "FRAMEPACK_COMPILE_CACHE",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 DEFAULT_LORA_CACHE = Path.home() / ".cache" / "framepack" / "loras"
@@ -81,6 +83,7 @@ class EngineConfig:
     lora_max_bytes: int = DEFAULT_LORA_MAX_BYTES
     lora_cache_max_bytes: int = DEFAULT_LORA_CACHE_MAX_BYTES
     allow_private_urls: bool = False
+    compile_cache: Path | None = None  # None: <weights>/compile-cache; Path("off"): no cache
 
     def __post_init__(self):
         choices = {"memory_mode": MEMORY_MODES, "compile": COMPILE_MODES, "attention": ATTENTION_CHOICES}
@@ -118,6 +121,12 @@ class EngineConfig:
             self.lora_cache_dir, self.lora_max_bytes, self.lora_cache_max_bytes, self.allow_private_urls
         )
 
+    def compile_cache_dir(self) -> Path | None:
+        """Where compiled kernels are kept between processes (`compile_cache.py`), or None when turned off."""
+        if self.compile_cache is None:
+            return self.weights_dir / "compile-cache"
+        return None if str(self.compile_cache).lower() in _FALSE else self.compile_cache
+
     def resolved_device(self):
         import torch
 
@@ -130,7 +139,7 @@ class EngineConfig:
 
 
 def _parse(name: str, variable: str, text: str):
-    if name in ("weights_dir", "output_dir", "lora_dir", "lora_cache_dir"):
+    if name in ("weights_dir", "output_dir", "lora_dir", "lora_cache_dir", "compile_cache"):
         return Path(text)
     if name in ("lora_max_bytes", "lora_cache_max_bytes"):
         if not text.isdigit():

@@ -44,13 +44,21 @@ def encoder_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 
 
 def load_models(
-    weights_dir: Path, variants: tuple[str, ...], device: torch.device, dtype: torch.dtype
+    weights_dir: Path,
+    variants: tuple[str, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+    direct_variants: int | None = None,
 ) -> FramePackModels:
-    """Load tokenizers, encoders, VAE and the requested transformers into host memory.
+    """Load tokenizers, encoders, VAE and the requested transformers.
 
     `device` is where they will run (recorded in the bundle; `memory.place_models` moves or streams them
     there). The transformer runs in `dtype`; encoders in `encoder_dtype`. Raises MissingWeights before
     loading anything if a component is absent.
+
+    By default everything is loaded into host memory. With `direct_variants` (high-VRAM mode), the encoders,
+    the VAE and the first `direct_variants` transformers are read straight onto `device`, without a host copy
+    of their weights to fill and copy again.
     """
     from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, LlamaModel, SiglipVisionModel
@@ -64,6 +72,8 @@ def load_models(
     def frozen(module: torch.nn.Module) -> torch.nn.Module:
         return module.eval().requires_grad_(False)
 
+    direct = {} if direct_variants is None else {"device_map": str(device)}
+
     logger.info("loading encoders and VAE from %s (%s)", weights_dir, side_dtype)
     # AutoTokenizer, never LlamaTokenizerFast: under transformers 5 that class pads on the left.
     tokenizer = AutoTokenizer.from_pretrained(paths["tokenizer"])
@@ -71,18 +81,19 @@ def load_models(
     models = FramePackModels(
         tokenizer=tokenizer,
         tokenizer_2=CLIPTokenizer.from_pretrained(paths["tokenizer_2"]),
-        text_encoder=frozen(LlamaModel.from_pretrained(paths["text_encoder"], dtype=side_dtype)),
-        text_encoder_2=frozen(CLIPTextModel.from_pretrained(paths["text_encoder_2"], dtype=side_dtype)),
+        text_encoder=frozen(LlamaModel.from_pretrained(paths["text_encoder"], dtype=side_dtype, **direct)),
+        text_encoder_2=frozen(CLIPTextModel.from_pretrained(paths["text_encoder_2"], dtype=side_dtype, **direct)),
         # The PIL processor is what the reference used; the torchvision one resizes slightly differently.
         feature_extractor=SiglipImageProcessorPil.from_pretrained(paths["feature_extractor"]),
-        image_encoder=frozen(SiglipVisionModel.from_pretrained(paths["image_encoder"], dtype=side_dtype)),
-        vae=frozen(AutoencoderKLHunyuanVideo.from_pretrained(paths["vae"], torch_dtype=side_dtype)),
+        image_encoder=frozen(SiglipVisionModel.from_pretrained(paths["image_encoder"], dtype=side_dtype, **direct)),
+        vae=frozen(AutoencoderKLHunyuanVideo.from_pretrained(paths["vae"], torch_dtype=side_dtype, **direct)),
         device=device,
         dtype=dtype,
     )
-    for variant in variants:
+    for index, variant in enumerate(variants):
         path = transformer_component(variant).path(weights_dir)
         logger.info("loading the %s transformer from %s (%s)", variant, path, dtype)
-        model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype)
+        onto_device = direct if direct_variants is not None and index < direct_variants else {}
+        model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype, **onto_device)
         models.transformers[variant] = frozen(model)
     return models

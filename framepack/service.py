@@ -56,6 +56,7 @@ class FramePackService:
         self.options = options
         self.files = files
         self.last_output: Path | None = None
+        self.startup_timings: dict[str, float] = {}  # seconds per start-up phase (`engine.Engine.timings`)
 
     @classmethod
     def setup(cls, config: EngineConfig | None = None) -> FramePackService:
@@ -73,7 +74,9 @@ class FramePackService:
             output_dir = Path(tempfile.mkdtemp(prefix="framepack-outputs-"))
             atexit.register(shutil.rmtree, output_dir, True)
         files = FileInputs(served=True, lora_dirs=config.local_lora_dirs())
-        return cls(engine.models, engine.plan, output_dir, engine.generation_options(), files)
+        service = cls(engine.models, engine.plan, output_dir, engine.generation_options(), files)
+        service.startup_timings = engine.timings
+        return service
 
     def _remove_previous_output(self) -> None:
         if self.last_output is not None:

@@ -22,7 +22,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from .compilation import compiler_missing
+from .compilation import compiler_missing, use_symbolic_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ def accelerate_vae(vae: torch.nn.Module, compile_norms: bool = False) -> list[st
     if missing is not None:
         notes.append(f"{missing}: GroupNorm stays eager")
     elif compile_norms:
+        use_symbolic_sizes()
         norms = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.GroupNorm) and m.affine]
         for norm in norms:
             norm.forward = types.MethodType(_compiled_group_norm_forward, norm)

@@ -23,6 +23,15 @@ GOLDEN = FIXTURES / "golden"
 START_IMAGE = IMAGES / "start_100x140.png"
 END_IMAGE = IMAGES / "end_100x140.png"
 
+
+@pytest.fixture(autouse=True, scope="session")
+def compile_cache_outside_the_fixtures(tmp_path_factory):
+    """Compiled mode writes its kernels beside the weights by default: keep the fixtures folder clean."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FRAMEPACK_COMPILE_CACHE", str(tmp_path_factory.mktemp("compile-cache")))
+        yield
+
+
 # A small, fast request on the tiny weights (3 sections of 3 latents, 96x64).
 TINY_INPUTS = {
     "prompt": "A cat walks along the beach at sunset.",

@@ -81,3 +81,16 @@ def test_bad_fields_are_refused():
         EngineConfig(variants=("f2",))
     with pytest.raises(ValueError, match="device must be one of cpu, cuda"):
         EngineConfig(device="tpu")
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"FRAMEPACK_WEIGHTS": "/w"}, Path("/w/compile-cache")),
+        ({"FRAMEPACK_COMPILE_CACHE": "/var/cache/fp"}, Path("/var/cache/fp")),
+        ({"FRAMEPACK_COMPILE_CACHE": "off"}, None),
+        ({"FRAMEPACK_COMPILE_CACHE": "0"}, None),
+    ],
+)
+def test_compile_cache_folder(environ, expected):
+    assert EngineConfig.from_env(environ).compile_cache_dir() == expected

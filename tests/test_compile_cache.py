@@ -1,0 +1,120 @@
+"""Compiled kernels kept between processes: the key, the file, and a second process that compiles nothing.
+
+The processes are real and fresh (each with an empty inductor cache of its own), so the artifact file is the
+only way kernels can travel from the first to the second.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from conftest import START_IMAGE, TINY_WEIGHTS
+
+from framepack.compile_cache import CompileCache, artifact_key
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The second process: start the engine with the cache, then run requests of other shapes than the warm-up's.
+SECOND_START = f"""
+import json, logging
+from pathlib import Path
+from framepack.compilation import compiled_graphs
+from framepack.compile_cache import kernels_compiled
+from framepack.config import EngineConfig
+from framepack.engine import load_engine
+from framepack.logs import configure_logging
+from framepack.pipeline import generate
+from framepack.request import build_request
+
+configure_logging("stderr")
+engine = load_engine(EngineConfig.from_env(variants=("original", "f1"), device="cpu", dtype="float32"))
+after_start = {{"kernels": kernels_compiled(), "graphs": compiled_graphs()}}
+requests = [
+    dict(prompt="a much longer prompt than the warm-up had, with many more words", width=96, height=64),
+    dict(prompt="x", width=64, height=80, latent_window_size=3, total_video_length_seconds=1.2, model_variant="f1"),
+]
+for inputs in requests:
+    inputs = {{"input_image": Path({str(START_IMAGE)!r}), "seed": 1, "steps": 2, **inputs}}
+    generate(build_request(inputs), engine.models)
+print(json.dumps({{"after_start": after_start, "kernels": kernels_compiled(), "graphs": compiled_graphs(),
+                  "timings": engine.timings}}))
+"""
+
+
+def fresh_process_env(tmp_path: Path, name: str, cache: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}"),
+        "FRAMEPACK_WEIGHTS": str(TINY_WEIGHTS),
+        "FRAMEPACK_COMPILE": "on",
+        "FRAMEPACK_COMPILE_CACHE": str(cache),
+    }
+
+
+def test_warm_cache_then_a_new_process_compiles_nothing_for_any_shape(tmp_path):
+    cache = tmp_path / "compile-cache"
+    first = subprocess.run(
+        [sys.executable, "-m", "framepack", "warm-cache", "--device", "cpu", "--dtype", "float32"],
+        env=fresh_process_env(tmp_path, "first", cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.strip() == str(cache)
+    (artifacts,) = cache.glob("torch-*.bin")
+    assert "compile cache: wrote" in first.stderr and "warm-up: 4 block graphs compiled" in first.stderr
+
+    second = subprocess.run(
+        [sys.executable, "-c", SECOND_START],
+        env=fresh_process_env(tmp_path, "second", cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    report = json.loads(second.stdout.strip().splitlines()[-1])
+    assert "compile cache: loaded" in second.stderr and "compile cache: wrote" not in second.stderr
+    # Inductor built no kernel from scratch, at start-up or for the requests: every graph came from the file.
+    assert report["after_start"]["kernels"] == 0 and report["kernels"] == 0
+    # Another prompt length, size, window and variant than the warm-up's: not one graph traced again.
+    assert report["graphs"] == report["after_start"]["graphs"]
+    assert list(report["timings"]) == [
+        "weights check",
+        "reading",
+        "placement",
+        "acceleration",
+        "compile cache",
+        "warm-up",
+    ]
+    assert sorted(cache.glob("torch-*.bin")) == [artifacts]
+
+
+def test_the_key_changes_with_what_kernels_depend_on():
+    cpu = torch.device("cpu")
+    key = artifact_key(cpu, torch.bfloat16, False, "auto")
+    assert key == artifact_key(cpu, torch.bfloat16, False, "auto")
+    others = {
+        artifact_key(cpu, torch.float32, False, "auto"),
+        artifact_key(cpu, torch.bfloat16, True, "auto"),
+        artifact_key(cpu, torch.bfloat16, False, "flash_attention_4"),
+    }
+    assert key not in others and len(others) == 3
+
+
+def test_no_file_means_nothing_loaded_and_an_unwritable_folder_is_not_an_error(tmp_path, caplog):
+    cache = CompileCache(tmp_path / "cache", "k")
+    assert cache.load() is False and not cache.loaded
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    unwritable = CompileCache(blocked / "cache", "k")
+    unique = float(time.time_ns() % 1_000_003)  # a graph no earlier run cached: compiled here, so there is a file
+    torch.compile(lambda x: x * unique)(torch.ones(3))
+    assert unwritable.save() is None
+    assert "could not write" in caplog.text
+    assert not list(tmp_path.glob("**/*.partial"))
