@@ -5,6 +5,7 @@
                          [--fp8] [--decode] [--cfg-batch] [--size full|tiny]
     python -m benchmarks --save-random-weights /tmp/w
     python -m benchmarks --low-vram --weights /tmp/w --vram-cap-gb 6 8 [--e2e-seconds 5 --steps 25]
+    python -m benchmarks --cold-start --weights /tmp/w [--before-code OLD_TREE]     (cold_start.py)
 
 Models are the full-size architectures (docs/ALGORITHM.md §1.2) with random weights, so no checkpoint is needed.
 Reports: seconds per transformer forward (stock, then ours, then ours in FP8) at 544x704 with window 9, the relative
@@ -38,7 +39,7 @@ from framepack.memory import MemoryPlan, place_models
 from framepack.transformer import PackedTransformer
 from framepack.vae_acceleration import accelerate_vae
 
-from . import forward
+from . import cold_start, forward
 from .end_to_end import EndToEndRuns, preview_cost
 from .low_vram import low_vram, save_into
 from .measure import peak_memory, relative_l2
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time our loop's sampling with and without the studio's live preview (--e2e-seconds, --steps)",
     )
+    parser.add_argument(
+        "--shapes-compare",
+        action="store_true",
+        help="also time our forward with the blocks compiled for static shapes against dynamic shapes",
+    )
     parser.add_argument("--fp8", action="store_true", help="also time the FP8 mode (last: it replaces layers)")
     parser.add_argument("--decode", action="store_true", help="also time one section's VAE decode, diffusers' and ours")
     parser.add_argument(
@@ -123,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights folder to load from (hub layout), e.g. written by --save-random-weights",
     )
     parser.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="time fresh processes from import to READY and their first predictions (needs --weights)",
+    )
+    parser.add_argument("--cold-start-runs", nargs="*", choices=cold_start.RUNS, default=list(cold_start.RUNS))
+    parser.add_argument("--before-code", type=Path, default=None, help="with --cold-start: an older code tree")
+    parser.add_argument("--scratch", type=Path, default=None, help="with --cold-start: where videos and logs go")
+    parser.add_argument(
         "--save-random-weights",
         type=Path,
         default=None,
@@ -136,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging("stdout")
+    if args.cold_start:
+        if args.weights is None:
+            parser.error("--cold-start loads from disk like the service: pass --weights")
+        return cold_start.main(
+            args.weights, args.cold_start_runs, args.before_code, args.out, args.scratch, args.size == "tiny"
+        )
     if args.no_teacache_runs and args.teacache_runs_only:
         parser.error("--no-teacache-runs and --teacache-runs-only leave no end-to-end run")
     if args.low_vram and args.weights is None:
@@ -218,6 +238,9 @@ def compare_paths(args, device: torch.device, dtype: torch.dtype, size: tuple[in
     report.update(ours_report)
     report["forward_speedup"] = report["forward_stock_s"] / report["forward_ours_s"]
     report["forward_relative_l2"] = relative_l2(ours_out, stock_out)
+    if args.shapes_compare and compile_with is not None:
+        report["shapes_compare"] = forward.static_against_dynamic_shapes(case, device, args.repeat)
+        print("static against dynamic shapes", report["shapes_compare"], flush=True)
     if args.cfg_batch:
         report["cfg_batch"] = forward.cfg_batch(case, device, args.repeat)
         print("cfg batch", report["cfg_batch"], flush=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from framepack.acceleration import attention_unavailable, set_block_attention
+from framepack.compilation import CompileRecord, compile_blocks
 from framepack.decoding import vae_decode
 from framepack.frames import to_uint8_frames
 from framepack.transformer import PackedTransformer, PreparedSection, SectionInputs, TextInputs
@@ -209,3 +210,16 @@ def vae_decode_speed(models, device: torch.device, size: tuple[int, int], compil
     result["uint8_max_change"] = int(changed.abs().max())
     result["uint8_fraction_changed"] = float((changed != 0).float().mean())
     return result
+
+
+def static_against_dynamic_shapes(case: ForwardCase, device: torch.device, repeat: int) -> dict:
+    """Our forward with the blocks compiled for static shapes (as before the cold-start work) and with dynamic
+    shapes (now), in one process: the seconds of each, and the relative L2 between their outputs."""
+    outputs, report = {}, {}
+    for label, dynamic in (("static", False), ("dynamic", True)):
+        torch._dynamo.reset()
+        compile_blocks(case.model, CompileRecord(), dynamic=dynamic)
+        timings, outputs[label] = time_ours(case, device, repeat, suffix=f"_{label}_shapes")
+        report.update({key: value for key, value in timings.items() if not key.startswith("kernels")})
+    report["dynamic_vs_static_relative_l2"] = relative_l2(outputs["dynamic"], outputs["static"])
+    return report

@@ -1,8 +1,14 @@
 """The benchmarks run (tiny architecture, CPU): they must not rot between GPU sessions."""
 
 import json
+import shutil
+from pathlib import Path
+
+from conftest import TINY_WEIGHTS
 
 from benchmarks import cli
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_bench(out, flags: str) -> None:
@@ -78,3 +84,24 @@ def test_tiny_low_vram_benchmark_loads_saved_random_weights(tmp_path):
     for run, high in (("cap_6gib_1.2s_2steps", "high_1.2s_2steps"), ("cap_8gib_0.8s_1steps", "high_0.8s_1steps")):
         # No GPU here: both runs are the CPU plan, so they reproduce the high-VRAM run exactly.
         assert low[run]["frames"] == low[high]["frames"] and low[run]["relative_l2_vs_high"] == 0.0
+
+
+def test_tiny_cold_start_benchmark_times_fresh_processes(tmp_path):
+    weights, out, scratch = tmp_path / "weights", tmp_path / "cold.json", tmp_path / "scratch"
+    shutil.copytree(TINY_WEIGHTS, weights)
+    # The same tree as "before" and "after": the protocol, the timings and the comparison, not a speed-up.
+    run_bench(
+        out,
+        f"--size tiny --cold-start --weights {weights} --before-code {ROOT} --scratch {scratch} "
+        "--cold-start-runs before after",
+    )
+    report = json.loads(out.read_text())
+    assert report["read_ceiling"]["gib"] > 0 and report["read_ceiling"]["parallel_gib_s"] > 0
+    names = {"first", "warm", "new prompt length", "other bucket", "other variant"}
+    for run in ("before", "after"):
+        result = report["runs"][run]
+        assert result["returncode"] == 0 and set(result["predictions"]) == names
+        assert 0 < result["import_s"] < result["ready_s"] and result["setup_s"] < result["ready_s"]
+        assert list(result["phases"])[:4] == ["weights check", "reading", "placement", "acceleration"]
+    # Eager on the CPU, same code and seed: the videos are identical.
+    assert report["output_difference"] == {name.replace(" ", "-"): 0.0 for name in names}
