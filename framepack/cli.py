@@ -7,9 +7,11 @@ the web studio (`studio.py`), with the same engine flags as predict.
     python -m framepack predict -i prompt="..." -i input_image=@photo.jpg -i seed=42 [-i name=value ...]
         [--weights DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [--fp8] [-o out.mp4]
         [--compile auto|on|off] [--attention auto|KERNEL] [--dump-tensors FILE]
+    python -m framepack predict --from video.mp4 -i input_image=@photo.jpg [-i name=value ...]
 
-Inputs are validated and the weights checked before any model is loaded; a failure exits non-zero and leaves
-no output file behind. Progress goes to stderr.
+`--from` restores the request and seed stored in an MP4 this project made (`presets.settings_from_video`, as
+the studio's "reuse settings" does); `-i` inputs override them. Inputs are validated and the weights checked
+before any model is loaded; a failure exits non-zero and leaves no output file behind. Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -81,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="an API input; prefix file paths with @ (input_image=@photo.jpg)",
     )
+    predict.add_argument(
+        "--from",
+        dest="from_video",
+        type=Path,
+        default=None,
+        metavar="VIDEO",
+        help="start from the request and seed stored in an MP4 this project made (its files given again with -i); "
+        "-i inputs override them",
+    )
     add_engine_flags(predict)
     predict.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
     predict.add_argument(
@@ -137,6 +148,26 @@ def parse_inputs(pairs: list[str]) -> dict[str, object]:
     return values
 
 
+def inputs_from_video(path: Path, overrides: dict[str, object]) -> dict[str, object]:
+    """The request stored in the MP4 at `path` (seed included) with `overrides` on top; raises InvalidInput.
+
+    A video stores its files by name only, so each file the request used must be given again.
+    """
+    from .presets import FILE_INPUTS, settings_from_video, stored_request  # PyAV and torch: only for --from
+
+    inputs = {**settings_from_video(path, "--from"), **overrides}
+    stored = stored_request(path, "--from")
+    for name in FILE_INPUTS:
+        if stored.get(name) and name not in inputs:
+            named = ", ".join(stored[name]) if isinstance(stored[name], list) else stored[name]
+            raise InvalidInput(
+                name,
+                f"{path.name} was made from {named}; a video does not hold its files, give it again with "
+                f"-i {name}=@PATH",
+            )
+    return inputs
+
+
 def _check_output(path: Path, option: str) -> None:
     if not path.parent.resolve().is_dir():
         raise InvalidInput(option, f"folder {path.parent} does not exist")
@@ -160,7 +191,10 @@ def engine_config(args: argparse.Namespace, variants: tuple[str, ...]) -> Engine
 
 def run_predict(args: argparse.Namespace) -> Path:
     """Validate, load, generate and write; returns the MP4 path. Raises InvalidInput or MissingWeights early."""
-    request: GenerationRequest = build_request(parse_inputs(args.inputs))
+    inputs = parse_inputs(args.inputs)
+    if args.from_video is not None:
+        inputs = inputs_from_video(args.from_video, inputs)
+    request: GenerationRequest = build_request(inputs)
     _check_output(args.output, "--output")
     if args.dump_tensors is not None:
         _check_output(args.dump_tensors, "--dump-tensors")

@@ -144,6 +144,13 @@ def write_mp4(frames: torch.Tensor, path: Path, crf: int, metadata: dict[str, An
     return writer.path
 
 
+def video_read_errors() -> tuple[type[Exception], ...]:
+    """What reading a file that is not a (complete) video raises: OS errors, PyAV's errors, bad JSON."""
+    import av
+
+    return (OSError, ValueError, av.error.FFmpegError)
+
+
 def read_mp4_metadata(path: Path) -> dict[str, Any]:
     """The JSON metadata written by `write_mp4` ({} when absent)."""
     import av
