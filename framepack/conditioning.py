@@ -169,6 +169,27 @@ def encode_prompt(
     return PromptEmbedding(embeds=embeds, pooled=pooled)
 
 
+def blend_embeddings(source: PromptEmbedding, target: PromptEmbedding, weight: float) -> PromptEmbedding:
+    """(1 - weight) source + weight target, in float32, for the Llama states and the pooled CLIP vector.
+
+    Args:
+        source, target: embeds (1, L_s, D_llama) and (1, L_t, D_llama); pooled (1, D_clip) each.
+        weight: how far towards `target`, 0 .. 1.
+
+    Returns embeds (1, max(L_s, L_t), D_llama): the shorter prompt's states are zero past its end, as the
+    model's padding is, so the blend's valid tokens are the longer prompt's.
+    """
+    length = max(source.embeds.shape[1], target.embeds.shape[1])
+
+    def padded(embeds: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(embeds.float(), (0, 0, 0, length - embeds.shape[1]))
+
+    return PromptEmbedding(
+        embeds=(1 - weight) * padded(source.embeds) + weight * padded(target.embeds),
+        pooled=(1 - weight) * source.pooled.float() + weight * target.pooled.float(),
+    )
+
+
 def pad_prompt_embeds(embeds: torch.Tensor, length: int = PADDED_PROMPT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad (1, L, D) to (1, length, D) and return it with its (1, length) bool mask of valid tokens."""
     batch, valid, dim = embeds.shape
@@ -207,12 +228,16 @@ def vae_encode_mean(image: np.ndarray, vae) -> torch.Tensor:
 class Conditioning:
     """Everything the sections share.
 
-    texts: positive TextInputs per distinct prompt; negative: the global negative branch; image_embeds: SigLIP
-    features of the start image; start_latent, keyframe_latents, end_latent: (1, 16, 1, h, w) float32 on the
-    CPU (end_latent already times its strength); prompts and keyframes: per video section.
+    texts: positive TextInputs per distinct prompt; blends: per video section, its prompt's blend (all
+    unblended with prompt_blend_sections 0); blended_texts: the TextInputs of each blend that mixes two prompts;
+    negative: the global negative branch; image_embeds: SigLIP features of the start image; start_latent,
+    keyframe_latents, end_latent: (1, 16, 1, h, w) float32 on the CPU (end_latent already times its strength);
+    prompts and keyframes: per video section.
     """
 
     texts: dict[str, TextInputs]
+    blends: list[controls.PromptBlend]
+    blended_texts: dict[controls.PromptBlend, TextInputs]
     negative: TextInputs
     image_embeds: torch.Tensor
     start_latent: torch.Tensor
@@ -220,6 +245,11 @@ class Conditioning:
     end_latent: torch.Tensor | None
     prompts: list[str]
     keyframes: list[int | None]
+
+    def positive_text(self, video_index: int) -> TextInputs:
+        """The positive text conditioning of a video section: its prompt's, or its blend of two prompts."""
+        blend = self.blends[video_index]
+        return self.blended_texts[blend] if blend.blended else self.texts[blend.target]
 
     def start_slot(self, video_index: int) -> torch.Tensor:
         """The latent in the clean "start" slot of a video section: its keyframe, else the start image's."""
@@ -254,9 +284,10 @@ def encode_conditioning(
     cropped = resize_and_center_crop(image, width, height)
     record("image_cropped_uint8", torch.from_numpy(cropped))
 
-    prompt_plan = controls.plan_section_prompts(request.section_prompts, request.prompt, num_sections)
-    if prompt_plan.ignored:
-        log(f"section_prompts lines {prompt_plan.ignored} are past the last section ({num_sections - 1}); ignored")
+    prompt_plan = controls.plan_section_prompts(request.section_prompts, request.prompt, request.section_grid)
+    for note in prompt_plan.notes:
+        log(note)
+    blends = controls.plan_prompt_blends(prompt_plan.prompts, request.prompt_blend_sections)
     crop_start = template_crop_start(models.tokenizer)
     encoders = (models.text_encoder, models.text_encoder_2, models.tokenizer, models.tokenizer_2)
     embeddings = {}
@@ -285,8 +316,19 @@ def encode_conditioning(
         end_latent = _image_latent(request.end_image, "end_image", width, height, models.vae)
         end_latent = end_latent * request.end_image_strength
     texts = {prompt: _text_inputs(emb, models.device, models.dtype) for prompt, emb in embeddings.items()}
+    blended_texts = {
+        blend: _text_inputs(
+            blend_embeddings(embeddings[blend.source], embeddings[blend.target], blend.weight),
+            models.device,
+            models.dtype,
+        )
+        for blend in blends
+        if blend.blended
+    }
     return Conditioning(
         texts=texts,
+        blends=blends,
+        blended_texts=blended_texts,
         negative=_text_inputs(negative, models.device, models.dtype),
         image_embeds=image_embeds,
         start_latent=start_latent,

@@ -37,7 +37,7 @@ class GenerationResult:
     video_latents: torch.Tensor
     num_sections: int
     timings: dict[str, float] = field(default_factory=dict)
-    plan: list[dict] = field(default_factory=list)  # per generated section: video index, prompt, keyframe
+    plan: list[dict] = field(default_factory=list)  # per generated section: video index, prompt, blend, keyframe
 
 
 class TensorRecorder:
@@ -206,8 +206,8 @@ def _generate(
     variant, lws, num_sections = variant_named(request.model_variant), request.latent_window_size, request.num_sections
     with progress.stage("encode"):
         cond = conditioning.encode_conditioning(request, models, record, progress.write)
-    grid = controls.section_grid(num_sections, lws)
-    for line in controls.describe_grid(grid, cond.prompts, cond.keyframes):
+    grid = request.section_grid
+    for line in controls.describe_grid(grid, cond.prompts, cond.keyframes, cond.blends):
         progress.write(line)
     start_latent = cond.start_latent
     _, _, _, latent_height, latent_width = start_latent.shape
@@ -236,13 +236,15 @@ def _generate(
             progress.section_started(section.generation_index, f"video section {section.video_index}")
             noise = torch.randn((1, LATENT_CHANNELS, lws, latent_height, latent_width), generator=generator)
             inputs = section_inputs(section, history, cond, variant)
-            prompt = cond.prompts[section.video_index]
-            texts = {"positive": cond.texts[prompt], "negative": cond.negative}
+            blend = cond.blends[section.video_index]
+            texts = {"positive": cond.positive_text(section.video_index), "negative": cond.negative}
             plan.append(
                 {
                     "generation_index": section.generation_index,
                     "video_index": section.video_index,
-                    "prompt": prompt,
+                    "prompt": blend.target,
+                    "blend_from": blend.source if blend.blended else None,
+                    "blend_weight": blend.weight,
                     "keyframe": cond.keyframes[section.video_index],
                 }
             )
@@ -251,6 +253,8 @@ def _generate(
                 latents = sample_section(transformer, settings, texts, inputs, noise, on_step)
             record(f"section_{section.generation_index}_latents", latents)
             record(f"section_{section.generation_index}_clean_latents", inputs.clean_latents)
+            record(f"section_{section.generation_index}_prompt_embeds", texts["positive"].embeds)
+            record(f"section_{section.generation_index}_pooled_prompt_embeds", texts["positive"].pooled)
 
             history, added = variant.add_section(history, latents, section, start_latent)
             generated_frames += added

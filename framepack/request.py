@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .controls import parse_keyframe_indices
+from .controls import parse_keyframe_indices, parse_timed_prompts, section_grid
 from .downloads import public_url
 from .errors import InvalidInput
 from .planner import section_count
@@ -35,6 +35,7 @@ MAX_IMAGE_PIXELS = 50_000_000
 MAX_PROMPT_CHARS = 4000
 MAX_SECTION_PROMPTS_CHARS = 40000
 MAX_SOURCE_CHARS = 2048
+MAX_PROMPT_BLEND_SECTIONS = 4
 ModelVariant = Literal["original", "f1"]
 MODEL_VARIANTS: tuple[str, ...] = get_args(ModelVariant)
 
@@ -123,7 +124,16 @@ class GenerationRequest(BaseModel):
         "",
         max_length=MAX_SECTION_PROMPTS_CHARS,
         description="One prompt per line, line i for section i (0 = start of the video). Empty or missing lines "
-        "keep the previous section's prompt; section 0 falls back to prompt.",
+        "keep the previous section's prompt; section 0 falls back to prompt. Or every line starts with a time, "
+        "'[2s] text' or '[2s-4s] text': the prompt applies from that time (to the end time), snapped to the "
+        "section grid the log prints; times no line covers use prompt.",
+    )
+    prompt_blend_sections: int = Field(
+        0,
+        ge=0,
+        le=MAX_PROMPT_BLEND_SECTIONS,
+        description="Over this many sections after each prompt change, the text embeddings move linearly from "
+        "the old prompt to the new one. 0 = switch at once.",
     )
     section_images: tuple[Path, ...] = Field(
         (),
@@ -190,6 +200,7 @@ class GenerationRequest(BaseModel):
         if self.section_image_indices.strip() and not self.section_images:
             raise InvalidInput("section_image_indices", "given without section_images")
         parse_keyframe_indices(self.section_image_indices, len(self.section_images), self.num_sections)
+        parse_timed_prompts(self.section_prompts)
         return self
 
     def _check_end_image(self) -> None:
@@ -206,6 +217,11 @@ class GenerationRequest(BaseModel):
     def num_sections(self) -> int:
         """How many sections the video has (the length rounded to whole sections of the window)."""
         return section_count(self.total_video_length_seconds, self.latent_window_size)
+
+    @property
+    def section_grid(self) -> list[tuple[float, float]]:
+        """(start, end) seconds of each video section: what section prompts' timestamps snap to."""
+        return section_grid(self.num_sections, self.latent_window_size)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The request as JSON-serialisable values (image files by their names only)."""

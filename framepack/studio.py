@@ -50,7 +50,7 @@ PRIVATE = "private"
 # The page's own quick events: outside the queue, and not part of the API (beside the page: /generate alone).
 PAGE_ONLY = {"queue": False, "api_visibility": PRIVATE}
 BASICS = ("input_image", "prompt", "total_video_length_seconds", "model_variant", "seed")
-TIMELINE = ("section_prompts", "section_images", "section_image_indices")
+TIMELINE = ("section_prompts", "prompt_blend_sections", "section_images", "section_image_indices")
 END_FRAME = ("end_image", "end_image_strength")
 LORAS = ("lora_weights", "lora_scale", "extra_lora", "extra_lora_scale")
 ADVANCED = tuple(name for name in INPUT_SPECS if name not in BASICS + TIMELINE + END_FRAME + LORAS)
@@ -83,12 +83,15 @@ def timeline_rows(
 ) -> list[list[Any]]:
     """One row per section in video order: [section, from s, to s, prompt, keyframe file or ""].
 
-    The spans follow the section grid (`controls.section_grid`); bad keyframe indices show no keyframe here,
-    and the run names the problem.
+    The spans follow the section grid (`controls.section_grid`); bad section prompts or keyframe indices show the
+    prompt and no keyframe here, and the run names the problem.
     """
     num_sections = planner.section_count(length_seconds, window)
     grid = controls.section_grid(num_sections, window)
-    prompts = controls.plan_section_prompts(section_prompts, prompt, num_sections).prompts
+    try:
+        prompts = controls.plan_section_prompts(section_prompts, prompt, grid).prompts
+    except InvalidInput:
+        prompts = [prompt] * num_sections
     try:
         keyframes = controls.plan_keyframes(
             controls.parse_keyframe_indices(indices, len(keyframe_names), num_sections), num_sections
