@@ -151,9 +151,13 @@ def parse_inputs(pairs: list[str]) -> dict[str, object]:
 def inputs_from_video(path: Path, overrides: dict[str, object]) -> dict[str, object]:
     """The request stored in the MP4 at `path` (seed included) with `overrides` on top; raises InvalidInput.
 
-    A video stores its files by name only, so each file the request used must be given again.
+    A video stores its files by name only, so each file the request used must be given again; a continued video
+    other than the one recorded (by its SHA-256) is named in a warning.
     """
-    from .presets import FILE_INPUTS, settings_from_video, stored_request  # PyAV and torch: only for --from
+    # PyAV and torch: imported only for --from.
+    from .continuation import file_sha256
+    from .presets import FILE_INPUTS, settings_from_video, stored_request
+    from .video import read_mp4_metadata
 
     inputs = {**settings_from_video(path, "--from"), **overrides}
     stored = stored_request(path, "--from")
@@ -165,6 +169,13 @@ def inputs_from_video(path: Path, overrides: dict[str, object]) -> dict[str, obj
                 f"{path.name} was made from {named}; a video does not hold its files, give it again with "
                 f"-i {name}=@PATH",
             )
+    continued = read_mp4_metadata(path).get("input_video") or {}
+    given = Path(inputs["input_video"]) if inputs.get("input_video") else None
+    if continued.get("sha256") and given is not None and given.is_file() and file_sha256(given) != continued["sha256"]:
+        logger.warning(
+            f"input_video {given.name} is not the video {path.name} continued ({continued['name']}, SHA-256 "
+            f"{continued['sha256'][:16]}...): the frames will differ"
+        )
     return inputs
 
 

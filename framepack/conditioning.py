@@ -16,11 +16,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import controls
+from . import continuation, controls
 from .errors import InvalidInput
 from .models import FramePackModels
+from .planner import pixel_frames
 from .request import GenerationRequest
 from .transformer import TextInputs
+from .variants import StartSlots, variant_named
 
 logger = logging.getLogger(__name__)
 
@@ -214,13 +216,30 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return pixels.permute(2, 0, 1)[None, :, None]
 
 
+def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (1, 3, T, H, W) float32 in [-1, 1], the VAE's input layout."""
+    pixels = torch.from_numpy(frames).float() / 127.5 - 1
+    return pixels.permute(3, 0, 1, 2)[None].contiguous()
+
+
 @torch.no_grad()
 def vae_encode_mean(image: np.ndarray, vae) -> torch.Tensor:
     """Start latent (1, 16, 1, H/8, W/8): the VAE posterior mean times the scaling factor.
 
     The reference samples the posterior with the unseeded global RNG; the mean makes a seed reproducible.
     """
-    pixels = image_to_tensor(image).to(device=vae.device, dtype=vae.dtype)
+    return _posterior_mean(image_to_tensor(image), vae)
+
+
+@torch.no_grad()
+def vae_encode_video_mean(frames: np.ndarray, vae) -> torch.Tensor:
+    """Latents (1, 16, (T - 1) / 4 + 1, H/8, W/8) of (T, H, W, 3) uint8 frames, T = 4k + 1: the posterior mean
+    times the scaling factor. The causal VAE encodes the first frame alone and each later 4 together."""
+    return _posterior_mean(video_to_tensor(frames), vae)
+
+
+def _posterior_mean(pixels: torch.Tensor, vae) -> torch.Tensor:
+    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
     return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
 
 
@@ -232,7 +251,8 @@ class Conditioning:
     unblended with prompt_blend_sections 0); blended_texts: the TextInputs of each blend that mixes two prompts;
     negative: the global negative branch; image_embeds: SigLIP features of the start image; start_latent,
     keyframe_latents, end_latent: (1, 16, 1, h, w) float32 on the CPU (end_latent already times its strength);
-    prompts and keyframes: per video section.
+    start_context and history_seed: where a continued video's latents go (`variants.StartSlots`); prompts and
+    keyframes: per video section.
     """
 
     texts: dict[str, TextInputs]
@@ -241,6 +261,8 @@ class Conditioning:
     negative: TextInputs
     image_embeds: torch.Tensor
     start_latent: torch.Tensor
+    start_context: torch.Tensor | None
+    history_seed: torch.Tensor
     keyframe_latents: list[torch.Tensor]
     end_latent: torch.Tensor | None
     prompts: list[str]
@@ -252,9 +274,15 @@ class Conditioning:
         return self.blended_texts[blend] if blend.blended else self.texts[blend.target]
 
     def start_slot(self, video_index: int) -> torch.Tensor:
-        """The latent in the clean "start" slot of a video section: its keyframe, else the start image's."""
+        """The clean start group of a video section: its keyframe, else the start latent (after the continued
+        video's context latents, where the variant puts them there)."""
         keyframe = self.keyframes[video_index]
-        return self.start_latent if keyframe is None else self.keyframe_latents[keyframe]
+        slot = self.start_latent if keyframe is None else self.keyframe_latents[keyframe]
+        return slot if self.start_context is None else torch.cat([self.start_context, slot], dim=2)
+
+    @property
+    def start_group_latents(self) -> int:
+        return 1 + (self.start_context.shape[2] if self.start_context is not None else 0)
 
 
 def _text_inputs(embedding: PromptEmbedding, device: torch.device, dtype: torch.dtype) -> TextInputs:
@@ -271,6 +299,24 @@ def _image_latent(path, name: str, width: int, height: int, vae) -> torch.Tensor
     return vae_encode_mean(image, vae).to("cpu", torch.float32)
 
 
+def _read_input_video(
+    request: GenerationRequest, default_context: int, log: Callable[[str], None]
+) -> tuple[np.ndarray, int, int]:
+    """The continued video's last frames, as many as its context latents need, cropped to the bucket of its size
+    (or to width and height): (T, H, W, 3) uint8, and H and W."""
+    probe = continuation.probe_video(request.input_video)
+    height, width = output_size(probe.height, probe.width, request.resolution, request.width, request.height)
+    latents = continuation.context_latents(request.video_context_frames, default_context, probe)
+    frames = continuation.read_last_frames(
+        request.input_video, pixel_frames(latents), lambda frame: resize_and_center_crop(frame, width, height)
+    )
+    log(
+        f"input_video {probe.name}: {probe.frames} frames of {probe.width}x{probe.height} at 30 fps; its last "
+        f"{len(frames)}, at {width}x{height}, give the {latents} context latents"
+    )
+    return frames, height, width
+
+
 def encode_conditioning(
     request: GenerationRequest, models: FramePackModels, record: Recorder, log: Callable[[str], None] = logger.info
 ) -> Conditioning:
@@ -279,8 +325,14 @@ def encode_conditioning(
     `record(name, tensor)` receives the intermediate tensors (the CLI's --dump-tensors).
     """
     num_sections = request.num_sections
-    image = load_rgb_image(request.input_image)
-    height, width = output_size(image.shape[0], image.shape[1], request.resolution, request.width, request.height)
+    variant = variant_named(request.model_variant)
+    video_frames = None
+    if request.input_video is not None:  # first: an input video that does not decode fails before any model runs
+        video_frames, height, width = _read_input_video(request, variant.default_video_context, log)
+        image = video_frames[-1] if request.input_image is None else load_rgb_image(request.input_image)
+    else:
+        image = load_rgb_image(request.input_image)
+        height, width = output_size(image.shape[0], image.shape[1], request.resolution, request.width, request.height)
     cropped = resize_and_center_crop(image, width, height)
     record("image_cropped_uint8", torch.from_numpy(cropped))
 
@@ -305,8 +357,14 @@ def encode_conditioning(
 
     image_embeds = encode_image_siglip(cropped, models.feature_extractor, models.image_encoder)
     record("image_embeds", image_embeds)
-    start_latent = vae_encode_mean(cropped, models.vae).to("cpu", torch.float32)
-    record("start_latent", start_latent)
+    image_latent = vae_encode_mean(cropped, models.vae).to("cpu", torch.float32)
+    if video_frames is not None:
+        context = vae_encode_video_mean(video_frames, models.vae).to("cpu", torch.float32)
+        record("input_video_latents", context)
+        slots = variant.continuation_slots(context, image_latent)
+    else:
+        slots = StartSlots(image_latent, None, image_latent)
+    record("start_latent", slots.start_latent)
     keyframe_latents = [
         _image_latent(path, "section_images", width, height, models.vae) for path in request.section_images
     ]
@@ -331,7 +389,9 @@ def encode_conditioning(
         blended_texts=blended_texts,
         negative=_text_inputs(negative, models.device, models.dtype),
         image_embeds=image_embeds,
-        start_latent=start_latent,
+        start_latent=slots.start_latent,
+        start_context=slots.start_context,
+        history_seed=slots.history_seed,
         keyframe_latents=keyframe_latents,
         end_latent=end_latent,
         prompts=prompt_plan.prompts,

@@ -211,11 +211,14 @@ def camera_shifts(num_frames: int, latent_width: int, amount: float) -> list[int
     return [round(math.sin(2 * math.pi * j / num_frames) * latent_width * amount) for j in range(num_frames)]
 
 
-def section_grid(num_sections: int, latent_window_size: int) -> list[tuple[float, float]]:
-    """(start, end) seconds of each video section in the final video (section 0 also holds the start frame)."""
+def section_grid(num_sections: int, latent_window_size: int, continues: bool = False) -> list[tuple[float, float]]:
+    """(start, end) seconds of each video section in the final video. Section 0 also holds the start frame,
+    unless the video `continues` an input video (whose last frame that is): then times count from the first
+    new frame."""
     frames = latent_window_size * LATENT_FRAMES_TO_PIXELS
+    lead = 0 if continues else 1
     return [
-        (0.0 if i == 0 else (1 + i * frames) / VIDEO_FPS, (1 + (i + 1) * frames) / VIDEO_FPS)
+        (0.0 if i == 0 else (lead + i * frames) / VIDEO_FPS, (lead + (i + 1) * frames) / VIDEO_FPS)
         for i in range(num_sections)
     ]
 

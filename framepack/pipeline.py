@@ -215,8 +215,14 @@ def _generate(
     generator = torch.Generator("cpu").manual_seed(request.seed)
     settings = SamplingSettings.from_request(request)
     empty = torch.zeros(1, LATENT_CHANNELS, planner.HISTORY_FRAMES, latent_height, latent_width)
-    history, generated_frames = variant.start_history(empty, start_latent)
-    assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant.prepends, on_final=options.on_frames)
+    history, generated_frames = variant.start_history(empty, cond.history_seed)
+    # A continuation begins with the input video's last latent; its frame is the input's last, not a new one.
+    assembler = FrameAssembler(
+        planner.overlap_frames(lws),
+        prepend=variant.prepends,
+        on_final=options.on_frames,
+        drop_leading=1 if request.input_video is not None else 0,
+    )
     background_decode = options.background_decode
     if options.on_section is not None and background_decode is not False:
         # on_section is handed each section's frames at once, so they must be decoded by then.
@@ -229,7 +235,7 @@ def _generate(
     # The VAE's own weights on the execution device: low-VRAM mode copies them in per `vae.decode` call only.
     # (Compare types: the VAE says "cuda:0" where the models say "cuda".)
     reuse_tiles = options.reuse_decoded_tiles and models.vae.device.type == models.device.type
-    sections = variant.plan_sections(num_sections, lws)
+    sections = variant.plan_sections(num_sections, lws, cond.start_group_latents)
     plan = []
     with SectionDecoder(models.vae, assembler, progress, background_decode, reuse_tiles) as decoder:
         for section, upcoming in zip(sections, sections[1:] + [None]):
@@ -253,6 +259,8 @@ def _generate(
                 latents = sample_section(transformer, settings, texts, inputs, noise, on_step)
             record(f"section_{section.generation_index}_latents", latents)
             record(f"section_{section.generation_index}_clean_latents", inputs.clean_latents)
+            record(f"section_{section.generation_index}_clean_latents_2x", inputs.clean_latents_2x)
+            record(f"section_{section.generation_index}_clean_latents_4x", inputs.clean_latents_4x)
             record(f"section_{section.generation_index}_prompt_embeds", texts["positive"].embeds)
             record(f"section_{section.generation_index}_pooled_prompt_embeds", texts["positive"].pooled)
 

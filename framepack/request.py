@@ -19,10 +19,11 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .continuation import MAX_INPUT_VIDEO_BYTES, MAX_INPUT_VIDEO_SECONDS, check_input_video
 from .controls import parse_keyframe_indices, parse_timed_prompts, section_grid
 from .downloads import public_url
 from .errors import InvalidInput
-from .planner import section_count
+from .planner import HISTORY_FRAMES, section_count
 from .weights import CheckpointMismatch, safetensors_shapes
 
 MAX_SEED = 2**32 - 1
@@ -49,7 +50,11 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_image: Path = Field(description="Start frame of the video: any image PIL can open.")
+    input_image: Path | None = Field(
+        None,
+        description="Start frame of the video: any image PIL can open. Optional with input_video: then it is "
+        "the image the model is shown instead of the video's last frame.",
+    )
     prompt: str = Field(
         max_length=MAX_PROMPT_CHARS,
         description="What happens in the video. The text encoder reads its first 256 tokens; the rest is ignored.",
@@ -147,6 +152,25 @@ class GenerationRequest(BaseModel):
     end_image_strength: float = Field(
         1.0, ge=0.0, le=1.0, description="How strongly the end frame is imposed (0 = ignored)."
     )
+    input_video: Path | None = Field(
+        None,
+        description=f"An MP4 to continue from its last frame for total_video_length_seconds more (read at 30 fps; "
+        f"at most {MAX_INPUT_VIDEO_BYTES // 2**20} MiB, {MAX_INPUT_VIDEO_SECONDS:g} s and 3840x2160).",
+    )
+    video_context_frames: int = Field(
+        0,
+        ge=0,
+        le=HISTORY_FRAMES,
+        description="How many of input_video's last latent frames (4 video frames each) condition the "
+        "continuation. 0: what the variant's context holds: f1 19 (its 1x, 2x and 4x history), original 1 (its "
+        "start slot; more go before it at full resolution, as in FP-Studio's Video model, each adding "
+        "1/latent_window_size of the window's tokens).",
+    )
+    include_input_video: bool = Field(
+        True,
+        description="Return input_video followed by the continuation, at the input's resolution; otherwise the "
+        "continuation alone.",
+    )
     camera_movement: float = Field(
         0.0,
         ge=0.0,
@@ -197,6 +221,10 @@ class GenerationRequest(BaseModel):
             missing = "height" if self.height == 0 else "width"
             raise InvalidInput(missing, "set both width and height, or leave both 0 to pick a bucket")
         self._check_end_image()
+        if self.input_image is None and self.input_video is None:
+            raise InvalidInput("input_image", "is required unless input_video is given")
+        if self.video_context_frames and self.input_video is None:
+            raise InvalidInput("video_context_frames", "given without input_video")
         if self.section_image_indices.strip() and not self.section_images:
             raise InvalidInput("section_image_indices", "given without section_images")
         parse_keyframe_indices(self.section_image_indices, len(self.section_images), self.num_sections)
@@ -221,14 +249,14 @@ class GenerationRequest(BaseModel):
     @property
     def section_grid(self) -> list[tuple[float, float]]:
         """(start, end) seconds of each video section: what section prompts' timestamps snap to."""
-        return section_grid(self.num_sections, self.latent_window_size)
+        return section_grid(self.num_sections, self.latent_window_size, continues=self.input_video is not None)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The request as JSON-serialisable values (image files by their names only)."""
         values = self.model_dump()
-        values["input_image"] = Path(self.input_image).name
+        for name in ("input_image", "end_image", "input_video"):
+            values[name] = Path(values[name]).name if values[name] else None
         values["section_images"] = [Path(p).name for p in self.section_images]
-        values["end_image"] = Path(self.end_image).name if self.end_image else None
         for name in ("lora_weights", "extra_lora"):  # URLs without their tokens; local files by name
             source = values[name].strip()
             values[name] = public_url(source) if "://" in source else Path(source).name if source else ""
@@ -446,7 +474,10 @@ def build_request(
     except ValidationError as error:
         raise _invalid_input(error) from None
     if check_files:
-        check_image_file("input_image", request.input_image)
+        if request.input_image is not None:
+            check_image_file("input_image", request.input_image)
+        if request.input_video is not None:
+            check_input_video(request.input_video, request.video_context_frames, request.include_input_video)
         for image in request.section_images:
             check_image_file("section_images", image)
         if request.end_image is not None:

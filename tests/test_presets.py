@@ -21,7 +21,7 @@ def test_presets_are_saved_loaded_and_deleted_without_files(tmp_path):
         store.load("calm")
     with pytest.raises(InvalidInput, match="give the preset a name"):
         store.save("  ", {})
-    assert set(FILE_INPUTS) == {"input_image", "section_images", "end_image"}
+    assert set(FILE_INPUTS) == {"input_image", "section_images", "end_image", "input_video"}
 
 
 def test_the_presets_file_is_in_the_users_config_folder(monkeypatch, tmp_path):
