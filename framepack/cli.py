@@ -9,9 +9,11 @@ the web studio (`studio.py`), with the same engine flags as predict.
     python -m framepack predict -i prompt="..." -i input_image=@photo.jpg -i seed=42 [-i name=value ...]
         [--weights DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [--fp8] [-o out.mp4]
         [--compile auto|on|off] [--attention auto|KERNEL] [--dump-tensors FILE]
+    python -m framepack predict --from video.mp4 -i input_image=@photo.jpg [-i name=value ...]
 
-Inputs are validated and the weights checked before any model is loaded; a failure exits non-zero and leaves
-no output file behind. Progress goes to stderr.
+`--from` restores the request and seed stored in an MP4 this project made (`presets.settings_from_video`, as
+the studio's "reuse settings" does); `-i` inputs override them. Inputs are validated and the weights checked
+before any model is loaded; a failure exits non-zero and leaves no output file behind. Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -83,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="an API input; prefix file paths with @ (input_image=@photo.jpg)",
     )
+    predict.add_argument(
+        "--from",
+        dest="from_video",
+        type=Path,
+        default=None,
+        metavar="VIDEO",
+        help="start from the request and seed stored in an MP4 this project made (its files given again with -i); "
+        "-i inputs override them",
+    )
     add_engine_flags(predict)
     predict.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
     predict.add_argument(
@@ -146,6 +157,37 @@ def parse_inputs(pairs: list[str]) -> dict[str, object]:
     return values
 
 
+def inputs_from_video(path: Path, overrides: dict[str, object]) -> dict[str, object]:
+    """The request stored in the MP4 at `path` (seed included) with `overrides` on top; raises InvalidInput.
+
+    A video stores its files by name only, so each file the request used must be given again; a continued video
+    other than the one recorded (by its SHA-256) is named in a warning.
+    """
+    # PyAV and torch: imported only for --from.
+    from .continuation import file_sha256
+    from .presets import FILE_INPUTS, settings_from_video, stored_request
+    from .video import read_mp4_metadata
+
+    inputs = {**settings_from_video(path, "--from"), **overrides}
+    stored = stored_request(path, "--from")
+    for name in FILE_INPUTS:
+        if stored.get(name) and name not in inputs:
+            named = ", ".join(stored[name]) if isinstance(stored[name], list) else stored[name]
+            raise InvalidInput(
+                name,
+                f"{path.name} was made from {named}; a video does not hold its files, give it again with "
+                f"-i {name}=@PATH",
+            )
+    continued = read_mp4_metadata(path).get("input_video") or {}
+    given = Path(inputs["input_video"]) if inputs.get("input_video") else None
+    if continued.get("sha256") and given is not None and given.is_file() and file_sha256(given) != continued["sha256"]:
+        logger.warning(
+            f"input_video {given.name} is not the video {path.name} continued ({continued['name']}, SHA-256 "
+            f"{continued['sha256'][:16]}...): the frames will differ"
+        )
+    return inputs
+
+
 def _check_output(path: Path, option: str) -> None:
     if not path.parent.resolve().is_dir():
         raise InvalidInput(option, f"folder {path.parent} does not exist")
@@ -169,7 +211,10 @@ def engine_config(args: argparse.Namespace, variants: tuple[str, ...]) -> Engine
 
 def run_predict(args: argparse.Namespace) -> Path:
     """Validate, load, generate and write; returns the MP4 path. Raises InvalidInput or MissingWeights early."""
-    request: GenerationRequest = build_request(parse_inputs(args.inputs))
+    inputs = parse_inputs(args.inputs)
+    if args.from_video is not None:
+        inputs = inputs_from_video(args.from_video, inputs)
+    request: GenerationRequest = build_request(inputs)
     _check_output(args.output, "--output")
     if args.dump_tensors is not None:
         _check_output(args.dump_tensors, "--dump-tensors")

@@ -16,11 +16,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import controls
+from . import continuation, controls
 from .errors import InvalidInput
 from .models import FramePackModels
+from .planner import pixel_frames
 from .request import GenerationRequest
 from .transformer import TextInputs
+from .variants import StartSlots, variant_named
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +171,27 @@ def encode_prompt(
     return PromptEmbedding(embeds=embeds, pooled=pooled)
 
 
+def blend_embeddings(source: PromptEmbedding, target: PromptEmbedding, weight: float) -> PromptEmbedding:
+    """(1 - weight) source + weight target, in float32, for the Llama states and the pooled CLIP vector.
+
+    Args:
+        source, target: embeds (1, L_s, D_llama) and (1, L_t, D_llama); pooled (1, D_clip) each.
+        weight: how far towards `target`, 0 .. 1.
+
+    Returns embeds (1, max(L_s, L_t), D_llama): the shorter prompt's states are zero past its end, as the
+    model's padding is, so the blend's valid tokens are the longer prompt's.
+    """
+    length = max(source.embeds.shape[1], target.embeds.shape[1])
+
+    def padded(embeds: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(embeds.float(), (0, 0, 0, length - embeds.shape[1]))
+
+    return PromptEmbedding(
+        embeds=(1 - weight) * padded(source.embeds) + weight * padded(target.embeds),
+        pooled=(1 - weight) * source.pooled.float() + weight * target.pooled.float(),
+    )
+
+
 def pad_prompt_embeds(embeds: torch.Tensor, length: int = PADDED_PROMPT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad (1, L, D) to (1, length, D) and return it with its (1, length) bool mask of valid tokens."""
     batch, valid, dim = embeds.shape
@@ -193,13 +216,30 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return pixels.permute(2, 0, 1)[None, :, None]
 
 
+def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (1, 3, T, H, W) float32 in [-1, 1], the VAE's input layout."""
+    pixels = torch.from_numpy(frames).float() / 127.5 - 1
+    return pixels.permute(3, 0, 1, 2)[None].contiguous()
+
+
 @torch.no_grad()
 def vae_encode_mean(image: np.ndarray, vae) -> torch.Tensor:
     """Start latent (1, 16, 1, H/8, W/8): the VAE posterior mean times the scaling factor.
 
     The reference samples the posterior with the unseeded global RNG; the mean makes a seed reproducible.
     """
-    pixels = image_to_tensor(image).to(device=vae.device, dtype=vae.dtype)
+    return _posterior_mean(image_to_tensor(image), vae)
+
+
+@torch.no_grad()
+def vae_encode_video_mean(frames: np.ndarray, vae) -> torch.Tensor:
+    """Latents (1, 16, (T - 1) / 4 + 1, H/8, W/8) of (T, H, W, 3) uint8 frames, T = 4k + 1: the posterior mean
+    times the scaling factor. The causal VAE encodes the first frame alone and each later 4 together."""
+    return _posterior_mean(video_to_tensor(frames), vae)
+
+
+def _posterior_mean(pixels: torch.Tensor, vae) -> torch.Tensor:
+    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
     return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
 
 
@@ -207,24 +247,42 @@ def vae_encode_mean(image: np.ndarray, vae) -> torch.Tensor:
 class Conditioning:
     """Everything the sections share.
 
-    texts: positive TextInputs per distinct prompt; negative: the global negative branch; image_embeds: SigLIP
-    features of the start image; start_latent, keyframe_latents, end_latent: (1, 16, 1, h, w) float32 on the
-    CPU (end_latent already times its strength); prompts and keyframes: per video section.
+    texts: positive TextInputs per distinct prompt; blends: per video section, its prompt's blend (all
+    unblended with prompt_blend_sections 0); blended_texts: the TextInputs of each blend that mixes two prompts;
+    negative: the global negative branch; image_embeds: SigLIP features of the start image; start_latent,
+    keyframe_latents, end_latent: (1, 16, 1, h, w) float32 on the CPU (end_latent already times its strength);
+    start_context and history_seed: where a continued video's latents go (`variants.StartSlots`); prompts and
+    keyframes: per video section.
     """
 
     texts: dict[str, TextInputs]
+    blends: list[controls.PromptBlend]
+    blended_texts: dict[controls.PromptBlend, TextInputs]
     negative: TextInputs
     image_embeds: torch.Tensor
     start_latent: torch.Tensor
+    start_context: torch.Tensor | None
+    history_seed: torch.Tensor
     keyframe_latents: list[torch.Tensor]
     end_latent: torch.Tensor | None
     prompts: list[str]
     keyframes: list[int | None]
 
+    def positive_text(self, video_index: int) -> TextInputs:
+        """The positive text conditioning of a video section: its prompt's, or its blend of two prompts."""
+        blend = self.blends[video_index]
+        return self.blended_texts[blend] if blend.blended else self.texts[blend.target]
+
     def start_slot(self, video_index: int) -> torch.Tensor:
-        """The latent in the clean "start" slot of a video section: its keyframe, else the start image's."""
+        """The clean start group of a video section: its keyframe, else the start latent (after the continued
+        video's context latents, where the variant puts them there)."""
         keyframe = self.keyframes[video_index]
-        return self.start_latent if keyframe is None else self.keyframe_latents[keyframe]
+        slot = self.start_latent if keyframe is None else self.keyframe_latents[keyframe]
+        return slot if self.start_context is None else torch.cat([self.start_context, slot], dim=2)
+
+    @property
+    def start_group_latents(self) -> int:
+        return 1 + (self.start_context.shape[2] if self.start_context is not None else 0)
 
 
 def _text_inputs(embedding: PromptEmbedding, device: torch.device, dtype: torch.dtype) -> TextInputs:
@@ -241,6 +299,24 @@ def _image_latent(path, name: str, width: int, height: int, vae) -> torch.Tensor
     return vae_encode_mean(image, vae).to("cpu", torch.float32)
 
 
+def _read_input_video(
+    request: GenerationRequest, default_context: int, log: Callable[[str], None]
+) -> tuple[np.ndarray, int, int]:
+    """The continued video's last frames, as many as its context latents need, cropped to the bucket of its size
+    (or to width and height): (T, H, W, 3) uint8, and H and W."""
+    probe = continuation.probe_video(request.input_video)
+    height, width = output_size(probe.height, probe.width, request.resolution, request.width, request.height)
+    latents = continuation.context_latents(request.video_context_frames, default_context, probe)
+    frames = continuation.read_last_frames(
+        request.input_video, pixel_frames(latents), lambda frame: resize_and_center_crop(frame, width, height)
+    )
+    log(
+        f"input_video {probe.name}: {probe.frames} frames of {probe.width}x{probe.height} at 30 fps; its last "
+        f"{len(frames)}, at {width}x{height}, give the {latents} context latents"
+    )
+    return frames, height, width
+
+
 def encode_conditioning(
     request: GenerationRequest, models: FramePackModels, record: Recorder, log: Callable[[str], None] = logger.info
 ) -> Conditioning:
@@ -249,14 +325,21 @@ def encode_conditioning(
     `record(name, tensor)` receives the intermediate tensors (the CLI's --dump-tensors).
     """
     num_sections = request.num_sections
-    image = load_rgb_image(request.input_image)
-    height, width = output_size(image.shape[0], image.shape[1], request.resolution, request.width, request.height)
+    variant = variant_named(request.model_variant)
+    video_frames = None
+    if request.input_video is not None:  # first: an input video that does not decode fails before any model runs
+        video_frames, height, width = _read_input_video(request, variant.default_video_context, log)
+        image = video_frames[-1] if request.input_image is None else load_rgb_image(request.input_image)
+    else:
+        image = load_rgb_image(request.input_image)
+        height, width = output_size(image.shape[0], image.shape[1], request.resolution, request.width, request.height)
     cropped = resize_and_center_crop(image, width, height)
     record("image_cropped_uint8", torch.from_numpy(cropped))
 
-    prompt_plan = controls.plan_section_prompts(request.section_prompts, request.prompt, num_sections)
-    if prompt_plan.ignored:
-        log(f"section_prompts lines {prompt_plan.ignored} are past the last section ({num_sections - 1}); ignored")
+    prompt_plan = controls.plan_section_prompts(request.section_prompts, request.prompt, request.section_grid)
+    for note in prompt_plan.notes:
+        log(note)
+    blends = controls.plan_prompt_blends(prompt_plan.prompts, request.prompt_blend_sections)
     crop_start = template_crop_start(models.tokenizer)
     encoders = (models.text_encoder, models.text_encoder_2, models.tokenizer, models.tokenizer_2)
     embeddings = {}
@@ -274,8 +357,14 @@ def encode_conditioning(
 
     image_embeds = encode_image_siglip(cropped, models.feature_extractor, models.image_encoder)
     record("image_embeds", image_embeds)
-    start_latent = vae_encode_mean(cropped, models.vae).to("cpu", torch.float32)
-    record("start_latent", start_latent)
+    image_latent = vae_encode_mean(cropped, models.vae).to("cpu", torch.float32)
+    if video_frames is not None:
+        context = vae_encode_video_mean(video_frames, models.vae).to("cpu", torch.float32)
+        record("input_video_latents", context)
+        slots = variant.continuation_slots(context, image_latent)
+    else:
+        slots = StartSlots(image_latent, None, image_latent)
+    record("start_latent", slots.start_latent)
     keyframe_latents = [
         _image_latent(path, "section_images", width, height, models.vae) for path in request.section_images
     ]
@@ -285,11 +374,24 @@ def encode_conditioning(
         end_latent = _image_latent(request.end_image, "end_image", width, height, models.vae)
         end_latent = end_latent * request.end_image_strength
     texts = {prompt: _text_inputs(emb, models.device, models.dtype) for prompt, emb in embeddings.items()}
+    blended_texts = {
+        blend: _text_inputs(
+            blend_embeddings(embeddings[blend.source], embeddings[blend.target], blend.weight),
+            models.device,
+            models.dtype,
+        )
+        for blend in blends
+        if blend.blended
+    }
     return Conditioning(
         texts=texts,
+        blends=blends,
+        blended_texts=blended_texts,
         negative=_text_inputs(negative, models.device, models.dtype),
         image_embeds=image_embeds,
-        start_latent=start_latent,
+        start_latent=slots.start_latent,
+        start_context=slots.start_context,
+        history_seed=slots.history_seed,
         keyframe_latents=keyframe_latents,
         end_latent=end_latent,
         prompts=prompt_plan.prompts,

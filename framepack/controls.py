@@ -1,4 +1,5 @@
-"""Creative controls as pure planning: section prompts, keyframes, camera movement, the section grid.
+"""Creative controls as pure planning: section prompts (by line or by time, with blending), keyframes, camera
+movement, the section grid.
 
 Sections are numbered in video order (0 = the start of the video). A setting cascades forward: a section
 without its own value takes the nearest earlier section's. The "original" variant generates sections in
@@ -9,6 +10,7 @@ reverse video order; the plans here are per video section and the loop looks the
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -31,18 +33,145 @@ def cascade(values: dict[int, T], num_sections: int, default: T) -> list[T]:
 
 @dataclass(frozen=True)
 class PromptPlan:
-    """prompts[i] is the prompt of video section i; `ignored` lists 1-based line numbers past the last section."""
+    """prompts[i] is the prompt of video section i; `ignored` lists 1-based line numbers that reach no section;
+    `notes` are the log lines saying where timestamps snapped and what was ignored."""
 
     prompts: list[str]
     ignored: list[int]
+    notes: list[str]
 
 
-def plan_section_prompts(section_prompts: str, prompt: str, num_sections: int) -> PromptPlan:
-    """Line i of `section_prompts` is section i's prompt; empty lines cascade; section 0 falls back to `prompt`."""
+@dataclass(frozen=True)
+class TimedPrompt:
+    """A `section_prompts` line with a timestamp: `prompt` from `start` seconds (to `end`, when given)."""
+
+    line: int  # 1-based
+    start: float
+    end: float | None
+    prompt: str
+
+    def label(self) -> str:
+        return f"[{self.start:g}s]" if self.end is None else f"[{self.start:g}s-{self.end:g}s]"
+
+
+# FP-Studio's timestamps: `[2s] text` or `[2s-4s] text`, and its inline form `[2s: text]`, `[2s-4s: text]`.
+_TIMESTAMP = re.compile(
+    r"\[\s*(?P<start>\d+(?:\.\d+)?)\s*s\s*(?:-\s*(?P<end>\d+(?:\.\d+)?)\s*s\s*)?(?::(?P<inner>[^\]]*))?\]"
+    r"(?P<rest>.*)"
+)
+
+
+def parse_timed_prompts(section_prompts: str) -> list[TimedPrompt] | None:
+    """The timestamped lines of `section_prompts`, or None when no line has a timestamp (line i is section i).
+
+    Raises InvalidInput when timestamped and plain lines are mixed, a range ends before it starts, or a
+    timestamp has no prompt.
+    """
+    timed, plain = [], []
+    for number, line in enumerate(section_prompts.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _TIMESTAMP.fullmatch(line.strip())
+        if match is None:
+            plain.append(number)
+            continue
+        start, end = float(match["start"]), float(match["end"]) if match["end"] else None
+        text = (match["inner"] if match["inner"] is not None else match["rest"]).strip()
+        entry = TimedPrompt(number, start, end, text)
+        if end is not None and end <= start:
+            raise InvalidInput("section_prompts", f"line {number}: {entry.label()} ends before it starts")
+        if not text:
+            raise InvalidInput("section_prompts", f"line {number}: {entry.label()} has no prompt after it")
+        timed.append(entry)
+    if timed and plain:
+        raise InvalidInput(
+            "section_prompts",
+            f"line {timed[0].line} has a timestamp ({timed[0].label()}) and line {plain[0]} has none; "
+            "give every line a timestamp, or none (then line i is section i)",
+        )
+    return timed or None
+
+
+def snap_to_grid(seconds: float, grid: Sequence[tuple[float, float]]) -> int:
+    """The section boundary nearest to `seconds`: i is where section i starts, len(grid) the video's end.
+
+    A time halfway between two boundaries goes to the earlier one.
+    """
+    boundaries = [start for start, _ in grid] + [grid[-1][1]]
+    return min(range(len(boundaries)), key=lambda i: (abs(boundaries[i] - seconds), i))
+
+
+def plan_section_prompts(section_prompts: str, prompt: str, grid: Sequence[tuple[float, float]]) -> PromptPlan:
+    """Each video section's prompt, from `section_prompts` over the section `grid` (`section_grid`).
+
+    Plain lines: line i is section i's prompt; empty lines cascade; section 0 falls back to `prompt`.
+    Timestamped lines: a prompt applies from the section boundary nearest its start time to the boundary
+    nearest its end time (at least one section), or to the end of the video; a later start overrides an
+    earlier one, and sections no line covers take `prompt`.
+    """
+    num_sections = len(grid)
+    timed = parse_timed_prompts(section_prompts)
+    if timed is not None:
+        return _plan_timed_prompts(timed, prompt, grid)
     lines = section_prompts.splitlines() if section_prompts.strip() else []
     own = {i: line.strip() for i, line in enumerate(lines) if line.strip() and i < num_sections}
     ignored = [i + 1 for i, line in enumerate(lines) if line.strip() and i >= num_sections]
-    return PromptPlan(cascade(own, num_sections, prompt), ignored)
+    notes = [f"section_prompts lines {ignored} are past the last section ({num_sections - 1}); ignored"]
+    return PromptPlan(cascade(own, num_sections, prompt), ignored, notes if ignored else [])
+
+
+def _plan_timed_prompts(timed: list[TimedPrompt], prompt: str, grid: Sequence[tuple[float, float]]) -> PromptPlan:
+    num_sections = len(grid)
+    boundaries = [start for start, _ in grid] + [grid[-1][1]]
+    prompts, ignored, notes = [prompt] * num_sections, [], []
+    for entry in sorted(timed, key=lambda entry: entry.start):
+        first = snap_to_grid(entry.start, grid)
+        if first == num_sections:
+            ignored.append(entry.line)
+            notes.append(
+                f"section_prompts line {entry.line} {entry.label()} starts at the end of the video "
+                f"({boundaries[-1]:.2f} s); ignored"
+            )
+            continue
+        stop = num_sections if entry.end is None else max(snap_to_grid(entry.end, grid), first + 1)
+        prompts[first:stop] = [entry.prompt] * (stop - first)
+        notes.append(
+            f"section_prompts line {entry.line} {entry.label()} snapped to {boundaries[first]:.2f} to "
+            f"{boundaries[stop]:.2f} s: sections {first} to {stop - 1}"
+        )
+    return PromptPlan(prompts, ignored, notes)
+
+
+@dataclass(frozen=True)
+class PromptBlend:
+    """One video section's text conditioning: the embeddings of `source` interpolated linearly towards those of
+    `target`, `weight` of the way (1.0: `target` alone)."""
+
+    source: str
+    target: str
+    weight: float
+
+    @property
+    def blended(self) -> bool:
+        return self.weight != 1.0
+
+
+def plan_prompt_blends(prompts: Sequence[str], blend_sections: int) -> list[PromptBlend]:
+    """Per video section: after a prompt change, `blend_sections` sections move from the old prompt to the new.
+
+    The k-th section from the change (k = 1 .. blend_sections) has weight k / (blend_sections + 1); the next
+    one is the new prompt alone. A change within a blend starts a new blend from the prompt it interrupted.
+    """
+    blends, change = [], None
+    for index, target in enumerate(prompts):
+        if index and target != prompts[index - 1]:
+            change, source = index, prompts[index - 1]
+        step = index - change + 1 if change is not None else blend_sections + 1
+        if step <= blend_sections:
+            blends.append(PromptBlend(source, target, step / (blend_sections + 1)))
+        else:
+            blends.append(PromptBlend(target, target, 1.0))
+    return blends
 
 
 def parse_keyframe_indices(text: str, num_images: int, num_sections: int) -> list[int]:
@@ -82,21 +211,30 @@ def camera_shifts(num_frames: int, latent_width: int, amount: float) -> list[int
     return [round(math.sin(2 * math.pi * j / num_frames) * latent_width * amount) for j in range(num_frames)]
 
 
-def section_grid(num_sections: int, latent_window_size: int) -> list[tuple[float, float]]:
-    """(start, end) seconds of each video section in the final video (section 0 also holds the start frame)."""
+def section_grid(num_sections: int, latent_window_size: int, continues: bool = False) -> list[tuple[float, float]]:
+    """(start, end) seconds of each video section in the final video. Section 0 also holds the start frame,
+    unless the video `continues` an input video (whose last frame that is): then times count from the first
+    new frame."""
     frames = latent_window_size * LATENT_FRAMES_TO_PIXELS
+    lead = 0 if continues else 1
     return [
-        (0.0 if i == 0 else (1 + i * frames) / VIDEO_FPS, (1 + (i + 1) * frames) / VIDEO_FPS)
+        (0.0 if i == 0 else (lead + i * frames) / VIDEO_FPS, (lead + (i + 1) * frames) / VIDEO_FPS)
         for i in range(num_sections)
     ]
 
 
 def describe_grid(
-    grid: Sequence[tuple[float, float]], prompts: Sequence[str], keyframes: Sequence[int | None]
+    grid: Sequence[tuple[float, float]],
+    prompts: Sequence[str],
+    keyframes: Sequence[int | None],
+    blends: Sequence[PromptBlend] = (),
 ) -> list[str]:
-    """One log line per video section."""
+    """One log line per video section (with the blend of its prompt, where `blends` has one)."""
     lines = []
     for i, ((start, end), prompt, keyframe) in enumerate(zip(grid, prompts, keyframes)):
         image = "start image" if keyframe is None else f"keyframe {keyframe}"
-        lines.append(f"section {i} covers {start:.2f} to {end:.2f} s: {image}, prompt {prompt!r}")
+        line = f"section {i} covers {start:.2f} to {end:.2f} s: {image}, prompt {prompt!r}"
+        if i < len(blends) and blends[i].blended:
+            line += f", blended {blends[i].weight:.2f} of the way from {blends[i].source!r}"
+        lines.append(line)
     return lines

@@ -36,13 +36,22 @@ class FrameAssembler:
     `prepend=True` for the original variant (each new section goes before the previous ones), False for F1.
     Only the `overlap` frames that the next section will blend into are kept in float. With `prepend=False`,
     `on_final` (if given) receives each run of final uint8 frames (T, H, W, 3) as soon as it is final, in
-    video order; the last `overlap` frames become final only in `frames()`.
+    video order; the last `overlap` frames become final only in `frames()`. The video's first `drop_leading`
+    frames are left out of both.
     """
 
-    def __init__(self, overlap: int, prepend: bool, on_final: Callable[[torch.Tensor], None] | None = None):
+    def __init__(
+        self,
+        overlap: int,
+        prepend: bool,
+        on_final: Callable[[torch.Tensor], None] | None = None,
+        drop_leading: int = 0,
+    ):
         self.overlap = overlap
         self.prepend = prepend
         self.on_final = None if prepend else on_final
+        self.drop_leading = drop_leading
+        self._to_drop = drop_leading  # of the frames still to be handed to on_final
         self.pending: torch.Tensor | None = None  # (1, 3, T, H, W) float frames still to be blended
         self.final: list[torch.Tensor] = []  # uint8 (T, H, W, 3) chunks, in generation order
 
@@ -62,10 +71,17 @@ class FrameAssembler:
         if finished.shape[2]:
             self.final.append(to_uint8_frames(finished))
             if self.on_final is not None:
-                self.on_final(self.final[-1])
+                self._hand_over(self.final[-1])
+
+    def _hand_over(self, chunk: torch.Tensor) -> None:
+        dropped = min(self._to_drop, chunk.shape[0])
+        self._to_drop -= dropped
+        if chunk.shape[0] > dropped:
+            self.on_final(chunk[dropped:])
 
     def frames(self) -> torch.Tensor:
-        """All frames (T, H, W, 3) uint8 in video order."""
+        """All frames (T, H, W, 3) uint8 in video order (the first `drop_leading` left out)."""
         chunks = list(reversed(self.final)) if self.prepend else list(self.final)
         pending = to_uint8_frames(self.pending)
-        return torch.cat([pending] + chunks if self.prepend else chunks + [pending], dim=0)
+        frames = torch.cat([pending] + chunks if self.prepend else chunks + [pending], dim=0)
+        return frames[self.drop_leading :] if self.drop_leading else frames

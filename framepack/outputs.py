@@ -7,12 +7,18 @@ import json
 import os
 from pathlib import Path
 
-from . import planner
+import numpy as np
+import torch
+
+from . import continuation, planner
+from .conditioning import resize_and_center_crop
 from .models import FramePackModels
 from .pipeline import GenerationOptions, GenerationResult, TensorRecorder, generate
 from .progress import ProgressReporter
 from .request import GenerationRequest
-from .video import Mp4Writer
+from .video import RGB_FRAMES, YUV420P_FRAMES, Mp4Writer
+
+INPUT_FRAMES_PER_WRITE = 30  # an included input video goes to the encoder a second at a time
 
 
 def save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -28,11 +34,56 @@ def save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = No
 
 
 def open_mp4(request: GenerationRequest, path: Path) -> Mp4Writer:
-    """The request's MP4 writer: its CRF, and the request, seed and frame count as metadata."""
+    """The request's MP4 writer: its CRF, and the request, seed and frame count as metadata (and what identifies
+    a continued video: its name, frame count and SHA-256)."""
     num_sections = request.num_sections
     frames = planner.pixel_frames(planner.total_latent_frames(num_sections, request.latent_window_size))
     metadata = {"request": request.to_json_dict(), "seed": request.seed, "frames": frames}
-    return Mp4Writer(path, request.mp4_crf, metadata)
+    pixel_format = RGB_FRAMES
+    if request.input_video is not None:
+        probe = continuation.probe_video(request.input_video)
+        metadata["input_video"] = probe.metadata()
+        metadata["frames"] = frames - 1 + (probe.frames if request.include_input_video else 0)
+        pixel_format = YUV420P_FRAMES if request.include_input_video else RGB_FRAMES
+    return Mp4Writer(path, request.mp4_crf, metadata, pixel_format)
+
+
+class OutputFrames:
+    """What goes into the MP4: the generated frames, after the input video's own when it is included.
+
+    Then the input's frames are written first, as decoded (YUV 4:2:0, upright, on the 30 fps grid), and each
+    run of generated frames is resized and centre-cropped to the input's size and converted to YUV 4:2:0.
+    `generated` counts the generated frames written.
+    """
+
+    def __init__(self, request: GenerationRequest, video: Mp4Writer):
+        self.video = video
+        self.generated = 0
+        self.input_size: tuple[int, int] | None = None  # (width, height)
+        if request.input_video is not None and request.include_input_video:
+            probe = continuation.probe_video(request.input_video)
+            self.input_size = (probe.width, probe.height)
+            batch = []
+            for frame in continuation.yuv420p_frames(request.input_video):
+                batch.append(frame)
+                if len(batch) == INPUT_FRAMES_PER_WRITE:
+                    video.write(torch.from_numpy(np.stack(batch)))
+                    batch = []
+            if batch:
+                video.write(torch.from_numpy(np.stack(batch)))
+
+    def write(self, frames: torch.Tensor) -> None:
+        """Append generated (T, H, W, 3) uint8 RGB frames."""
+        self.generated += frames.shape[0]
+        if self.input_size is None:
+            self.video.write(frames)
+            return
+        width, height = self.input_size
+        converted = [
+            continuation.rgb_to_yuv420p(resize_and_center_crop(frame.numpy(), width, height)) for frame in frames
+        ]
+        if converted:
+            self.video.write(torch.from_numpy(np.stack(converted)))
 
 
 def generate_video(
@@ -48,14 +99,16 @@ def generate_video(
 
     With `stream`, F1's frames go to the encoder as soon as they are final, while later sections sample (the
     original variant's frames are final only at the end). The "mp4" stage times what is left after sampling.
+    A continued video's own frames, when included, are written before the generation starts.
     """
     progress = progress or ProgressReporter(request.num_sections, request.steps)
     with open_mp4(request, mp4_path) as video:
+        output = OutputFrames(request, video)
         if stream:
-            options = dataclasses.replace(options, on_frames=video.write)
+            options = dataclasses.replace(options, on_frames=output.write)
         result = generate(request, models, progress=progress, record=record, options=options)
         with progress.stage("mp4"):
-            video.write(result.frames[video.frames_written :])
+            output.write(result.frames[output.generated :])
             video.close()
     return result
 

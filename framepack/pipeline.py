@@ -37,7 +37,7 @@ class GenerationResult:
     video_latents: torch.Tensor
     num_sections: int
     timings: dict[str, float] = field(default_factory=dict)
-    plan: list[dict] = field(default_factory=list)  # per generated section: video index, prompt, keyframe
+    plan: list[dict] = field(default_factory=list)  # per generated section: video index, prompt, blend, keyframe
 
 
 class TensorRecorder:
@@ -206,8 +206,8 @@ def _generate(
     variant, lws, num_sections = variant_named(request.model_variant), request.latent_window_size, request.num_sections
     with progress.stage("encode"):
         cond = conditioning.encode_conditioning(request, models, record, progress.write)
-    grid = controls.section_grid(num_sections, lws)
-    for line in controls.describe_grid(grid, cond.prompts, cond.keyframes):
+    grid = request.section_grid
+    for line in controls.describe_grid(grid, cond.prompts, cond.keyframes, cond.blends):
         progress.write(line)
     start_latent = cond.start_latent
     _, _, _, latent_height, latent_width = start_latent.shape
@@ -215,8 +215,14 @@ def _generate(
     generator = torch.Generator("cpu").manual_seed(request.seed)
     settings = SamplingSettings.from_request(request)
     empty = torch.zeros(1, LATENT_CHANNELS, planner.HISTORY_FRAMES, latent_height, latent_width)
-    history, generated_frames = variant.start_history(empty, start_latent)
-    assembler = FrameAssembler(planner.overlap_frames(lws), prepend=variant.prepends, on_final=options.on_frames)
+    history, generated_frames = variant.start_history(empty, cond.history_seed)
+    # A continuation begins with the input video's last latent; its frame is the input's last, not a new one.
+    assembler = FrameAssembler(
+        planner.overlap_frames(lws),
+        prepend=variant.prepends,
+        on_final=options.on_frames,
+        drop_leading=1 if request.input_video is not None else 0,
+    )
     background_decode = options.background_decode
     if options.on_section is not None and background_decode is not False:
         # on_section is handed each section's frames at once, so they must be decoded by then.
@@ -229,20 +235,22 @@ def _generate(
     # The VAE's own weights on the execution device: low-VRAM mode copies them in per `vae.decode` call only.
     # (Compare types: the VAE says "cuda:0" where the models say "cuda".)
     reuse_tiles = options.reuse_decoded_tiles and models.vae.device.type == models.device.type
-    sections = variant.plan_sections(num_sections, lws)
+    sections = variant.plan_sections(num_sections, lws, cond.start_group_latents)
     plan = []
     with SectionDecoder(models.vae, assembler, progress, background_decode, reuse_tiles) as decoder:
         for section, upcoming in zip(sections, sections[1:] + [None]):
             progress.section_started(section.generation_index, f"video section {section.video_index}")
             noise = torch.randn((1, LATENT_CHANNELS, lws, latent_height, latent_width), generator=generator)
             inputs = section_inputs(section, history, cond, variant)
-            prompt = cond.prompts[section.video_index]
-            texts = {"positive": cond.texts[prompt], "negative": cond.negative}
+            blend = cond.blends[section.video_index]
+            texts = {"positive": cond.positive_text(section.video_index), "negative": cond.negative}
             plan.append(
                 {
                     "generation_index": section.generation_index,
                     "video_index": section.video_index,
-                    "prompt": prompt,
+                    "prompt": blend.target,
+                    "blend_from": blend.source if blend.blended else None,
+                    "blend_weight": blend.weight,
                     "keyframe": cond.keyframes[section.video_index],
                 }
             )
@@ -251,6 +259,10 @@ def _generate(
                 latents = sample_section(transformer, settings, texts, inputs, noise, on_step)
             record(f"section_{section.generation_index}_latents", latents)
             record(f"section_{section.generation_index}_clean_latents", inputs.clean_latents)
+            record(f"section_{section.generation_index}_clean_latents_2x", inputs.clean_latents_2x)
+            record(f"section_{section.generation_index}_clean_latents_4x", inputs.clean_latents_4x)
+            record(f"section_{section.generation_index}_prompt_embeds", texts["positive"].embeds)
+            record(f"section_{section.generation_index}_pooled_prompt_embeds", texts["positive"].pooled)
 
             history, added = variant.add_section(history, latents, section, start_latent)
             generated_frames += added

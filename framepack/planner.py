@@ -53,9 +53,10 @@ class SectionPlan:
     """Everything about one section that does not depend on tensors.
 
     Indices are RoPE time positions fed to the transformer: `latent_indices` (lws) for the noisy window,
-    `clean_latent_indices` (2) for [start latent, 1x history], then 2 and 16 positions for the 2x and 4x
-    history. `decode_latents` is how many latents to decode after this section (None: every latent generated
-    so far), from the newest end of the history.
+    `clean_latent_indices` for [start latent, 1x history] (2; the original variant continuing a video puts more
+    of the video's latents before its start latent), then 2 and 16 positions for the 2x and 4x history.
+    `decode_latents` is how many latents to decode after this section (None: every latent generated so far),
+    from the newest end of the history.
     """
 
     generation_index: int
@@ -64,7 +65,7 @@ class SectionPlan:
     is_last: bool
     latent_padding: int | None
     latent_indices: tuple[int, ...]
-    clean_latent_indices: tuple[int, int]
+    clean_latent_indices: tuple[int, ...]
     clean_latent_2x_indices: tuple[int, ...]
     clean_latent_4x_indices: tuple[int, ...]
     decode_latents: int | None
@@ -78,9 +79,9 @@ def _split(values: range, sizes: list[int]) -> list[tuple[int, ...]]:
     return parts
 
 
-def _original_section(index: int, num_sections: int, padding: int, lws: int) -> SectionPlan:
+def _original_section(index: int, num_sections: int, padding: int, lws: int, start_latents: int) -> SectionPlan:
     padding_size = padding * lws
-    sizes = [1, padding_size, lws, HISTORY_1X, HISTORY_2X, HISTORY_4X]
+    sizes = [start_latents, padding_size, lws, HISTORY_1X, HISTORY_2X, HISTORY_4X]
     pre, _blank, latent, post, two_x, four_x = _split(range(sum(sizes)), sizes)
     is_last = padding == 0
     decode = None if index == 0 else 2 * lws + (1 if is_last else 0)
@@ -91,7 +92,7 @@ def _original_section(index: int, num_sections: int, padding: int, lws: int) -> 
         is_last=is_last,
         latent_padding=padding,
         latent_indices=latent,
-        clean_latent_indices=(pre[0], post[0]),
+        clean_latent_indices=(*pre, post[0]),
         clean_latent_2x_indices=two_x,
         clean_latent_4x_indices=four_x,
         decode_latents=decode,
@@ -115,10 +116,14 @@ def _f1_section(index: int, num_sections: int, lws: int) -> SectionPlan:
     )
 
 
-def inverted_sections(num_sections: int, latent_window_size: int) -> list[SectionPlan]:
-    """The original variant's sections in generation order: the end of the video first."""
+def inverted_sections(num_sections: int, latent_window_size: int, start_latents: int = 1) -> list[SectionPlan]:
+    """The original variant's sections in generation order: the end of the video first.
+
+    `start_latents` clean latents lead the layout (time indices 0 .. start_latents - 1): the start latent, and
+    before it, when a video is continued, that many - 1 of the video's last latents (FP-Studio's "Video" model).
+    """
     return [
-        _original_section(i, num_sections, padding, latent_window_size)
+        _original_section(i, num_sections, padding, latent_window_size, start_latents)
         for i, padding in enumerate(latent_paddings(num_sections))
     ]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import InvalidInput
 from .request import INPUT_SPECS
-from .video import read_mp4_metadata
+from .video import read_mp4_metadata, video_read_errors
 
 FILE_INPUTS = tuple(name for name, spec in INPUT_SPECS.items() if spec.type in (Path, list))
 SETTINGS = tuple(name for name in INPUT_SPECS if name not in FILE_INPUTS)
@@ -82,9 +82,24 @@ class PresetStore:
         os.replace(partial, self.path)
 
 
-def settings_from_video(path: Path) -> dict[str, Any]:
-    """The settings of the request that made the MP4 at `path` (seed included), from its metadata."""
-    request = read_mp4_metadata(Path(path)).get("request")
+def stored_request(path: Path, name: str = "video") -> dict[str, Any]:
+    """The request stored in the metadata of an MP4 this project made (files by name only), as JSON values.
+
+    Raises InvalidInput naming input `name` for a file that is not such an MP4.
+    """
+    path = Path(path)
+    try:
+        request = read_mp4_metadata(path).get("request")
+    except video_read_errors() as error:
+        raise InvalidInput(name, f"could not read {path.name} as an MP4 ({error})") from None
     if not isinstance(request, dict):
-        raise InvalidInput("video", f"{Path(path).name} holds no FramePack settings (not made by this project?)")
-    return settings_of(request)
+        raise InvalidInput(name, f"{path.name} holds no FramePack settings (not made by this project?)")
+    return request
+
+
+def settings_from_video(path: Path, name: str = "video") -> dict[str, Any]:
+    """The settings of the request that made the MP4 at `path` (seed included), from its metadata.
+
+    The one reader of a video's settings: the studio's "reuse settings" and `predict --from` both use it.
+    """
+    return settings_of(stored_request(path, name))

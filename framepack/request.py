@@ -19,10 +19,11 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .controls import parse_keyframe_indices
+from .continuation import MAX_INPUT_VIDEO_BYTES, MAX_INPUT_VIDEO_SECONDS, check_input_video
+from .controls import parse_keyframe_indices, parse_timed_prompts, section_grid
 from .downloads import public_url
 from .errors import InvalidInput
-from .planner import section_count
+from .planner import HISTORY_FRAMES, section_count
 from .weights import CheckpointMismatch, safetensors_shapes
 
 MAX_SEED = 2**32 - 1
@@ -35,6 +36,7 @@ MAX_IMAGE_PIXELS = 50_000_000
 MAX_PROMPT_CHARS = 4000
 MAX_SECTION_PROMPTS_CHARS = 40000
 MAX_SOURCE_CHARS = 2048
+MAX_PROMPT_BLEND_SECTIONS = 4
 ModelVariant = Literal["original", "f1"]
 MODEL_VARIANTS: tuple[str, ...] = get_args(ModelVariant)
 
@@ -48,7 +50,11 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_image: Path = Field(description="Start frame of the video: any image PIL can open.")
+    input_image: Path | None = Field(
+        None,
+        description="Start frame of the video: any image PIL can open. Optional with input_video: then it is "
+        "the image the model is shown instead of the video's last frame.",
+    )
     prompt: str = Field(
         max_length=MAX_PROMPT_CHARS,
         description="What happens in the video. The text encoder reads its first 256 tokens; the rest is ignored.",
@@ -123,7 +129,16 @@ class GenerationRequest(BaseModel):
         "",
         max_length=MAX_SECTION_PROMPTS_CHARS,
         description="One prompt per line, line i for section i (0 = start of the video). Empty or missing lines "
-        "keep the previous section's prompt; section 0 falls back to prompt.",
+        "keep the previous section's prompt; section 0 falls back to prompt. Or every line starts with a time, "
+        "'[2s] text' or '[2s-4s] text': the prompt applies from that time (to the end time), snapped to the "
+        "section grid the log prints; times no line covers use prompt.",
+    )
+    prompt_blend_sections: int = Field(
+        0,
+        ge=0,
+        le=MAX_PROMPT_BLEND_SECTIONS,
+        description="Over this many sections after each prompt change, the text embeddings move linearly from "
+        "the old prompt to the new one. 0 = switch at once.",
     )
     section_images: tuple[Path, ...] = Field(
         (),
@@ -136,6 +151,25 @@ class GenerationRequest(BaseModel):
     end_image: Path | None = Field(None, description="End frame (original variant only): guides the end of the video.")
     end_image_strength: float = Field(
         1.0, ge=0.0, le=1.0, description="How strongly the end frame is imposed (0 = ignored)."
+    )
+    input_video: Path | None = Field(
+        None,
+        description=f"An MP4 to continue from its last frame for total_video_length_seconds more (read at 30 fps; "
+        f"at most {MAX_INPUT_VIDEO_BYTES // 2**20} MiB, {MAX_INPUT_VIDEO_SECONDS:g} s and 3840x2160).",
+    )
+    video_context_frames: int = Field(
+        0,
+        ge=0,
+        le=HISTORY_FRAMES,
+        description="How many of input_video's last latent frames (4 video frames each) condition the "
+        "continuation. 0: what the variant's context holds: f1 19 (its 1x, 2x and 4x history), original 1 (its "
+        "start slot; more go before it at full resolution, as in FP-Studio's Video model, each adding "
+        "1/latent_window_size of the window's tokens).",
+    )
+    include_input_video: bool = Field(
+        True,
+        description="Return input_video followed by the continuation, at the input's resolution; otherwise the "
+        "continuation alone.",
     )
     camera_movement: float = Field(
         0.0,
@@ -187,9 +221,14 @@ class GenerationRequest(BaseModel):
             missing = "height" if self.height == 0 else "width"
             raise InvalidInput(missing, "set both width and height, or leave both 0 to pick a bucket")
         self._check_end_image()
+        if self.input_image is None and self.input_video is None:
+            raise InvalidInput("input_image", "is required unless input_video is given")
+        if self.video_context_frames and self.input_video is None:
+            raise InvalidInput("video_context_frames", "given without input_video")
         if self.section_image_indices.strip() and not self.section_images:
             raise InvalidInput("section_image_indices", "given without section_images")
         parse_keyframe_indices(self.section_image_indices, len(self.section_images), self.num_sections)
+        parse_timed_prompts(self.section_prompts)
         return self
 
     def _check_end_image(self) -> None:
@@ -207,12 +246,17 @@ class GenerationRequest(BaseModel):
         """How many sections the video has (the length rounded to whole sections of the window)."""
         return section_count(self.total_video_length_seconds, self.latent_window_size)
 
+    @property
+    def section_grid(self) -> list[tuple[float, float]]:
+        """(start, end) seconds of each video section: what section prompts' timestamps snap to."""
+        return section_grid(self.num_sections, self.latent_window_size, continues=self.input_video is not None)
+
     def to_json_dict(self) -> dict[str, Any]:
         """The request as JSON-serialisable values (image files by their names only)."""
         values = self.model_dump()
-        values["input_image"] = Path(self.input_image).name
+        for name in ("input_image", "end_image", "input_video"):
+            values[name] = Path(values[name]).name if values[name] else None
         values["section_images"] = [Path(p).name for p in self.section_images]
-        values["end_image"] = Path(self.end_image).name if self.end_image else None
         for name in ("lora_weights", "extra_lora"):  # URLs without their tokens; local files by name
             source = values[name].strip()
             values[name] = public_url(source) if "://" in source else Path(source).name if source else ""
@@ -430,7 +474,10 @@ def build_request(
     except ValidationError as error:
         raise _invalid_input(error) from None
     if check_files:
-        check_image_file("input_image", request.input_image)
+        if request.input_image is not None:
+            check_image_file("input_image", request.input_image)
+        if request.input_video is not None:
+            check_input_video(request.input_video, request.video_context_frames, request.include_input_video)
         for image in request.section_images:
             check_image_file("section_images", image)
         if request.end_image is not None:

@@ -50,10 +50,12 @@ PRIVATE = "private"
 # The page's own quick events: outside the queue, and not part of the API (beside the page: /generate alone).
 PAGE_ONLY = {"queue": False, "api_visibility": PRIVATE}
 BASICS = ("input_image", "prompt", "total_video_length_seconds", "model_variant", "seed")
-TIMELINE = ("section_prompts", "section_images", "section_image_indices")
+TIMELINE = ("section_prompts", "prompt_blend_sections", "section_images", "section_image_indices")
 END_FRAME = ("end_image", "end_image_strength")
+CONTINUE = ("input_video", "video_context_frames", "include_input_video")
 LORAS = ("lora_weights", "lora_scale", "extra_lora", "extra_lora_scale")
-ADVANCED = tuple(name for name in INPUT_SPECS if name not in BASICS + TIMELINE + END_FRAME + LORAS)
+ADVANCED = tuple(name for name in INPUT_SPECS if name not in BASICS + TIMELINE + END_FRAME + CONTINUE + LORAS)
+VIDEO_INPUTS = ("input_video",)
 
 
 class StopRequested(Exception):
@@ -79,16 +81,26 @@ class Job:
 
 
 def timeline_rows(
-    length_seconds: float, window: int, prompt: str, section_prompts: str, keyframe_names: list[str], indices: str
+    length_seconds: float,
+    window: int,
+    prompt: str,
+    section_prompts: str,
+    keyframe_names: list[str],
+    indices: str,
+    continues: bool = False,
 ) -> list[list[Any]]:
     """One row per section in video order: [section, from s, to s, prompt, keyframe file or ""].
 
-    The spans follow the section grid (`controls.section_grid`); bad keyframe indices show no keyframe here,
+    The spans follow the section grid (`controls.section_grid`; from the first new frame when the video
+    `continues` an input video); bad section prompts or keyframe indices show the prompt and no keyframe here,
     and the run names the problem.
     """
     num_sections = planner.section_count(length_seconds, window)
-    grid = controls.section_grid(num_sections, window)
-    prompts = controls.plan_section_prompts(section_prompts, prompt, num_sections).prompts
+    grid = controls.section_grid(num_sections, window, continues)
+    try:
+        prompts = controls.plan_section_prompts(section_prompts, prompt, grid).prompts
+    except InvalidInput:
+        prompts = [prompt] * num_sections
     try:
         keyframes = controls.plan_keyframes(
             controls.parse_keyframe_indices(indices, len(keyframe_names), num_sections), num_sections
@@ -271,6 +283,8 @@ class Studio:
 def _component(gr, spec: InputSpec):
     """The Gradio input for one API input, with its default, range and description."""
     common = {"label": spec.name, "info": spec.description, "elem_id": f"input-{spec.name}"}
+    if spec.name in VIDEO_INPUTS:  # a file as uploaded: a video component would convert what it cannot play
+        return gr.File(file_types=["video"], label=spec.name, elem_id=common["elem_id"])
     if spec.type is Path:
         return gr.Image(type="filepath", sources=["upload"], label=spec.name, elem_id=common["elem_id"])
     if spec.type is list:
@@ -313,6 +327,9 @@ def build_app(studio: Studio):
                 with gr.Accordion("End frame", open=False):
                     for name in END_FRAME:
                         components[name] = _component(gr, INPUT_SPECS[name])
+                with gr.Accordion("Continue a video", open=False):
+                    for name in CONTINUE:
+                        components[name] = _component(gr, INPUT_SPECS[name])
                 with gr.Accordion("LoRA", open=False):
                     for name in LORAS:
                         components[name] = _component(gr, INPUT_SPECS[name])
@@ -342,9 +359,10 @@ def build_app(studio: Studio):
         inputs = [components[name] for name in names]
         settings = [components[name] for name in SETTINGS]
 
-        def refresh_timeline(length, window, prompt, section_prompts, images, indices):
+        def refresh_timeline(length, window, prompt, section_prompts, images, indices, video):
             keyframe_names = [p.name for p in api_inputs({"section_images": images}).get("section_images", [])]
-            return timeline_rows(length, int(window), prompt or "", section_prompts or "", keyframe_names, indices)
+            rows = (length, int(window), prompt or "", section_prompts or "", keyframe_names, indices)
+            return timeline_rows(*rows, continues=_path_of(video) is not None)
 
         timeline_inputs = [
             components[n]
@@ -355,6 +373,7 @@ def build_app(studio: Studio):
                 "section_prompts",
                 "section_images",
                 "section_image_indices",
+                "input_video",
             )
         ]
         for component in timeline_inputs:
@@ -462,12 +481,18 @@ def build_app(studio: Studio):
 
 
 def _api_function(studio: Studio):
-    """`/generate`: the API's inputs as keyword arguments (files as uploads), returning the MP4."""
+    """`/generate`: the API's inputs as keyword arguments (files as uploads), returning the MP4.
+
+    Positionally the required inputs come first (a Python signature puts them before those with defaults),
+    then the others in the API's order.
+    """
     import gradio as gr
     from gradio.data_classes import FileData
 
+    names = sorted(INPUT_SPECS, key=lambda name: not INPUT_SPECS[name].required)
+
     def generate(*args, **kwargs):
-        values = dict(zip(INPUT_SPECS, args)) | kwargs
+        values = dict(zip(names, args)) | kwargs
         try:
             job = studio.start(api_inputs(values))
         except InvalidInput as error:
@@ -481,7 +506,8 @@ def _api_function(studio: Studio):
 
     hints = {Path: FileData | None, list: list[FileData]}
     parameters = []
-    for name, spec in INPUT_SPECS.items():
+    for name in names:
+        spec = INPUT_SPECS[name]
         annotation = hints.get(spec.type, spec.type)
         default = inspect.Parameter.empty if spec.required else spec.default
         if spec.type is list:

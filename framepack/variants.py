@@ -4,17 +4,33 @@
 backwards and prepends each to the history; `f1` (lllyasviel/FramePack_F1_I2V_HY_20250503) generates forwards
 and appends. Everything that depends on that direction is here: the section plan, where the 1x/2x/4x context
 sits in the history, how the start latent and each new section join the history, which latents are the newest,
-what of a decode window is known before its section samples, and whether decoded frames go before or after.
+what of a decode window is known before its section samples, whether decoded frames go before or after, and
+where a continued video's latents go (`continuation_slots`).
 
 History tensors are (1, 16, T, h, w) latents on their time axis.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from . import planner
 from .planner import HISTORY_FRAMES, SectionPlan
+
+
+@dataclass(frozen=True)
+class StartSlots:
+    """What the clean latents around the start hold (each (1, 16, T, h, w)).
+
+    start_latent: the start slot's latent (1 frame), which the video begins with; start_context: latents placed
+    before it in the start group (None: none); history_seed: what a forward history starts from.
+    """
+
+    start_latent: torch.Tensor
+    start_context: torch.Tensor | None
+    history_seed: torch.Tensor
 
 
 class Variant:
@@ -23,17 +39,25 @@ class Variant:
     name: str
     prepends: bool  # new sections and their frames go before the earlier ones
     has_end_slot: bool  # its first generated section is the video's end, so an end frame can guide it
+    default_video_context: int  # a continued video's latents used when video_context_frames is 0
 
-    def plan_sections(self, num_sections: int, latent_window_size: int) -> list[SectionPlan]:
-        """The sections of a video in generation order."""
+    def plan_sections(self, num_sections: int, latent_window_size: int, start_latents: int = 1) -> list[SectionPlan]:
+        """The sections of a video in generation order (`start_latents`: the start group's size)."""
+        raise NotImplementedError
+
+    def continuation_slots(self, context: torch.Tensor, anchor: torch.Tensor) -> StartSlots:
+        """Where a continued video's last latents `context` go, and the `anchor` image's latent (the input image,
+        or the video's last frame). The video begins with the context's last latent, whose frame (the input's
+        last) the output drops."""
         raise NotImplementedError
 
     def context_slices(self) -> tuple[slice, slice, slice]:
         """Where the 1x, 2x and 4x context latents sit in the history's time axis."""
         raise NotImplementedError
 
-    def start_history(self, empty: torch.Tensor, start_latent: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """The history before the first section (from `empty` zeros), and how many latents of it are video."""
+    def start_history(self, empty: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The history before the first section (from `empty` zeros and `StartSlots.history_seed`), and how many
+        latents of it are video."""
         raise NotImplementedError
 
     def add_section(
@@ -68,16 +92,23 @@ class Inverted(Variant):
     """The original FramePack: the end first; the start latent joins the history after the last section."""
 
     name, prepends, has_end_slot = "original", True, True
+    default_video_context = 1  # the start slot it was trained with
 
-    def plan_sections(self, num_sections: int, latent_window_size: int) -> list[SectionPlan]:
-        return planner.inverted_sections(num_sections, latent_window_size)
+    def plan_sections(self, num_sections: int, latent_window_size: int, start_latents: int = 1) -> list[SectionPlan]:
+        return planner.inverted_sections(num_sections, latent_window_size, start_latents)
+
+    def continuation_slots(self, context: torch.Tensor, anchor: torch.Tensor) -> StartSlots:
+        # The start slot is the video's last latent, so the end-first sections lead back to it; earlier latents
+        # of the video go before it, as FP-Studio's "Video" model does. The history holds only the future.
+        start, before = context[:, :, -1:], context[:, :, :-1]
+        return StartSlots(start, before if before.shape[2] else None, start)
+
+    def start_history(self, empty: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return empty, 0
 
     def context_slices(self) -> tuple[slice, slice, slice]:
         # Newest at the front; the zero frames of the empty history stay at the tail.
         return slice(0, 1), slice(1, 3), slice(3, HISTORY_FRAMES)
-
-    def start_history(self, empty: torch.Tensor, start_latent: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return empty, 0
 
     def add_section(self, history, latents, section, start_latent):
         if section.is_last:
@@ -95,15 +126,23 @@ class Forward(Variant):
     """FramePack-F1: the start first; the start latent is the history's newest latent from the beginning."""
 
     name, prepends, has_end_slot = "f1", False, False
+    default_video_context = HISTORY_FRAMES  # its whole 1x, 2x and 4x history
 
-    def plan_sections(self, num_sections: int, latent_window_size: int) -> list[SectionPlan]:
+    def plan_sections(self, num_sections: int, latent_window_size: int, start_latents: int = 1) -> list[SectionPlan]:
+        if start_latents != 1:
+            raise ValueError("f1's start group is one latent; a continued video's latents go into its history")
         return planner.forward_sections(num_sections, latent_window_size)
+
+    def continuation_slots(self, context: torch.Tensor, anchor: torch.Tensor) -> StartSlots:
+        # The video's latents are the history the first section continues, newest last, as its own sections
+        # would be; the anchor image keeps the start slot it has in every F1 section.
+        return StartSlots(anchor, None, context)
 
     def context_slices(self) -> tuple[slice, slice, slice]:
         return slice(-1, None), slice(-3, -1), slice(-HISTORY_FRAMES, -3)
 
-    def start_history(self, empty: torch.Tensor, start_latent: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return torch.cat([empty, start_latent], dim=2), 1
+    def start_history(self, empty: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return torch.cat([empty, seed], dim=2), 1
 
     def add_section(self, history, latents, section, start_latent):
         return torch.cat([history, latents], dim=2), latents.shape[2]

@@ -15,6 +15,7 @@ import torch
 from .planner import VIDEO_FPS
 
 METADATA_KEY = "comment"
+RGB_FRAMES, YUV420P_FRAMES = "rgb24", "yuv420p"  # what Mp4Writer takes: ffmpeg's names of the two layouts
 
 
 def ffmetadata(tags: dict[str, str]) -> str:
@@ -33,10 +34,11 @@ class Mp4Writer:
     finishes the file (`close`), leaving it on an exception removes what was written (`abort`).
     """
 
-    def __init__(self, path: Path, crf: int, metadata: dict[str, Any] | None = None):
+    def __init__(self, path: Path, crf: int, metadata: dict[str, Any] | None = None, pixel_format: str = RGB_FRAMES):
         self.path = Path(path)
         self.crf = int(crf)
         self.metadata = metadata
+        self.pixel_format = pixel_format
         self.frames_written = 0
         self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self._metadata_file = self.path.with_name(f".{self.path.stem}.metadata.txt")
@@ -53,13 +55,15 @@ class Mp4Writer:
             self.abort()
 
     def write(self, frames: torch.Tensor) -> None:
-        """Append (T, H, W, 3) uint8 frames, all of one size."""
+        """Append frames, all of one size: (T, H, W, 3) uint8 RGB, or with pixel_format YUV420P_FRAMES planar
+        (T, H * 3/2, W) uint8 (the Y plane, then U and V at half width and height)."""
         if self._closed:
             raise RuntimeError(f"{self.path.name} is already closed")
         if frames.shape[0] == 0:
             return
         if self._process is None:
-            self._start(height=frames.shape[1], width=frames.shape[2])
+            planar = self.pixel_format == YUV420P_FRAMES
+            self._start(height=frames.shape[1] * 2 // 3 if planar else frames.shape[1], width=frames.shape[2])
         try:
             self._process.stdin.write(frames.contiguous().numpy().data)  # one write, no copy into bytes
         except BrokenPipeError:
@@ -103,7 +107,7 @@ class Mp4Writer:
             "-f",
             "rawvideo",
             "-pix_fmt",
-            "rgb24",
+            self.pixel_format,
             "-s",
             f"{width}x{height}",
             "-r",
@@ -142,6 +146,13 @@ def write_mp4(frames: torch.Tensor, path: Path, crf: int, metadata: dict[str, An
     with Mp4Writer(path, crf, metadata) as writer:
         writer.write(frames)
     return writer.path
+
+
+def video_read_errors() -> tuple[type[Exception], ...]:
+    """What reading a file that is not a (complete) video raises: OS errors, PyAV's errors, bad JSON."""
+    import av
+
+    return (OSError, ValueError, av.error.FFmpegError)
 
 
 def read_mp4_metadata(path: Path) -> dict[str, Any]:

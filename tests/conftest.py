@@ -62,6 +62,19 @@ def tiny_request(**overrides) -> dict:
     }
 
 
+def write_test_video(path: Path, frames: int = 21, width: int = 120, height: int = 80, crf: int = 16) -> Path:
+    """A real H.264 MP4 of a bar crossing colour ramps (30 fps, no metadata): an input video to continue."""
+    from framepack.video import write_mp4
+
+    video = torch.zeros(frames, height, width, 3, dtype=torch.uint8)
+    video[:, :, :, 2] = torch.linspace(0, 255, width).to(torch.uint8)
+    for index in range(frames):
+        video[index, :, :, 0] = index * 255 // max(frames - 1, 1)
+        bar = index * 4 % width
+        video[index, :, bar : bar + 8, 1] = 255
+    return write_mp4(video, path, crf)
+
+
 @dataclass
 class CliRun:
     code: int

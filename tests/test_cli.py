@@ -4,7 +4,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_INPUTS, TINY_WEIGHTS, input_args, predict_args
+import torch
+from conftest import START_IMAGE, TINY_INPUTS, TINY_WEIGHTS, input_args, predict_args
+
+from framepack.video import read_mp4_frames, read_mp4_metadata, write_mp4
 
 
 @pytest.mark.parametrize(
@@ -90,3 +93,43 @@ def test_the_studio_refuses_a_malformed_login_before_loading(run_cli):
     result = run_cli("ui", "--weights", str(TINY_WEIGHTS), "--auth", "no-colon")
     assert result.code == 2 and "Invalid input '--auth': expected USER:PASSWORD" in result.stderr
     assert "loading" not in result.stderr
+
+
+def test_from_a_video_renders_it_again_bit_for_bit(run_cli, tmp_path):
+    first, again = tmp_path / "first.mp4", tmp_path / "again.mp4"
+    made = run_cli(*predict_args({**TINY_INPUTS, "seed": "-1", "section_prompts": "a cat\n\na dog"}, first))
+    assert made.code == 0, made.stderr
+    redo = run_cli(*predict_args({"input_image": f"@{START_IMAGE}"}, again, "--from", str(first)))
+    assert redo.code == 0, redo.stderr
+    assert torch.equal(read_mp4_frames(again)[0], read_mp4_frames(first)[0])
+    assert read_mp4_metadata(again) == read_mp4_metadata(first)  # the drawn seed and every setting came back
+
+    changed = tmp_path / "changed.mp4"
+    override = run_cli(*predict_args({"input_image": f"@{START_IMAGE}", "steps": "1"}, changed, "--from", str(first)))
+    assert override.code == 0, override.stderr
+    stored, restored = read_mp4_metadata(first)["request"], read_mp4_metadata(changed)["request"]
+    assert restored == {**stored, "steps": 1}
+
+
+def test_from_refuses_a_video_without_our_settings_and_asks_for_the_files(run_cli, tmp_path):
+    foreign = write_mp4(torch.zeros(2, 16, 16, 3, dtype=torch.uint8), tmp_path / "foreign.mp4", 16)
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video")
+    ours = write_mp4(
+        torch.zeros(2, 16, 16, 3, dtype=torch.uint8),
+        tmp_path / "ours.mp4",
+        16,
+        {"request": {"prompt": "x", "seed": 3, "input_image": "photo.png"}},
+    )
+    for video, message in (
+        (foreign, "Invalid input '--from': foreign.mp4 holds no FramePack settings"),
+        (notes, "Invalid input '--from': could not read notes.mp4 as an MP4"),
+        (
+            ours,
+            "Invalid input 'input_image': ours.mp4 was made from photo.png; a video does not hold its files, "
+            "give it again with -i input_image=@PATH",
+        ),
+    ):
+        result = run_cli(*predict_args({}, tmp_path / "out.mp4", "--from", str(video)))
+        assert result.code == 2 and message in result.stderr, result.stderr
+        assert "loading" not in result.stderr and not (tmp_path / "out.mp4").exists()

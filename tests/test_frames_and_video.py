@@ -1,11 +1,12 @@
 """Soft append, uint8 assembly, and the MP4 decoded back."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_INPUTS, predict_args
 
 from framepack.frames import FrameAssembler, soft_append, to_uint8_frames
-from framepack.video import Mp4Writer, read_mp4_frames, read_mp4_metadata, write_mp4
+from framepack.video import YUV420P_FRAMES, Mp4Writer, read_mp4_frames, read_mp4_metadata, write_mp4
 
 
 def test_soft_append_blends_linearly():
@@ -52,6 +53,31 @@ def test_forward_assembly_hands_over_frames_as_soon_as_they_are_final():
     backwards.add(torch.zeros(1, 3, 21, 2, 2))
     backwards.add(torch.zeros(1, 3, 21, 2, 2))
     assert len(handed) == 2  # generated back to front: nothing is final in video order before the end
+
+
+@pytest.mark.parametrize("prepend", [True, False])
+def test_a_continuation_leaves_out_its_first_frame_everywhere(prepend):
+    generator = torch.Generator().manual_seed(2)
+    sections = [torch.rand(1, 3, n, 2, 2, generator=generator) * 2 - 1 for n in (13, 21, 21)]
+    whole, handed = FrameAssembler(overlap=9, prepend=prepend), []
+    continued = FrameAssembler(overlap=9, prepend=prepend, on_final=handed.append, drop_leading=1)
+    for pixels in sections:
+        whole.add(pixels)
+        continued.add(pixels)
+    assert torch.equal(continued.frames(), whole.frames()[1:])
+    if not prepend:
+        assert torch.equal(torch.cat(handed), continued.frames()[: sum(chunk.shape[0] for chunk in handed)])
+
+
+def test_yuv_frames_go_into_the_mp4_as_they_are(tmp_path):
+    planar = torch.randint(16, 235, (3, 48, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    with Mp4Writer(tmp_path / "yuv.mp4", 0, pixel_format=YUV420P_FRAMES) as writer:
+        writer.write(planar)
+    import av
+
+    with av.open(str(tmp_path / "yuv.mp4")) as container:
+        decoded = [frame.to_ndarray(format="yuv420p") for frame in container.decode(video=0)]
+    assert torch.equal(torch.from_numpy(np.stack(decoded)), planar)  # 32x32 frames, lossless at CRF 0
 
 
 def test_mp4_roundtrip(tmp_path):

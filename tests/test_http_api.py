@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import START_IMAGE, TINY_WEIGHTS, png_header
+from conftest import START_IMAGE, TINY_WEIGHTS, png_header, write_test_video
 
 from framepack.request import INPUT_SPECS
 from framepack.video import read_mp4_frames, read_mp4_metadata
@@ -178,7 +178,7 @@ def test_openapi_lists_every_input_with_its_constraints(server):
     schema = requests.get(f"{server['url']}/openapi.json", timeout=10).json()["components"]["schemas"]
     properties = schema["Input"]["properties"]
     assert list(sorted(properties, key=lambda n: properties[n]["x-order"])) == list(INPUT_SPECS)
-    assert schema["Input"]["required"] == ["input_image", "prompt"]
+    assert schema["Input"]["required"] == ["prompt"]  # an input_image, an input_video or both: checked later
     for name, spec in INPUT_SPECS.items():
         prop = properties[name]
         assert prop["description"] == spec.description
@@ -190,6 +190,15 @@ def test_openapi_lists_every_input_with_its_constraints(server):
             default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
             assert prop["default"] == default, name
     assert properties["input_image"]["format"] == "uri" and properties["end_image"]["nullable"] is True
+    assert (properties["input_video"]["format"], properties["input_video"]["nullable"]) == ("uri", True)
+    new_inputs = ("video_context_frames", "include_input_video", "prompt_blend_sections")
+    assert [(properties[n]["type"], properties[n]["default"]) for n in new_inputs] == [
+        ("integer", 0),
+        ("boolean", True),
+        ("integer", 0),
+    ]
+    assert (properties["video_context_frames"]["minimum"], properties["video_context_frames"]["maximum"]) == (0, 19)
+    assert (properties["prompt_blend_sections"]["minimum"], properties["prompt_blend_sections"]["maximum"]) == (0, 4)
     assert properties["seed"]["default"] == -1 and "nullable" not in properties["seed"]
     assert {n: p["maxLength"] for n, p in properties.items() if "maxLength" in p} == {
         n: s.max_length for n, s in INPUT_SPECS.items() if s.max_length
@@ -324,10 +333,29 @@ def test_controls_through_the_server(server, tmp_path):
     assert failed["status"] == "failed" and "Invalid input 'end_image'" in failed["error"]
 
 
+def test_a_video_continues_through_the_server(server, tmp_path):
+    clip = write_test_video(tmp_path / "clip.mp4", frames=9)
+    video = _data_uri(clip.read_bytes(), "video/mp4")
+    inputs = {k: v for k, v in TINY_REQUEST.items() if k != "input_image"}
+    body = _predict(
+        server, {**inputs, "input_video": video, "model_variant": "f1", "total_video_length_seconds": 0.4}
+    ).json()
+    assert body["status"] == "succeeded", body.get("error")
+    frames = read_mp4_frames(_video(body, tmp_path))[0]
+    assert frames.shape == (9 + 12, 80, 120, 3)  # the clip's 9 frames, then one section of 12 at its size
+    assert read_mp4_metadata(tmp_path / "out.mp4")["input_video"]["frames"] == 9
+    neither = _predict(server, inputs).json()
+    assert (
+        neither["status"] == "failed"
+        and "Invalid input 'input_image': is required unless input_video" in neither["error"]
+    )
+
+
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
         ({"input_image": "/etc/hostname"}, "Invalid input 'input_image': give an upload, an https URL or a data URI"),
+        ({"input_video": "/etc/hostname"}, "Invalid input 'input_video': give an upload, an https URL or a data URI"),
         ({"end_image": str(START_IMAGE)}, "Invalid input 'end_image': give an upload"),
         ({"section_images": [IMAGE, "/etc/hostname"]}, "Invalid input 'section_images': give an upload"),
         ({"lora_weights": "/etc/hostname"}, "Invalid input 'lora_weights': a local LoRA file must be in the server's"),

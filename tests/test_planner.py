@@ -49,6 +49,17 @@ def test_original_last_section_decodes_window_pair_plus_start():
     assert last.latent_indices == tuple(range(1, 10)) and last.clean_latent_indices == (0, 10)
 
 
+def test_original_continuation_puts_the_videos_latents_before_the_start_latent():
+    plain, continued = planner.inverted_sections(4, 9), planner.inverted_sections(4, 9, start_latents=3)
+    for before, after in zip(plain, continued):
+        # The start group holds time indices 0, 1, 2; everything after it moves by 2.
+        assert after.clean_latent_indices == (0, 1, 2, before.clean_latent_indices[1] + 2)
+        assert after.latent_indices == tuple(index + 2 for index in before.latent_indices)
+        assert after.clean_latent_4x_indices == tuple(index + 2 for index in before.clean_latent_4x_indices)
+        assert (after.latent_padding, after.decode_latents) == (before.latent_padding, before.decode_latents)
+    assert continued[-1].latent_indices == (3, 4, 5, 6, 7, 8, 9, 10, 11)  # the last section follows the video
+
+
 def test_f1_index_layout():
     sections = planner.forward_sections(3, 9)
     for i, section in enumerate(sections):

@@ -21,7 +21,7 @@ def test_presets_are_saved_loaded_and_deleted_without_files(tmp_path):
         store.load("calm")
     with pytest.raises(InvalidInput, match="give the preset a name"):
         store.save("  ", {})
-    assert set(FILE_INPUTS) == {"input_image", "section_images", "end_image"}
+    assert set(FILE_INPUTS) == {"input_image", "section_images", "end_image", "input_video"}
 
 
 def test_the_presets_file_is_in_the_users_config_folder(monkeypatch, tmp_path):
@@ -36,6 +36,9 @@ def test_settings_come_back_from_a_video_and_a_foreign_video_is_refused(tmp_path
     foreign = write_mp4(frames, tmp_path / "foreign.mp4", 16)
     with pytest.raises(InvalidInput, match="'video': foreign.mp4 holds no FramePack settings"):
         settings_from_video(foreign)
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(InvalidInput, match="'--from': could not read notes.mp4 as an MP4"):
+        settings_from_video(tmp_path / "notes.mp4", "--from")
 
 
 def test_a_broken_presets_file_is_reported_not_overwritten(tmp_path):

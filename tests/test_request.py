@@ -60,7 +60,7 @@ def test_bad_inputs_name_the_input(inputs, name, message):
 def test_missing_required_inputs():
     with pytest.raises(InvalidInput, match="'prompt': is required"):
         build_request({"input_image": START_IMAGE})
-    with pytest.raises(InvalidInput, match="'input_image': is required"):
+    with pytest.raises(InvalidInput, match="'input_image': is required unless input_video is given"):
         build_request({"prompt": "x"})
 
 
@@ -83,7 +83,13 @@ def test_the_api_table_is_the_models_fields():
     assert (seed.type, seed.default, seed.ge, seed.le, seed.required) == (int, -1, -1, MAX_SEED, False)
     assert (variant.type, variant.choices) == (str, ("original", "f1"))
     assert (images.type, images.item_type, images.default) == (list, Path, ())
-    assert INPUT_SPECS["input_image"].required and INPUT_SPECS["input_image"].type is Path
+    for name in ("input_image", "input_video"):  # at least one of them: the model checks that
+        assert (INPUT_SPECS[name].type, INPUT_SPECS[name].required, INPUT_SPECS[name].default) == (Path, False, None)
+    assert [name for name, spec in INPUT_SPECS.items() if spec.required] == ["prompt"]
+    context, blend = INPUT_SPECS["video_context_frames"], INPUT_SPECS["prompt_blend_sections"]
+    assert (context.type, context.default, context.ge, context.le) == (int, 0, 0, 19)
+    assert (blend.type, blend.default, blend.ge, blend.le) == (int, 0, 0, 4)
+    assert (INPUT_SPECS["include_input_video"].type, INPUT_SPECS["include_input_video"].default) == (bool, True)
 
 
 def test_values_are_taken_as_clients_send_them():

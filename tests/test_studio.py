@@ -251,6 +251,8 @@ def test_the_timeline_follows_the_sections_prompts_and_keyframes():
     rows = timeline_rows(1.2, 3, "a cat", "\nrain", ["k.png"], "2")
     assert rows == [[0, 0.0, 0.43, "a cat", ""], [1, 0.43, 0.83, "rain", ""], [2, 0.83, 1.23, "rain", "k.png"]]
     assert [row[4] for row in timeline_rows(1.2, 3, "a", "", ["k.png"], "7")] == ["", "", ""]  # bad index: none
+    timed = timeline_rows(1.2, 3, "a cat", "[0.4s] rain", [], "", continues=True)  # after an input video
+    assert timed == [[0, 0.0, 0.4, "a cat", ""], [1, 0.4, 0.8, "rain", ""], [2, 0.8, 1.2, "rain", ""]]
 
 
 def test_a_bad_input_is_named_beside_it_and_nothing_runs(page, studio):
