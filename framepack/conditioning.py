@@ -361,7 +361,10 @@ def encode_conditioning(
     if video_frames is not None:
         context = vae_encode_video_mean(video_frames, models.vae).to("cpu", torch.float32)
         record("input_video_latents", context)
-        slots = variant.continuation_slots(context, image_latent)
+        last_frame = image_latent
+        if request.input_image is not None:
+            last_frame = vae_encode_mean(video_frames[-1], models.vae).to("cpu", torch.float32)
+        slots = variant.continuation_slots(context, image_latent, last_frame)
     else:
         slots = StartSlots(image_latent, None, image_latent)
     record("start_latent", slots.start_latent)

@@ -39,6 +39,35 @@ _HASH_CHUNK = 2**20
 
 
 @dataclass(frozen=True)
+class ColorDescription:
+    """How a video's YUV samples map to colours (FFmpeg's enum values; 2, 2, 2 and 0 mean unspecified).
+
+    The continuation's frames are converted to YUV with the same matrix and range, and the output is tagged
+    with all four, so a player shows the copied input and the generated frames alike (BT.709 for most HD
+    videos, where converting with the default BT.601 matrix would shift every colour at the join).
+    """
+
+    colorspace: int = 2
+    color_range: int = 0
+    primaries: int = 2
+    transfer: int = 2
+
+    @classmethod
+    def of(cls, frame) -> ColorDescription:
+        return cls(int(frame.colorspace), int(frame.color_range), int(frame.color_primaries), int(frame.color_trc))
+
+    def ffmpeg_args(self) -> list[str]:
+        """The encoder options that tag an output with this description (only what is specified)."""
+        tags = {
+            "-colorspace": (self.colorspace, 2),
+            "-color_range": (self.color_range, 0),
+            "-color_primaries": (self.primaries, 2),
+            "-color_trc": (self.transfer, 2),
+        }
+        return [arg for option, (value, unset) in tags.items() if value != unset for arg in (option, str(value))]
+
+
+@dataclass(frozen=True)
 class VideoProbe:
     """What the container says of an input video, upright (rotation applied to width and height).
 
@@ -53,6 +82,7 @@ class VideoProbe:
     seconds: float
     rotation: int
     sha256: str
+    color: ColorDescription = ColorDescription()
 
     def latents_available(self) -> int:
         """How many context latents its frames give: the causal VAE makes 1 + (frames - 1) / 4."""
@@ -140,6 +170,14 @@ def _probe(path: str, _mtime_ns: int, _size: int) -> VideoProbe:
                 raise InvalidInput(
                     NAME, f"{name} is {width}x{height} pixels a frame, more than the {MAX_INPUT_VIDEO_PIXELS:,} allowed"
                 )
+            if container.duration is not None and container.duration / 1e6 > MAX_INPUT_VIDEO_SECONDS + 1:
+                # The container's own length, before every packet is read (a second of slack: the count of
+                # frames on the 30 fps grid below decides).
+                raise InvalidInput(
+                    NAME,
+                    f"{name} lasts {container.duration / 1e6:.1f} s, more than the {MAX_INPUT_VIDEO_SECONDS:g} s "
+                    "allowed",
+                )
             packets = (packet for packet in container.demux(stream) if packet.pts is not None and packet.size)
             times = sorted(float(packet.pts * packet.time_base) for packet in packets)
         with _open_video(path) as (container, stream):
@@ -157,7 +195,9 @@ def _probe(path: str, _mtime_ns: int, _size: int) -> VideoProbe:
     rotation = round((first.rotation or 0) / 90) % 4
     if rotation % 2:
         width, height = height, width
-    return VideoProbe(name, width, height, frames, seconds, rotation, file_sha256(Path(path)))
+    return VideoProbe(
+        name, width, height, frames, seconds, rotation, file_sha256(Path(path)), ColorDescription.of(first)
+    )
 
 
 @contextlib.contextmanager
@@ -218,7 +258,9 @@ def _time(frame, index: int) -> float:
 
 
 def _rgb(frame, quarter_turns: int) -> np.ndarray:
-    return np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), quarter_turns))
+    # The frame's own matrix and range (PyAV assumes limited range unless told).
+    rgb = frame.to_ndarray(format="rgb24", src_color_range=frame.color_range or None)
+    return np.ascontiguousarray(np.rot90(rgb, quarter_turns))
 
 
 def rotate_yuv420p(planar: np.ndarray, quarter_turns: int) -> np.ndarray:
@@ -263,10 +305,13 @@ def yuv420p_frames(path: Path) -> Iterator[np.ndarray]:
         yield rotate_yuv420p(planar, probe.rotation) if probe.rotation else planar
 
 
-def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> planar YUV 4:2:0 (H * 3/2, W) uint8, with the conversion ffmpeg applies to ours."""
+def rgb_to_yuv420p(frame: np.ndarray, color: ColorDescription = ColorDescription()) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> planar YUV 4:2:0 (H * 3/2, W) uint8, with the matrix and range of `color` (an
+    unspecified one: the conversion ffmpeg applies to our other videos)."""
     import av
 
-    return (
-        av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(format="yuv420p").to_ndarray()
+    rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    yuv = rgb.reformat(
+        format="yuv420p", dst_colorspace=color.colorspace or None, dst_color_range=color.color_range or None
     )
+    return yuv.to_ndarray()

@@ -39,20 +39,23 @@ def open_mp4(request: GenerationRequest, path: Path) -> Mp4Writer:
     num_sections = request.num_sections
     frames = planner.pixel_frames(planner.total_latent_frames(num_sections, request.latent_window_size))
     metadata = {"request": request.to_json_dict(), "seed": request.seed, "frames": frames}
-    pixel_format = RGB_FRAMES
+    pixel_format, color_args = RGB_FRAMES, []
     if request.input_video is not None:
         probe = continuation.probe_video(request.input_video)
         metadata["input_video"] = probe.metadata()
         metadata["frames"] = frames - 1 + (probe.frames if request.include_input_video else 0)
-        pixel_format = YUV420P_FRAMES if request.include_input_video else RGB_FRAMES
-    return Mp4Writer(path, request.mp4_crf, metadata, pixel_format)
+        if request.include_input_video:
+            pixel_format, color_args = YUV420P_FRAMES, probe.color.ffmpeg_args()
+    return Mp4Writer(path, request.mp4_crf, metadata, pixel_format, color_args)
 
 
 class OutputFrames:
     """What goes into the MP4: the generated frames, after the input video's own when it is included.
 
     Then the input's frames are written first, as decoded (YUV 4:2:0, upright, on the 30 fps grid), and each
-    run of generated frames is resized and centre-cropped to the input's size and converted to YUV 4:2:0.
+    run of generated frames is resized and centre-cropped to the input's size and converted to YUV 4:2:0 with
+    the input's colour matrix. The input is copied when the first generated frames arrive, not before the
+    generation: a request that fails early (a LoRA that does not load, say) fails before that work.
     `generated` counts the generated frames written.
     """
 
@@ -60,27 +63,35 @@ class OutputFrames:
         self.video = video
         self.generated = 0
         self.input_size: tuple[int, int] | None = None  # (width, height)
+        self._input_to_copy: Path | None = None
         if request.input_video is not None and request.include_input_video:
             probe = continuation.probe_video(request.input_video)
-            self.input_size = (probe.width, probe.height)
-            batch = []
-            for frame in continuation.yuv420p_frames(request.input_video):
-                batch.append(frame)
-                if len(batch) == INPUT_FRAMES_PER_WRITE:
-                    video.write(torch.from_numpy(np.stack(batch)))
-                    batch = []
-            if batch:
-                video.write(torch.from_numpy(np.stack(batch)))
+            self.input_size, self.color = (probe.width, probe.height), probe.color
+            self._input_to_copy = request.input_video
+
+    def _copy_input(self) -> None:
+        batch = []
+        for frame in continuation.yuv420p_frames(self._input_to_copy):
+            batch.append(frame)
+            if len(batch) == INPUT_FRAMES_PER_WRITE:
+                self.video.write(torch.from_numpy(np.stack(batch)))
+                batch = []
+        if batch:
+            self.video.write(torch.from_numpy(np.stack(batch)))
+        self._input_to_copy = None
 
     def write(self, frames: torch.Tensor) -> None:
-        """Append generated (T, H, W, 3) uint8 RGB frames."""
+        """Append generated (T, H, W, 3) uint8 RGB frames (after the input's, the first time)."""
+        if self._input_to_copy is not None:
+            self._copy_input()
         self.generated += frames.shape[0]
         if self.input_size is None:
             self.video.write(frames)
             return
         width, height = self.input_size
         converted = [
-            continuation.rgb_to_yuv420p(resize_and_center_crop(frame.numpy(), width, height)) for frame in frames
+            continuation.rgb_to_yuv420p(resize_and_center_crop(frame.numpy(), width, height), self.color)
+            for frame in frames
         ]
         if converted:
             self.video.write(torch.from_numpy(np.stack(converted)))
@@ -99,7 +110,7 @@ def generate_video(
 
     With `stream`, F1's frames go to the encoder as soon as they are final, while later sections sample (the
     original variant's frames are final only at the end). The "mp4" stage times what is left after sampling.
-    A continued video's own frames, when included, are written before the generation starts.
+    A continued video's own frames, when included, are written before the first generated ones.
     """
     progress = progress or ProgressReporter(request.num_sections, request.steps)
     with open_mp4(request, mp4_path) as video:

@@ -20,7 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .continuation import MAX_INPUT_VIDEO_BYTES, MAX_INPUT_VIDEO_SECONDS, check_input_video
-from .controls import parse_keyframe_indices, parse_timed_prompts, section_grid
+from .controls import parse_keyframe_indices, plan_prompt_blends, plan_section_prompts, section_grid
 from .downloads import public_url
 from .errors import InvalidInput
 from .planner import HISTORY_FRAMES, section_count
@@ -168,8 +168,8 @@ class GenerationRequest(BaseModel):
     )
     include_input_video: bool = Field(
         True,
-        description="Return input_video followed by the continuation, at the input's resolution; otherwise the "
-        "continuation alone.",
+        description="Return input_video followed by the continuation, at the input's resolution (its frames as "
+        "decoded: exactly at mp4_crf 0, encoded once more at the CRF otherwise); else the continuation alone.",
     )
     camera_movement: float = Field(
         0.0,
@@ -228,7 +228,8 @@ class GenerationRequest(BaseModel):
         if self.section_image_indices.strip() and not self.section_images:
             raise InvalidInput("section_image_indices", "given without section_images")
         parse_keyframe_indices(self.section_image_indices, len(self.section_images), self.num_sections)
-        parse_timed_prompts(self.section_prompts)
+        prompts = plan_section_prompts(self.section_prompts, self.prompt, self.section_grid).prompts
+        plan_prompt_blends(prompts, self.prompt_blend_sections)
         return self
 
     def _check_end_image(self) -> None:

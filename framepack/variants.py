@@ -45,10 +45,11 @@ class Variant:
         """The sections of a video in generation order (`start_latents`: the start group's size)."""
         raise NotImplementedError
 
-    def continuation_slots(self, context: torch.Tensor, anchor: torch.Tensor) -> StartSlots:
-        """Where a continued video's last latents `context` go, and the `anchor` image's latent (the input image,
-        or the video's last frame). The video begins with the context's last latent, whose frame (the input's
-        last) the output drops."""
+    def continuation_slots(self, context: torch.Tensor, anchor: torch.Tensor, last_frame: torch.Tensor) -> StartSlots:
+        """Where a continued video's last latents `context` go, with the `anchor` image's latent (the input image,
+        or the video's last frame) and `last_frame`, the video's last frame encoded alone (one frame, as a start
+        image is; the context's last latent covers up to 4 frames). The video begins with the frame of the
+        context's last latent, the input's last, which the output drops."""
         raise NotImplementedError
 
     def context_slices(self) -> tuple[slice, slice, slice]:
@@ -97,11 +98,13 @@ class Inverted(Variant):
     def plan_sections(self, num_sections: int, latent_window_size: int, start_latents: int = 1) -> list[SectionPlan]:
         return planner.inverted_sections(num_sections, latent_window_size, start_latents)
 
-    def continuation_slots(self, context: torch.Tensor, anchor: torch.Tensor) -> StartSlots:
-        # The start slot is the video's last latent, so the end-first sections lead back to it; earlier latents
-        # of the video go before it, as FP-Studio's "Video" model does. The history holds only the future.
-        start, before = context[:, :, -1:], context[:, :, :-1]
-        return StartSlots(start, before if before.shape[2] else None, start)
+    def continuation_slots(self, context: torch.Tensor, anchor: torch.Tensor, last_frame: torch.Tensor) -> StartSlots:
+        # The start slot is the video's last frame, encoded alone as the model's start images always were, so the
+        # end-first sections lead back to it; the video's earlier latents go before it, as FP-Studio's "Video"
+        # model does (the causal VAE's first latents do not depend on later frames). The history holds only the
+        # future.
+        before = context[:, :, :-1]
+        return StartSlots(last_frame, before if before.shape[2] else None, last_frame)
 
     def start_history(self, empty: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, int]:
         return empty, 0
@@ -133,7 +136,7 @@ class Forward(Variant):
             raise ValueError("f1's start group is one latent; a continued video's latents go into its history")
         return planner.forward_sections(num_sections, latent_window_size)
 
-    def continuation_slots(self, context: torch.Tensor, anchor: torch.Tensor) -> StartSlots:
+    def continuation_slots(self, context: torch.Tensor, anchor: torch.Tensor, last_frame: torch.Tensor) -> StartSlots:
         # The video's latents are the history the first section continues, newest last, as its own sections
         # would be; the anchor image keeps the start slot it has in every F1 section.
         return StartSlots(anchor, None, context)

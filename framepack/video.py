@@ -34,11 +34,19 @@ class Mp4Writer:
     finishes the file (`close`), leaving it on an exception removes what was written (`abort`).
     """
 
-    def __init__(self, path: Path, crf: int, metadata: dict[str, Any] | None = None, pixel_format: str = RGB_FRAMES):
+    def __init__(
+        self,
+        path: Path,
+        crf: int,
+        metadata: dict[str, Any] | None = None,
+        pixel_format: str = RGB_FRAMES,
+        color_args: list[str] | None = None,
+    ):
         self.path = Path(path)
         self.crf = int(crf)
         self.metadata = metadata
         self.pixel_format = pixel_format
+        self.color_args = color_args or []  # encoder options tagging the colour description (a continued video's)
         self.frames_written = 0
         self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self._metadata_file = self.path.with_name(f".{self.path.stem}.metadata.txt")
@@ -127,6 +135,7 @@ class Mp4Writer:
             "yuv420p",
             "-crf",
             str(self.crf),
+            *self.color_args,
             "-movflags",
             "+faststart",
         ]

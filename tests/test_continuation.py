@@ -145,12 +145,19 @@ def test_the_original_variant_starts_from_the_videos_last_latents(tiny_models, c
     output = tmp_path / "original.mp4"
     result, tensors = continue_clip(tiny_models, clip, output, model_variant="original", video_context_frames=asked)
     context = encode_last_frames(clip, used, tiny_models.vae)
-    assert torch.equal(tensors["start_latent"], context[:, :, -1:])
+    # The start slot is the clip's last frame encoded alone, as a start image is (with one latent of context
+    # that is the context itself); the earlier latents go before it.
+    last = conditioning.resize_and_center_crop(read_mp4_frames(clip)[0][-1].numpy(), 96, 64)
+    start = conditioning.vae_encode_mean(last, tiny_models.vae)
+    assert torch.equal(tensors["start_latent"], start)
+    if used == 1:
+        assert torch.equal(start, context)
+    expected_group = torch.cat([context[:, :, :-1], start], dim=2)
     for step in result.plan:  # every section, the end first: the video's last latents lead the start group
         clean = tensors[f"section_{step['generation_index']}_clean_latents"]
-        assert clean.shape[2] == used + 1 and torch.equal(clean[:, :, :used], context)
+        assert clean.shape[2] == used + 1 and torch.equal(clean[:, :, :used], expected_group)
     assert [step["video_index"] for step in result.plan] == [2, 1, 0]
-    assert torch.equal(result.video_latents[:, :, :1], context[:, :, -1:])  # the generated video begins there
+    assert torch.equal(result.video_latents[:, :, :1], start)  # the generated video begins there
     frames = read_mp4_frames(output)[0]
     assert frames.shape == (CLIP_FRAMES + NEW_FRAMES, 80, 120, 3) and result.frames.shape[0] == NEW_FRAMES
 
@@ -234,3 +241,31 @@ def test_a_continuation_renders_again_from_its_video(run_cli, clip, tmp_path):
     )
     missing = run_cli(*predict_args({}, tmp_path / "none.mp4", "--from", str(first)))
     assert missing.code == 2 and "Invalid input 'input_video': first.mp4 was made from clip.mp4" in missing.stderr
+
+
+def test_a_bt709_video_and_its_continuation_share_one_colour_matrix(tiny_models, clip, tmp_path):
+    """HD videos are mostly BT.709: the generated frames are converted to YUV with the input's matrix and range,
+    and the output is tagged with its colour description, or every colour would shift where the two meet."""
+    import av
+
+    tagged = tmp_path / "bt709.mp4"
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    colour = ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv"]
+    subprocess.run(
+        [ffmpeg, "-loglevel", "error", "-i", str(clip), "-vf", "scale=out_color_matrix=bt709:out_range=tv"]
+        + ["-c:v", "libx264", "-crf", "0", "-pix_fmt", "yuv420p", *colour, str(tagged)],
+        check=True,
+    )
+    bt709 = continuation.ColorDescription(colorspace=1, color_range=1, primaries=1, transfer=1)
+    assert continuation.probe_video(tagged).color == bt709
+    output = tmp_path / "continued.mp4"
+    result, _ = continue_clip(tiny_models, tagged, output, model_variant="f1", mp4_crf=0)
+    with av.open(str(output)) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.colorspace, context.color_range, context.color_primaries, context.color_trc) == (1, 1, 1, 1)
+        planes = [frame.to_ndarray(format="yuv420p") for frame in container.decode(video=0)]
+    resized = [conditioning.resize_and_center_crop(frame.numpy(), 120, 80) for frame in result.frames]
+    # Lossless (CRF 0): the generated frames' samples are exactly their BT.709 conversion, not BT.601's.
+    assert all(np.array_equal(a, continuation.rgb_to_yuv420p(b, bt709)) for a, b in zip(planes[CLIP_FRAMES:], resized))
+    assert not all(np.array_equal(a, continuation.rgb_to_yuv420p(b)) for a, b in zip(planes[CLIP_FRAMES:], resized))
+    assert torch.equal(read_mp4_frames(output)[0][:CLIP_FRAMES], read_mp4_frames(tagged)[0])

@@ -57,16 +57,16 @@ def test_unknown_variant_is_rejected():
 
 
 def test_a_continued_videos_latents_go_where_each_variant_looks_back():
-    context, anchor = _frames(1, 2, 3), _frames(9)
-    forward = F1.continuation_slots(context, anchor)
+    context, anchor, last_frame = _frames(1, 2, 3), _frames(9), _frames(4)
+    forward = F1.continuation_slots(context, anchor, last_frame)
     assert torch.equal(forward.start_latent, anchor) and forward.start_context is None
     history, video_latents = F1.start_history(torch.zeros(1, 1, 19, 1, 1), forward.history_seed)
     one, two, _ = F1.context_slices()
     assert history[:, :, one].flatten().tolist() == [3] and history[:, :, two].flatten().tolist() == [1, 2]
     assert video_latents == 1  # the video's last latent: decoded with the first section, its frame left out
-    inverted = ORIGINAL.continuation_slots(context, anchor)
-    assert inverted.start_latent.flatten().tolist() == [3] and inverted.start_context.flatten().tolist() == [1, 2]
-    assert ORIGINAL.continuation_slots(_frames(3), anchor).start_context is None
+    inverted = ORIGINAL.continuation_slots(context, anchor, last_frame)  # the last frame alone starts it
+    assert inverted.start_latent.flatten().tolist() == [4] and inverted.start_context.flatten().tolist() == [1, 2]
+    assert ORIGINAL.continuation_slots(_frames(3), anchor, last_frame).start_context is None
     assert (ORIGINAL.default_video_context, F1.default_video_context) == (1, 19)
     with pytest.raises(ValueError, match="f1's start group is one latent"):
         F1.plan_sections(2, 9, start_latents=3)
