@@ -78,6 +78,11 @@ def parse_timed_prompts(section_prompts: str) -> list[TimedPrompt] | None:
         start, end = float(match["start"]), float(match["end"]) if match["end"] else None
         text = (match["inner"] if match["inner"] is not None else match["rest"]).strip()
         entry = TimedPrompt(number, start, end, text)
+        if match["inner"] is not None and match["rest"].strip():
+            raise InvalidInput(
+                "section_prompts",
+                f"line {number}: text both inside and after {entry.label()}; write '[2s: text]' or '[2s] text'",
+            )
         if end is not None and end <= start:
             raise InvalidInput("section_prompts", f"line {number}: {entry.label()} ends before it starts")
         if not text:
@@ -160,11 +165,18 @@ def plan_prompt_blends(prompts: Sequence[str], blend_sections: int) -> list[Prom
     """Per video section: after a prompt change, `blend_sections` sections move from the old prompt to the new.
 
     The k-th section from the change (k = 1 .. blend_sections) has weight k / (blend_sections + 1); the next
-    one is the new prompt alone. A change within a blend starts a new blend from the prompt it interrupted.
+    one is the new prompt alone. Raises InvalidInput for a change within another's blend: the embeddings would
+    jump there instead of moving linearly.
     """
     blends, change = [], None
     for index, target in enumerate(prompts):
         if index and target != prompts[index - 1]:
+            if change is not None and index - change < blend_sections:
+                raise InvalidInput(
+                    "prompt_blend_sections",
+                    f"the prompt changes at video sections {change} and {index}, closer than the "
+                    f"{blend_sections} sections a blend takes; lower prompt_blend_sections or space the prompts",
+                )
             change, source = index, prompts[index - 1]
         step = index - change + 1 if change is not None else blend_sections + 1
         if step <= blend_sections:

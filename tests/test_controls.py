@@ -92,13 +92,24 @@ def test_blends_follow_each_prompt_change_for_the_sections_asked():
         ("b", "b", 1.0),
         ("b", "c", 1 / 3),
     ]
-    interrupted = controls.plan_prompt_blends(["a", "b", "c", "c"], 2)  # c starts from b, not from a
-    assert [(b.source, b.target, b.weight) for b in interrupted][1:] == [
+    back_to_back = controls.plan_prompt_blends(["a", "b", "b", "c"], 2)  # c starts once b's blend is done
+    assert [(b.source, b.target, b.weight) for b in back_to_back][1:] == [
         ("a", "b", 1 / 3),
+        ("a", "b", 2 / 3),
         ("b", "c", 1 / 3),
-        ("b", "c", 2 / 3),
     ]
     assert not any(b.blended for b in controls.plan_prompt_blends(["a", "b", "a"], 0))
+
+
+def test_a_prompt_change_inside_another_blend_is_refused():
+    # a -> b at section 1 blends over sections 1 and 2; c at section 2 would make the embeddings jump.
+    with pytest.raises(InvalidInput, match="changes at video sections 1 and 2, closer than the 2 sections"):
+        controls.plan_prompt_blends(["a", "b", "c", "c"], 2)
+
+
+def test_inline_timestamp_text_and_trailing_text_are_refused():
+    with pytest.raises(InvalidInput, match=r"line 1: text both inside and after \[2s\]"):
+        controls.parse_timed_prompts("[2s: a cat] a dog runs")
 
 
 def test_keyframe_plan_and_indices():
