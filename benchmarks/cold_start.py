@@ -13,7 +13,7 @@ dynamo compiled for it:
 Runs may be split across invocations with the same `--out` and `--scratch`: the report is extended.
 Before a cold run the weight files are dropped from the page cache (posix_fadvise DONTNEED, no root needed).
 Every process gets an empty inductor cache and FlashAttention 4 kernel cache of its own, as a new container
-has; in this tree, the kernels come from the compile cache beside the weights, which the `warm-cache` run
+has; in this tree, the kernels come from a compile cache in the scratch folder, which the `warm-cache` run
 writes first (`python -m framepack warm-cache`, also timed). The read speed of the same files alone, cold,
 is measured first: it is the ceiling for loading them.
 """
@@ -165,8 +165,11 @@ def child_env(scratch: Path, name: str, weights: Path, code: Path, own_kernel_ca
     env = {key: value for key, value in os.environ.items() if not key.startswith("FRAMEPACK_")}
     env.pop("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", None)
     env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / f"inductor-{name}")
+    inductor = scratch / f"inductor-{name}"
+    shutil.rmtree(inductor, ignore_errors=True)  # a run of an earlier invocation must not leave kernels behind
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor)
     env["FRAMEPACK_WEIGHTS"] = str(weights)
+    env["FRAMEPACK_COMPILE_CACHE"] = str(scratch / "compile-cache")  # the benchmark's own, never the weights
     env["FRAMEPACK_OUTPUT_DIR"] = str(scratch / f"outputs-{name}")
     if own_kernel_cache:  # the older tree has no compile cache: FA4's kernels start from an empty folder
         env["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] = str(scratch / f"fa4-{name}")
@@ -192,7 +195,7 @@ def cold_start(
             raise SystemExit("--cold-start-runs before needs --before-code")
         env = child_env(scratch, name, weights, code, own_kernel_cache=name == "before")
         if name == "warm-cache":
-            shutil.rmtree(weights / "compile-cache", ignore_errors=True)
+            shutil.rmtree(scratch / "compile-cache", ignore_errors=True)
             drop_from_page_cache(files)
             started = time.time()
             done = subprocess.run(

@@ -260,6 +260,8 @@ def run_warm_cache(args: argparse.Namespace) -> Path:
 
     if load_engine(config).models.compile_record is None:
         raise InvalidInput("--compile", "nothing was compiled with these settings, so there is nothing to cache")
+    if not any(cache_dir.glob("torch-*.bin")):
+        raise InvalidInput("FRAMEPACK_COMPILE_CACHE", f"no compiled kernels could be written to {cache_dir}")
     return cache_dir
 
 

@@ -114,7 +114,7 @@ def load_engine(config: EngineConfig) -> Engine:
 
 def _compile_ahead(models, config: EngineConfig, accelerations: dict, cache_dir: Path | None, timings) -> None:
     """Load the compile cache, build the kernels with a warm-up generation, and save the cache if anything
-    was compiled from scratch."""
+    was compiled from scratch or there was no file yet."""
     from .compile_cache import CompileCache, artifact_key, kernels_compiled
 
     variant = config.variants[0]
@@ -127,7 +127,9 @@ def _compile_ahead(models, config: EngineConfig, accelerations: dict, cache_dir:
     with _timed(timings, "warm-up"):
         warm_up(models, variant)
     logger.info(f"warm-up: {models.compile_record.summary()}")
-    if cache is not None and kernels_compiled():
+    # Written when kernels were built here, and also when they came from another cache (a local inductor cache,
+    # or Replicate's): PyTorch records those hits too, so the file is complete either way.
+    if cache is not None and (kernels_compiled() or not cache.path.is_file()):
         with _timed(timings, "compile cache"):
             cache.save()
 

@@ -1,13 +1,15 @@
 """Reading the weight files into the page cache in the background, while Python imports torch and diffusers.
 
-A cold container spends about 11 s importing (torch, diffusers, the model classes) before it reads a byte of its
-~40 GiB of weights, and the disk then sets the pace (1.8 GiB/s on the H200 machine, BENCHMARKS.md). Started
-before those imports (predict.py's first lines, the CLI), `start` has a few threads read every weight file the
-engine will load, in loading order, with large reads; the loader then finds the pages in memory. The files
-are read once either way: whichever of the prefetcher and the loader reaches a page first reads it from disk.
+A cold container spends seconds importing (torch, diffusers, the model classes) before it reads a byte of its
+~40 GiB of weights, and the disk then sets the pace (1.5 GiB/s on the H200 machine, BENCHMARKS.md). Started
+before those imports (predict.py's first lines; `engine.load_engine` starts it otherwise), `start` has a few
+threads read every weight file the engine will load, in loading order, with large reads; the loader then finds
+the pages in memory. The files are read once either way: whichever of the prefetcher and the loader reaches a
+page first reads it from disk.
 
 Only the standard library is used, so it can start before torch is imported. It skips, and says so, when the
-files do not fit in the memory the host has available (prefetching them would only evict each other).
+files do not fit in the memory this process may still fill (the host's, or its container's limit): prefetched
+pages would only evict each other.
 """
 
 from __future__ import annotations
@@ -38,14 +40,23 @@ def weight_files(weights_dir: Path, variants: tuple[str, ...]) -> list[Path]:
 
 
 def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo, or None where there is no such file."""
+    """Memory this process may still fill: the host's MemAvailable, or less under a container's cgroup limit
+    (cgroup v2: memory.max less memory.current); None where neither can be read."""
+    found = []
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 @dataclass
@@ -138,8 +149,11 @@ def start_from_env() -> Prefetch | None:
     """
     from .config import EngineConfig
 
+    # Broad on purpose: this only saves time, so nothing it meets (a bad variable, an unreadable folder) may stop
+    # the import; the engine's start-up reports such problems properly.
     try:
         config = EngineConfig.from_env()
-    except ValueError:
+        return start(config.weights_dir, config.variants)
+    except Exception as error:  # noqa: BLE001
+        logger.info(f"weights prefetch skipped: {type(error).__name__}: {error}")
         return None
-    return start(config.weights_dir, config.variants)

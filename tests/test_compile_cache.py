@@ -6,6 +6,7 @@ only way kernels can travel from the first to the second.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from conftest import START_IMAGE, TINY_WEIGHTS
 
+from framepack import compile_cache
 from framepack.compile_cache import CompileCache, artifact_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +97,7 @@ def test_warm_cache_then_a_new_process_compiles_nothing_for_any_shape(tmp_path):
     assert sorted(cache.glob("torch-*.bin")) == [artifacts]
 
 
-def test_the_key_changes_with_what_kernels_depend_on():
+def test_the_key_changes_with_what_kernels_depend_on(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
     key = artifact_key(cpu, torch.bfloat16, False, "auto")
     assert key == artifact_key(cpu, torch.bfloat16, False, "auto")
@@ -104,7 +106,15 @@ def test_the_key_changes_with_what_kernels_depend_on():
         artifact_key(cpu, torch.bfloat16, True, "auto"),
         artifact_key(cpu, torch.bfloat16, False, "flash_attention_4"),
     }
-    assert key not in others and len(others) == 3
+    with monkeypatch.context() as patch:  # another torch build
+        patch.setattr(torch, "__version__", torch.__version__ + "+other")
+        others.add(artifact_key(cpu, torch.bfloat16, False, "auto"))
+    edited = tmp_path / "framepack"  # this package with one line of one module changed
+    shutil.copytree(compile_cache._PACKAGE, edited)
+    (edited / "transformer.py").write_text((edited / "transformer.py").read_text() + "\n# edited\n")
+    monkeypatch.setattr(compile_cache, "_PACKAGE", edited)
+    others.add(artifact_key(cpu, torch.bfloat16, False, "auto"))
+    assert key not in others and len(others) == 5
 
 
 def test_no_file_means_nothing_loaded_and_an_unwritable_folder_is_not_an_error(tmp_path, caplog):
