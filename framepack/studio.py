@@ -483,13 +483,14 @@ def build_app(studio: Studio):
 def _api_function(studio: Studio):
     """`/generate`: the API's inputs as keyword arguments (files as uploads), returning the MP4.
 
-    Positionally the required inputs come first (a Python signature puts them before those with defaults),
-    then the others in the API's order.
+    Positionally the inputs come in the API's order (input_image, then prompt, ...), as before input_image
+    became optional; so every parameter has a default, and a missing required input (the prompt) is refused by
+    the request's own validation with the usual message.
     """
     import gradio as gr
     from gradio.data_classes import FileData
 
-    names = sorted(INPUT_SPECS, key=lambda name: not INPUT_SPECS[name].required)
+    names = list(INPUT_SPECS)
 
     def generate(*args, **kwargs):
         values = dict(zip(names, args)) | kwargs
@@ -509,7 +510,7 @@ def _api_function(studio: Studio):
     for name in names:
         spec = INPUT_SPECS[name]
         annotation = hints.get(spec.type, spec.type)
-        default = inspect.Parameter.empty if spec.required else spec.default
+        default = None if spec.required else spec.default
         if spec.type is list:
             default = None
             annotation = list[FileData] | None
