@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--vram-cap-gb", type=float, nargs="*", default=[6.0])
     parser.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="with --low-vram: each cap gets the placement of a GPU that size (a memory budget), not 'low'",
+    )
+    parser.add_argument(
         "--short-caps-gb",
         type=float,
         nargs="*",
@@ -177,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.low_vram:
         runs = [(cap, args.e2e_seconds, args.steps) for cap in args.vram_cap_gb]
         runs += [(cap, args.short_seconds, args.short_steps) for cap in args.short_caps_gb]
-        report["low_vram"] = low_vram(args.weights, runs, device, dtype, size, image, save_into(report, args.out))
+        report["low_vram"] = low_vram(
+            args.weights, runs, device, dtype, size, image, save_into(report, args.out), args.adaptive
+        )
     else:
         compare_paths(args, device, dtype, size, image, report)
     return _finish(report, args.out)

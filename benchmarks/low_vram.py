@@ -1,7 +1,10 @@
 """Low-VRAM mode under GPU memory caps against high-VRAM mode, each started from weights on disk as the service is.
 
 Low-VRAM runs first, so the host's peak resident memory covers loading and streaming; then the same requests in
-high-VRAM mode (compiled), and each capped run's time and latents against them.
+high-VRAM mode (compiled), and each capped run's time and latents against them. By default every capped run uses
+one engine that streams every block (`FRAMEPACK_MEMORY_MODE=low`). With `adaptive`, each cap gets the placement
+a GPU of that size gets (a budget of the cap less `memory.RESERVED_GIB`, `residency.py`), on an engine loaded
+afresh for it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from framepack.config import EngineConfig
 from framepack.engine import load_engine
+from framepack.memory import RESERVED_GIB
 from framepack.transformer import PackedTransformer
 
 from .end_to_end import end_to_end
@@ -61,17 +65,25 @@ def low_vram(
     size: tuple[int, int],
     image: Path,
     save,
+    adaptive: bool = False,
 ) -> dict:
     """Each (cap GiB, seconds, steps) run in low-VRAM mode, then each (seconds, steps) once in high-VRAM mode.
 
     `save(results)` is called after every run, so partial results survive a timeout.
     """
     cuda = device.type == "cuda"
-    models = load_engine(engine_config(weights, device, dtype, "low")).models
-    results: dict = {"weights_gib": _weights_gib(models), "host_peak_rss_after_placement_gib": peak_rss_gib()}
+    models = None if adaptive else load_engine(engine_config(weights, device, dtype, "low")).models
+    results: dict = {"host_peak_rss_after_placement_gib": peak_rss_gib()}
     low_latents = {}
     for cap, seconds, steps in runs:
         key = run_key(cap, seconds, steps)
+        if adaptive:
+            models = None
+            gc.collect()
+            _limit_gpu_memory(device, None)
+            budget = f"{cap - RESERVED_GIB:g}"
+            models = load_engine(engine_config(weights, device, dtype, budget)).models
+        results.setdefault("weights_gib", _weights_gib(models))
         _limit_gpu_memory(device, cap)
         try:
             low = end_to_end(models, image, size, PackedTransformer, False, seconds, steps, device)

@@ -7,7 +7,7 @@ the same fields, over the environment's values. Bad values are refused here, nam
 | --- | --- | --- |
 | weights_dir | FRAMEPACK_WEIGHTS | a folder in the hub layout (weights) |
 | output_dir | FRAMEPACK_OUTPUT_DIR | where MP4s are written (a fresh temporary folder) |
-| memory_mode | FRAMEPACK_MEMORY_MODE | auto, high, low (auto) |
+| memory_mode | FRAMEPACK_MEMORY_MODE | auto, high, low, or a GPU memory budget in GiB such as 24 (auto) |
 | compile | FRAMEPACK_COMPILE | auto, on, off (auto) |
 | fp8 | FRAMEPACK_FP8 | 1/0, true/false, yes/no, on/off (off) |
 | attention | FRAMEPACK_ATTENTION | auto or a kernel: flash_attention_4, _native_cudnn, _native_flash, native, sage |
@@ -86,7 +86,12 @@ class EngineConfig:
     compile_cache: Path | None = None  # None: <weights>/compile-cache; Path("off"): no cache
 
     def __post_init__(self):
-        choices = {"memory_mode": MEMORY_MODES, "compile": COMPILE_MODES, "attention": ATTENTION_CHOICES}
+        if self.memory_mode not in MEMORY_MODES and memory_budget_gib(self.memory_mode) is None:
+            raise ValueError(
+                f"{ENV['memory_mode']} must be one of {', '.join(MEMORY_MODES)} or a budget in GiB (a number above "
+                f"0, such as 24), got {self.memory_mode!r}"
+            )
+        choices = {"compile": COMPILE_MODES, "attention": ATTENTION_CHOICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{ENV[name]} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -136,6 +141,15 @@ class EngineConfig:
         import torch
 
         return getattr(torch, self.dtype or ("bfloat16" if self.resolved_device().type == "cuda" else "float32"))
+
+
+def memory_budget_gib(memory_mode: str) -> float | None:
+    """The GiB a memory mode such as "24" or "12.5" gives (`memory.py`), or None for a named mode or nonsense."""
+    try:
+        budget = float(memory_mode)
+    except ValueError:
+        return None
+    return budget if 0 < budget < float("inf") else None
 
 
 def _parse(name: str, variable: str, text: str):

@@ -8,11 +8,15 @@ back to the kernel as soon as the tensor is copied (otherwise a file stays resid
 released).
 
 `BlockStreamer` runs a transformer whose 60 blocks stream through two GPU slots: while block i computes on the
-current stream, block i+1 (wrapping to block 0 for the next step) is copied into the other slot on a side
-stream, one contiguous copy per block, so transfers overlap compute. Everything outside the blocks (embedders,
-token refiner, output head: about 0.8 GB) is on the GPU only between `begin()` and `end()`, i.e. while a section
-samples. `OnDeviceWhileCalled` does the same for a whole module around some of its methods (the VAE's encode and
-decode). On the CPU the same bookkeeping runs with plain copies, which is what the tests check.
+current stream, block i+1 (wrapping to the first streamed block for the next step) is copied into the other slot
+on a side stream, one contiguous copy per block, so transfers overlap compute. The first `resident_blocks` blocks
+can instead be held on the GPU (`hold`, until `drop`; `residency.py` decides how many fit): the first streamed
+block's copy then hides behind their compute, and fewer bytes cross the host link per forward. Held blocks'
+weights are the device copy (a LoRA merges into it); their host copy stays as loaded, so `drop` only re-points.
+Everything outside the blocks (embedders, token refiner, output head: about 0.8 GB) is on the GPU only between
+`begin()` and `end()`, i.e. while a section samples. `OnDeviceWhileCalled` does the same for a whole module
+around some of its methods (the VAE's encode and decode). On the CPU the same bookkeeping runs with plain copies,
+which is what the tests check.
 """
 
 from __future__ import annotations
@@ -147,18 +151,48 @@ class BlockStreamer:
     Use: `begin()`; for each step `activate(i)` / run block i / `release(i)` in block order; `end()`.
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, pin: bool):
+    def __init__(self, model: torch.nn.Module, device: torch.device, pin: bool, resident_blocks: int = 0):
         self.device = device
         self.blocks = all_blocks(model)
+        if not 0 <= resident_blocks < len(self.blocks):
+            raise ValueError(f"resident_blocks must be 0 to {len(self.blocks) - 1}: at least one block streams")
         block_lists = {"transformer_blocks", "single_transformer_blocks"}
         self.resident_modules = [child for name, child in model.named_children() if name not in block_lists]
         self.host = HostWeights(self.resident_modules + self.blocks, pin)
         self.resident = self.host.groups[: len(self.resident_modules)]
         self.block_groups = self.host.groups[len(self.resident_modules) :]
-        self.slot_bytes = max(group.nbytes for group in self.block_groups)
+        self.resident_blocks = resident_blocks
+        self.held_groups = self.block_groups[:resident_blocks]
+        self.streamed_groups = self.block_groups[resident_blocks:]
+        self.slot_bytes = max(group.nbytes for group in self.streamed_groups)
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self._active = False
+        self._computing: int | None = None  # the slot of the block being computed
+        self._held: torch.Tensor | None = None
+
+    @property
+    def streamed_bytes(self) -> int:
+        """Bytes copied to the device per forward (the blocks that are not held)."""
+        return sum(group.nbytes for group in self.streamed_groups)
+
+    def hold(self) -> None:
+        """Copy the first `resident_blocks` blocks to the device and keep them there until `drop`."""
+        if self._held is not None or not self.held_groups:
+            return
+        start, end = self.held_groups[0].offset, self.held_groups[-1].offset + self.held_groups[-1].nbytes
+        self._held = torch.empty(end - start, dtype=torch.uint8, device=self.device)
+        self._held.copy_(self.host.buffer[start:end])
+        for group in self.held_groups:
+            group.point_to(group.views(self._held[group.offset - start :]))
+
+    def drop(self) -> None:
+        """Point the held blocks back at their host copy and free their device memory."""
+        if self._held is None:
+            return
+        for group in self.held_groups:
+            group.point_to(group.host)
+        self._held = None
 
     def begin(self) -> None:
         """Put the non-block weights on the device, allocate the two slots and start loading block 0."""
@@ -173,6 +207,7 @@ class BlockStreamer:
         self.slot_holds: list[int | None] = [None, None]
         self.copied = [torch.cuda.Event() if self.cuda else None for _ in range(2)]
         self.released = [torch.cuda.Event() if self.cuda else None for _ in range(2)]
+        self._computing: int | None = None
         self._active = True
         self._load(0)
 
@@ -183,17 +218,19 @@ class BlockStreamer:
         if self.cuda:  # nothing may still read or write the buffers when they return to the allocator
             torch.cuda.current_stream(self.device).synchronize()
             self.copy_stream.synchronize()
-        for group in self.host.groups:
+        for group in [*self.resident, *self.streamed_groups]:
             group.point_to(group.host)
         del self._resident_buffer, self.slots
         self._active = False
 
-    def _load(self, index: int) -> None:
-        """Copy block `index` into its slot on the side stream, once the slot's previous block is done."""
-        slot = index % 2
-        if self.slot_holds[slot] == index:
-            return
-        group = self.block_groups[index]
+    def _load(self, index: int) -> int:
+        """Copy streamed block `index` into a slot on the side stream, once the slot's previous block is done;
+        returns the slot. Never the slot of the block being computed: with an odd number of streamed blocks, the
+        next step's first block would otherwise land in the last block's slot."""
+        if index in self.slot_holds:
+            return self.slot_holds.index(index)
+        slot = 0 if self._computing is None else 1 - self._computing
+        group = self.streamed_groups[index]
         source = self.host.bytes_of(group)
         if self.cuda:
             with torch.cuda.stream(self.copy_stream):
@@ -204,32 +241,39 @@ class BlockStreamer:
         else:
             self.slots[slot][: group.nbytes].copy_(source)
         self.slot_holds[slot] = index
+        return slot
 
     def activate(self, index: int) -> None:
-        """Make block `index`'s weights usable on the current stream, and start prefetching the next block."""
-        slot = index % 2
-        self._load(index)
+        """Make streamed block `index` (0 = the first block not held) usable on the current stream, and start
+        prefetching the next one."""
+        slot = self._load(index)
+        self._computing = slot
         if self.cuda:
             torch.cuda.current_stream(self.device).wait_event(self.copied[slot])
-        group = self.block_groups[index]
+        group = self.streamed_groups[index]
         group.point_to(group.views(self.slots[slot]))
-        self._load((index + 1) % len(self.block_groups))
+        self._load((index + 1) % len(self.streamed_groups))
 
     def release(self, index: int) -> None:
-        """Block `index` is queued; its slot may be overwritten once the queued work has run."""
+        """Streamed block `index` is queued; its slot may be overwritten once the queued work has run."""
         if self.cuda:
-            self.released[index % 2].record(torch.cuda.current_stream(self.device))
-        group = self.block_groups[index]
+            self.released[self.slot_holds.index(index)].record(torch.cuda.current_stream(self.device))
+        group = self.streamed_groups[index]
         group.point_to(group.host)
 
     @contextmanager
     def weights_of(self, index: int):
-        """Block `index`'s weights are on the device inside this context."""
-        self.activate(index)
+        """Block `index`'s weights (counting every block) are on the device inside this context."""
+        if index < self.resident_blocks:
+            self.hold()
+            yield
+            return
+        streamed = index - self.resident_blocks
+        self.activate(streamed)
         try:
             yield
         finally:
-            self.release(index)
+            self.release(streamed)
 
     @contextmanager
     def on_device(self):
@@ -240,6 +284,11 @@ class BlockStreamer:
             self.end()
 
 
-def stream_blocks(model: torch.nn.Module, device: torch.device, pin: bool = True) -> BlockStreamer:
-    """Install block streaming on a host-resident packed transformer; give the streamer to its runner."""
-    return BlockStreamer(model, device, pin)
+def stream_blocks(
+    model: torch.nn.Module, device: torch.device, pin: bool = True, resident_blocks: int = 0
+) -> BlockStreamer:
+    """Install block streaming on a host-resident packed transformer, with its first `resident_blocks` blocks held
+    on `device` from now on; give the streamer to its runner."""
+    streamer = BlockStreamer(model, device, pin, resident_blocks)
+    streamer.hold()
+    return streamer

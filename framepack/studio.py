@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from . import controls, planner
+from . import controls, memory, planner
 from .engine import Engine
 from .errors import InvalidInput
 from .outputs import generate_video
@@ -261,6 +261,7 @@ class Studio:
         options = dataclasses.replace(self.engine.generation_options(), on_step=on_step, on_section=on_section)
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            memory.make_resident(self.engine.models, request.model_variant, self.engine.plan)
             result = generate_video(
                 request, self.engine.models, output, progress=progress, record=preview.record, options=options
             )

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import TINY_WEIGHTS
 
 from benchmarks import cli
@@ -71,13 +72,14 @@ def test_tiny_benchmark_fp8_decode_and_f1(tmp_path):
     assert report["cfg_batch"]["two_calls_s"] > 0 and report["cfg_batch"]["relative_l2"] < 1e-6
 
 
-def test_tiny_low_vram_benchmark_loads_saved_random_weights(tmp_path):
+@pytest.mark.parametrize("adaptive", ["", "--adaptive"])
+def test_tiny_low_vram_benchmark_loads_saved_random_weights(tmp_path, adaptive):
     weights, out = tmp_path / "weights", tmp_path / "low.json"
     assert cli.main(["--size", "tiny", "--save-random-weights", str(weights)]) == 0
     run_bench(
         out,
         f"--size tiny --low-vram --weights {weights} --vram-cap-gb 6 --e2e-seconds 1.2 --steps 2 "
-        "--short-caps-gb 8 --short-seconds 0.8 --short-steps 1",
+        f"--short-caps-gb 8 --short-seconds 0.8 --short-steps 1 {adaptive}",
     )
     low = json.loads(out.read_text())["low_vram"]
     assert low["weights_gib"] > 0 and low["host_peak_rss_low_gib"] >= low["host_peak_rss_after_placement_gib"]

@@ -35,3 +35,25 @@ def test_cpu_has_no_gpu_mode():
 def test_bad_override_is_rejected():
     with pytest.raises(ValueError, match="FRAMEPACK_MEMORY_MODE must be one of auto, high, low"):
         choose_memory_plan(CUDA, 80.0, "medium")
+
+
+@pytest.mark.parametrize(
+    ("total_gib", "override", "mode", "budget"),
+    [
+        (23.6, "auto", "low", None),  # automatic: streams everything until budgets are measured on GPUs
+        (79.2, "low", "low", None),  # forced low streams everything
+        (139.8, "12", "low", 12.0),
+        (139.8, "6.5", "low", 6.5),
+        (139.8, "64", "high", None),  # a budget that holds everything is high-VRAM mode
+    ],
+)
+def test_budget(total_gib, override, mode, budget):
+    plan = choose_memory_plan(CUDA, total_gib, override)
+    assert plan.mode == mode
+    assert plan.budget_gib == pytest.approx(budget) if budget is not None else plan.budget_gib is None
+
+
+@pytest.mark.parametrize("override", ["0", "-4", "nan", "inf", "24GB"])
+def test_bad_budget_is_rejected(override):
+    with pytest.raises(ValueError, match="or a budget in GiB"):
+        choose_memory_plan(CUDA, 80.0, override)

@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import peft_lora, section_and_text, tiny_request
 
-from framepack import streaming
+from framepack import memory, streaming
+from framepack.memory import MemoryPlan
 from framepack.pipeline import generate
 from framepack.request import build_request
 from framepack.teacache import TeaCacheState
@@ -54,16 +55,22 @@ def _packed(module):
     return packed
 
 
-def _streamed(model):
-    """A copy whose blocks stream through two slots, and its streamer."""
+def _streamed(model, resident_blocks: int = 0):
+    """A copy whose blocks stream through two slots (but the first `resident_blocks`, held), and its streamer."""
     streamed = copy.deepcopy(model)
-    return streamed, streaming.stream_blocks(streamed, CPU, pin=False)
+    return streamed, streaming.stream_blocks(streamed, CPU, pin=False, resident_blocks=resident_blocks)
 
 
+# Every block streams; the first held (3 blocks stream: an odd count); two held (the tiny model has 4 blocks).
+RESIDENT_BLOCKS = [0, 1, 2]
+
+
+@pytest.mark.parametrize("resident_blocks", RESIDENT_BLOCKS)
 @pytest.mark.parametrize("use_teacache", [False, True])
-def test_streamed_blocks_give_bit_identical_velocities(tiny_models, use_teacache):
+def test_streamed_blocks_give_bit_identical_velocities(tiny_models, use_teacache, resident_blocks):
     model = _packed(tiny_models.transformers["original"])
-    streamed, streamer = _streamed(tiny_models.transformers["original"])
+    streamed, streamer = _streamed(tiny_models.transformers["original"], resident_blocks)
+    assert len(streamer.streamed_groups) == len(streamer.blocks) - resident_blocks
     inputs, text, latents = section_and_text(model, torch.Generator().manual_seed(2))
     guidance = torch.tensor([10000.0])
     resident_runner, streamed_runner = PackedTransformer(model), PackedTransformer(streamed, streamer=streamer)
@@ -84,12 +91,17 @@ def test_streamed_blocks_give_bit_identical_velocities(tiny_models, use_teacache
             assert torch.equal(outs[0], outs[1]), f"step {step}"
             x = x - 0.1 * outs[0]
     assert (len(block_runs) < steps) if use_teacache else (len(block_runs) == steps)
-    # Outside on_device every weight is back in the host buffer.
+    # Outside on_device every streamed weight is back in the host buffer; held blocks stay in their own.
     buffer = streamer.host.buffer
+    held = [t for block in streamer.blocks[:resident_blocks] for t in block.parameters()]
+    assert all(_in_buffer(t, buffer) for t in set(streamed.parameters()) - set(held))
+    assert all(_in_buffer(t, streamer._held) for t in held)
+    streamer.drop()
     assert all(_in_buffer(t, buffer) for t in streamed.parameters())
 
 
-def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path):
+@pytest.mark.parametrize("resident_blocks", [0, 2])
+def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path, resident_blocks):
     from safetensors.torch import save_file
 
     lora_file = tmp_path / "lora.safetensors"
@@ -103,7 +115,7 @@ def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path):
     resident = generate(request, resident_models)
     vae = copy.deepcopy(tiny_models.vae)
     streaming.OnDeviceWhileCalled(vae, CPU, ("encode", "decode"), pin=False)
-    streamed_model, streamer = _streamed(tiny_models.transformers["original"])
+    streamed_model, streamer = _streamed(tiny_models.transformers["original"], resident_blocks)
     models = dataclasses.replace(
         tiny_models, vae=vae, transformers={"original": streamed_model}, streamers={"original": streamer}
     )
@@ -112,3 +124,31 @@ def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path):
     assert torch.equal(streamed.frames, resident.frames)
     without_lora = generate(build_request({**REQUEST, "use_teacache": True}), models)
     assert not torch.equal(without_lora.video_latents, streamed.video_latents)  # the LoRA acted when streamed
+    # The LoRA merged into the held blocks' device copy and was taken out again: their host copy is untouched.
+    streamer.drop()
+    assert torch.equal(generate(request, models).video_latents, streamed.video_latents)
+
+
+def test_variants_take_turns_holding_their_blocks(tiny_models):
+    """Low-VRAM mode with a budget: one variant's first blocks are held at a time, swapped per request."""
+    request = {**REQUEST, "use_teacache": False}
+    resident = {
+        variant: generate(
+            build_request({**request, "model_variant": variant}),
+            dataclasses.replace(tiny_models, transformers={variant: _packed(tiny_models.transformers[variant])}),
+        )
+        for variant in ("original", "f1")
+    }
+    streamed = {variant: _streamed(tiny_models.transformers[variant], 2) for variant in ("original", "f1")}
+    models = dataclasses.replace(
+        tiny_models,
+        transformers={variant: pair[0] for variant, pair in streamed.items()},
+        streamers={variant: pair[1] for variant, pair in streamed.items()},
+    )
+    plan = MemoryPlan("low", "test", budget_gib=1.0)
+    for variant in ("f1", "original", "f1"):
+        memory.make_resident(models, variant, plan)
+        held = {name for name, streamer in models.streamers.items() if streamer._held is not None}
+        assert held == {variant}
+        result = generate(build_request({**request, "model_variant": variant}), models)
+        assert torch.equal(result.video_latents, resident[variant].video_latents), variant

@@ -1,0 +1,93 @@
+"""How much of the model to keep on the GPU for a memory budget: a pure function of sizes, explained in numbers.
+
+Below high-VRAM mode the transformer's blocks stream from host memory (`streaming.BlockStreamer`). Streaming
+all 60 blocks moves 25.7 GB per forward; with a budget larger than the minimum, the first blocks can stay
+resident instead, so fewer bytes cross the host link and the next streamed block's copy hides behind the
+resident blocks' compute. `plan_residency` fills the budget in order of use per request:
+1. what every configuration needs: the transformer's other modules (embedders, refiner, head), the working set
+   (activations at the request's size and the VAE decode's peak) and the two streaming slots;
+2. transformer blocks, the first ones first (used 2 * steps * sections times per request);
+3. the VAE (used once per section), then the text and image encoders (once per request), when all blocks fit.
+If every block fits, the slots are not needed and that room goes to the next items.
+
+Sizes are bytes. Shapes of nothing: this module does no tensor work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 2**30
+# Activations of a 640-bucket section and its tiled VAE decode in low-VRAM mode: a 6 GiB cap ran a 5-second
+# video at 5.94 GiB peak reserved (H200, BENCHMARKS.md "Low-VRAM mode"), of which 2 slots and the non-block
+# modules were about 2 GiB. Larger buckets need more; the working set is a parameter for that reason.
+WORKING_SET_640_BYTES = 4 * GIB
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Bytes of each part: `blocks` in forward order (dual-stream, then single-stream)."""
+
+    blocks: tuple[int, ...]
+    transformer_other: int
+    vae: int
+    encoders: int  # Llama, CLIP and SigLIP together
+
+
+@dataclass(frozen=True)
+class Residency:
+    """What stays on the GPU: the first `resident_blocks` blocks, and the VAE and encoders if flagged."""
+
+    resident_blocks: int
+    total_blocks: int
+    vae_resident: bool
+    encoders_resident: bool
+    streamed_bytes_per_forward: int
+    budget: int
+    working_set: int
+
+    @property
+    def all_blocks_resident(self) -> bool:
+        return self.resident_blocks == self.total_blocks
+
+    def describe(self) -> str:
+        """One log line: the decision in numbers."""
+        parts = [
+            f"budget {self.budget / GIB:.1f} GiB (working set {self.working_set / GIB:.1f} GiB)",
+            f"{self.resident_blocks}/{self.total_blocks} transformer blocks resident",
+            f"{self.streamed_bytes_per_forward / GIB:.1f} GiB streamed per forward",
+            f"VAE {'resident' if self.vae_resident else 'on the GPU only while used'}",
+            f"encoders {'resident' if self.encoders_resident else 'streamed'}",
+        ]
+        return ", ".join(parts)
+
+
+def plan_residency(budget: int, sizes: ModelSizes, working_set: int = WORKING_SET_640_BYTES) -> Residency:
+    """The most that fits in `budget` bytes of GPU memory, in the order of the module docstring.
+
+    A budget below the minimum (other modules, working set, two slots) still streams every block: that is the
+    least memory the engine can run in, and the allocator reports what it really needed.
+    """
+    slots = 2 * max(sizes.blocks)
+    room = budget - sizes.transformer_other - working_set
+    if room >= sum(sizes.blocks):  # every block fits: no slots needed
+        resident, room = len(sizes.blocks), room - sum(sizes.blocks)
+    else:
+        room -= slots
+        resident = 0
+        while resident < len(sizes.blocks) and sizes.blocks[resident] <= room:
+            room -= sizes.blocks[resident]
+            resident += 1
+    all_resident = resident == len(sizes.blocks)
+    vae_resident = all_resident and sizes.vae <= room
+    room -= sizes.vae if vae_resident else 0
+    encoders_resident = vae_resident and sizes.encoders <= room
+    return Residency(
+        resident_blocks=resident,
+        total_blocks=len(sizes.blocks),
+        vae_resident=vae_resident,
+        encoders_resident=encoders_resident,
+        streamed_bytes_per_forward=sum(sizes.blocks[resident:]),
+        budget=budget,
+        working_set=working_set,
+    )
