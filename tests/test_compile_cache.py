@@ -128,3 +128,22 @@ def test_no_file_means_nothing_loaded_and_an_unwritable_folder_is_not_an_error(t
     assert unwritable.save() is None
     assert "could not write" in caplog.text
     assert not list(tmp_path.glob("**/*.partial"))
+
+
+def test_warm_cache_fails_when_no_file_could_be_written(run_cli, tmp_path, monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("FRAMEPACK_COMPILE_CACHE", str(blocked / "cache"))
+    result = run_cli(
+        "warm-cache", "--weights", str(TINY_WEIGHTS), "--device", "cpu", "--dtype", "float32", "--compile", "on"
+    )
+    assert result.code == 2, result.stderr[-2000:]
+    expected = f"'FRAMEPACK_COMPILE_CACHE': no compiled kernels could be written to {blocked / 'cache'}"
+    assert expected in result.stderr and "compile cache: could not write" in result.stderr
+
+
+def test_warm_cache_refuses_when_nothing_compiles(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("FRAMEPACK_COMPILE_CACHE", str(tmp_path / "cache"))
+    result = run_cli("warm-cache", "--weights", str(TINY_WEIGHTS), "--device", "cpu", "--compile", "off")
+    assert result.code == 2 and "nothing was compiled with these settings" in result.stderr
+    assert not (tmp_path / "cache").exists()

@@ -24,3 +24,19 @@ def test_load_engine_logs_its_decisions_and_carries_the_lora_settings(tmp_path, 
     logged = capsys.readouterr().err
     assert "memory mode: cpu" in logged and "f1 transformer: 148 tensors match its config" in logged
     assert f"loaded f1 from {TINY_WEIGHTS} on cpu (torch.float32)" in logged
+
+
+def test_loading_straight_onto_the_device_gives_the_same_weights():
+    """High-VRAM mode reads the encoders, the VAE and the resident transformers with a device map; on the CPU
+    the same path runs (onto the CPU) and must give exactly the weights the host path gives."""
+    from framepack.models import load_models
+
+    cpu = torch.device("cpu")
+    host = load_models(TINY_WEIGHTS, ("original", "f1"), cpu, torch.float32)
+    direct = load_models(TINY_WEIGHTS, ("original", "f1"), cpu, torch.float32, direct_variants=1)
+    for name in ("text_encoder", "text_encoder_2", "image_encoder", "vae"):
+        a, b = getattr(host, name).state_dict(), getattr(direct, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    for variant in ("original", "f1"):
+        a, b = host.transformers[variant].state_dict(), direct.transformers[variant].state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), variant

@@ -45,3 +45,9 @@ def test_skipped_when_the_files_would_not_stay_in_memory(total, available, reaso
 
 def test_a_folder_without_weights_is_not_prefetched(tmp_path):
     assert prefetch.start(tmp_path, ("original",)) is None
+
+
+def test_a_bad_setting_never_stops_the_import(monkeypatch):
+    # predict.py calls this before anything else: a bad variable is the engine's to report, later.
+    monkeypatch.setenv("FRAMEPACK_MEMORY_MODE", "medium")
+    assert prefetch.start_from_env() is None
