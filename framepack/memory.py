@@ -120,7 +120,7 @@ def apply_low_vram(models, device: torch.device, budget_gib: float | None = None
     sizes = model_sizes(models)
     budget = int(budget_gib * residency.GIB) if budget_gib is not None else 0
     plan = residency.plan_residency(budget, sizes)
-    logger.info(f"low-VRAM placement: {plan.describe()}")
+    logger.info(f"low-VRAM placement: {plan.describe() if budget_gib is not None else 'every block streamed'}")
     for module in (models.text_encoder, models.text_encoder_2, models.image_encoder):
         if plan.encoders_resident:
             module.to(device)
