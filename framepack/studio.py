@@ -325,18 +325,11 @@ def build_app(studio: Studio):
                         elem_id="timeline",
                         label="Timeline (video order)",
                     )
-                with gr.Accordion("End frame", open=False):
-                    for name in END_FRAME:
-                        components[name] = _component(gr, INPUT_SPECS[name])
-                with gr.Accordion("Continue a video", open=False):
-                    for name in CONTINUE:
-                        components[name] = _component(gr, INPUT_SPECS[name])
-                with gr.Accordion("LoRA", open=False):
-                    for name in LORAS:
-                        components[name] = _component(gr, INPUT_SPECS[name])
-                with gr.Accordion("Advanced", open=False):
-                    for name in ADVANCED:
-                        components[name] = _component(gr, INPUT_SPECS[name])
+                folded = [("End frame", END_FRAME), ("Continue a video", CONTINUE), ("LoRA", LORAS)]
+                for title, group in [*folded, ("Advanced", ADVANCED)]:
+                    with gr.Accordion(title, open=False):
+                        for name in group:
+                            components[name] = _component(gr, INPUT_SPECS[name])
                 with gr.Accordion("Presets", open=False):
                     preset_names = gr.Dropdown(studio.presets.names(), label="preset", elem_id="preset-names")
                     preset_name = gr.Textbox(label="name", elem_id="preset-name")
