@@ -118,6 +118,19 @@ class HostWeights:
     def bytes_of(self, group: WeightGroup) -> torch.Tensor:
         return self.buffer[group.offset : group.offset + group.nbytes]
 
+    def onto_device(self, groups: list[WeightGroup], device: torch.device, non_blocking: bool = False) -> torch.Tensor:
+        """Copy consecutive `groups` to one new `device` buffer in one copy, and point their tensors at it.
+
+        Returns the buffer, which must live as long as the tensors point there (`WeightGroup.point_to(host)`
+        points them back).
+        """
+        start, end = groups[0].offset, groups[-1].offset + groups[-1].nbytes
+        on_device = torch.empty(end - start, dtype=torch.uint8, device=device)
+        on_device.copy_(self.buffer[start:end], non_blocking=non_blocking)
+        for group in groups:
+            group.point_to(group.views(on_device[group.offset - start :]))
+        return on_device
+
 
 class OnDeviceWhileCalled:
     """Keeps `module`'s weights on the host; copies them to `device` for the duration of each wrapped call."""
@@ -135,8 +148,7 @@ class OnDeviceWhileCalled:
         @functools.wraps(method)
         def call(*args, **kwargs):
             group = self.host.groups[0]
-            on_device = self.host.bytes_of(group).to(self.device, non_blocking=True)
-            group.point_to(group.views(on_device))
+            self.host.onto_device([group], self.device, non_blocking=True)  # the views keep the buffer alive
             try:
                 return method(*map(self._to_device, args), **{k: self._to_device(v) for k, v in kwargs.items()})
             finally:
@@ -180,11 +192,7 @@ class BlockStreamer:
         """Copy the first `resident_blocks` blocks to the device and keep them there until `drop`."""
         if self._held is not None or not self.held_groups:
             return
-        start, end = self.held_groups[0].offset, self.held_groups[-1].offset + self.held_groups[-1].nbytes
-        self._held = torch.empty(end - start, dtype=torch.uint8, device=self.device)
-        self._held.copy_(self.host.buffer[start:end])
-        for group in self.held_groups:
-            group.point_to(group.views(self._held[group.offset - start :]))
+        self._held = self.host.onto_device(self.held_groups, self.device)
 
     def drop(self) -> None:
         """Point the held blocks back at their host copy and free their device memory."""
@@ -198,11 +206,7 @@ class BlockStreamer:
         """Put the non-block weights on the device, allocate the two slots and start loading block 0."""
         if self._active:
             return
-        self._resident_buffer = torch.empty(sum(g.nbytes for g in self.resident), dtype=torch.uint8, device=self.device)
-        start = self.resident[0].offset
-        self._resident_buffer.copy_(self.host.buffer[start : start + self._resident_buffer.numel()], non_blocking=True)
-        for group in self.resident:
-            group.point_to(group.views(self._resident_buffer[group.offset - start :]))
+        self._resident_buffer = self.host.onto_device(self.resident, self.device, non_blocking=True)
         self.slots = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(2)]
         self.slot_holds: list[int | None] = [None, None]
         self.copied = [torch.cuda.Event() if self.cuda else None for _ in range(2)]
