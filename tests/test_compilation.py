@@ -18,10 +18,10 @@ from framepack.models import all_blocks
     [
         ("auto", "high", True),
         ("auto", "cpu", False),
-        ("auto", "low", False),
+        ("auto", "low", True),
         ("on", "high", True),
         ("on", "cpu", True),
-        ("on", "low", False),
+        ("on", "low", True),
         ("off", "high", False),
         ("off", "cpu", False),
     ],
