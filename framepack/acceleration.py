@@ -27,7 +27,7 @@ from .attention import (
     sage_attention_unavailable,
 )
 from .compilation import CompileRecord, capture_problem, compile_blocks, compiler_missing
-from .float8 import Float8Linear, float8_unsupported_reason, quantize_transformer_blocks
+from .float8 import Float8Linear, float8_layer_count, float8_unsupported_reason, quantize_transformer_blocks
 from .models import all_blocks
 
 FLASH_ATTENTION_4 = "flash_attention_4"
@@ -106,7 +106,7 @@ def set_block_attention(model, name: str | None) -> None:
             attention.processor._attention_backend = name
 
 
-def _float8_works(device: torch.device, dtype: torch.dtype) -> str | None:
+def float8_problem(device: torch.device, dtype: torch.dtype) -> str | None:
     """None if an FP8 layer runs on `device` and agrees with bf16 on a probe, else the reason it does not."""
     reason = float8_unsupported_reason(device)
     if reason is not None:
@@ -143,13 +143,14 @@ def accelerate(
         result.notes.append(note + ("; FP8 mode needs a CUDA GPU" if float8 else ""))
     if float8 and device.type == "cuda":
         dtype = model.x_embedder.proj.weight.dtype
-        reason = _float8_works(device, dtype)
+        reason = float8_problem(device, dtype)
         if reason is None:
-            result.float8_layers = quantize_transformer_blocks(model)
+            quantize_transformer_blocks(model)  # none left to replace where placement quantised them for streaming
+            result.float8_layers = float8_layer_count(model)
         else:
             result.notes.append(f"{reason}; staying in {dtype}")
     if compile_blocks_with is not None:
-        problem = compiler_missing(device) or capture_problem(model)
+        problem = compiler_missing(device) or capture_problem(model, device)
         if problem is None:
             compile_blocks(model, compile_blocks_with)
             result.compiled = True
