@@ -72,8 +72,11 @@ def load_engine(config: EngineConfig) -> Engine:
 
     timings: dict[str, float] = {}
     device, dtype = config.resolved_device(), config.resolved_dtype()
-    total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
-    plan = memory.choose_memory_plan(device, total_gib, config.memory_mode)
+    total_gib = free_gib = None
+    if device.type == "cuda":
+        free_bytes, total_bytes = torch.cuda.mem_get_info(device)
+        total_gib, free_gib = total_bytes / 2**30, free_bytes / 2**30
+    plan = memory.choose_memory_plan(device, total_gib, config.memory_mode, free_gib)
     logger.info(
         f"memory mode: {plan.mode} ({plan.reason}); FP8 transformer layers: {'on' if config.fp8 else 'off'}; "
         f"compile: {config.compile}"
@@ -98,7 +101,7 @@ def load_engine(config: EngineConfig) -> Engine:
         with _timed(timings, "FA4 import"):
             flash_attention4_unavailable(device)  # imports the CuTe DSL; the probe in "acceleration" reuses it
     with _timed(timings, "placement"):
-        memory.place_models(models, plan)
+        memory.place_models(models, plan, float8=config.fp8)
     with _timed(timings, "acceleration"):
         accelerations = memory.prepare_for_speed(models, plan, config)
     for variant, applied in accelerations.items():

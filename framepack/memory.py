@@ -1,12 +1,13 @@
 """Memory placement: high-VRAM (everything resident on the GPU) or low-VRAM (weights stream from host memory).
 
-The choice is a pure function of the GPU's size and an override (`FRAMEPACK_MEMORY_MODE=auto|high|low|<GiB>`,
+The choice is a pure function of the GPU's memory and an override (`FRAMEPACK_MEMORY_MODE=auto|high|low|<GiB>`,
 `config.EngineConfig.memory_mode`); the placement itself is applied once after loading. In low-VRAM mode the
 weights stay in one page-locked host copy and visit the GPU only while used: the transformer's and the Llama's
 blocks stream with the next block prefetched on a side CUDA stream, so transfers overlap compute
-(`streaming.py`, diffusers group offloading). With a memory budget (`FRAMEPACK_MEMORY_MODE=<GiB>`), as many
-transformer blocks as fit stay on the GPU, then the VAE and the encoders (`residency.py`); `low`, and `auto` below
-60 GiB, stream everything, the least memory the engine runs in.
+(`streaming.py`, diffusers group offloading). Within a memory budget as many transformer blocks as fit stay on
+the GPU, then the VAE and the encoders (`residency.py`). `auto` below 60 GiB budgets the GPU's free memory at
+setup less `RESERVED_GIB`; `low` streams everything, the least memory the engine runs in. Before each request
+the held blocks are fitted to its size (`make_resident`).
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ class MemoryPlan:
     budget_gib: float | None = None
 
 
-def choose_memory_plan(device: torch.device, total_gib: float | None, override: str = "auto") -> MemoryPlan:
-    """Pick the memory mode for a device with `total_gib` of memory (None on the CPU)."""
+def choose_memory_plan(
+    device: torch.device, total_gib: float | None, override: str = "auto", free_gib: float | None = None
+) -> MemoryPlan:
+    """Pick the memory mode for a device with `total_gib` of memory, `free_gib` of it free (None on the CPU;
+    free defaults to the total)."""
     budget = memory_budget_gib(override)
     if override not in MEMORY_MODES and budget is None:
         raise ValueError(
@@ -66,9 +70,14 @@ def choose_memory_plan(device: torch.device, total_gib: float | None, override: 
         return MemoryPlan(
             "high", f"GPU has {total_gib:.0f} GiB >= {HIGH_VRAM_MIN_GIB:.0f} GiB: all models resident", both
         )
-    # Streaming every block stays the automatic choice until the budgets' speed and peaks are measured on GPUs
-    # (a budget is opt-in: FRAMEPACK_MEMORY_MODE=<GiB>).
-    return MemoryPlan("low", f"GPU has {total_gib:.0f} GiB < {HIGH_VRAM_MIN_GIB:.0f} GiB: streaming weights")
+    free = total_gib if free_gib is None else min(free_gib, total_gib)
+    budget = max(free - RESERVED_GIB, 0.0)
+    return MemoryPlan(
+        "low",
+        f"GPU has {total_gib:.0f} GiB < {HIGH_VRAM_MIN_GIB:.0f} GiB: budget {budget:.1f} GiB "
+        f"({free:.1f} GiB free less {RESERVED_GIB} GiB reserved), the rest streams",
+        budget_gib=budget,
+    )
 
 
 def _bytes(*modules: torch.nn.Module) -> int:
@@ -107,7 +116,9 @@ def _stream_encoder(module: torch.nn.Module, device: torch.device) -> None:
     )
 
 
-def apply_low_vram(models, device: torch.device, budget_gib: float | None = None) -> residency.Residency:
+def apply_low_vram(
+    models, device: torch.device, budget_gib: float | None = None, float8: bool = False
+) -> residency.Residency:
     """Install streaming on models loaded on the host; their weights stay in one page-locked copy there.
 
     The Llama, CLIP and SigLIP stream block by block (diffusers group offloading). The
@@ -115,12 +126,20 @@ def apply_low_vram(models, device: torch.device, budget_gib: float | None = None
     blocks directly, which diffusers' prefetching (it learns the order from the root forward) never sees.
     The VAE is on the GPU only inside encode and decode. With `budget_gib`, what fits stays resident instead
     (`residency.plan_residency`): the first blocks (held by one variant at a time, `make_resident`), then the
-    VAE and the encoders. Returns the decision, which is also logged.
+    VAE and the encoders. With `float8` the blocks are quantised first (on the GPU), so half the bytes are held
+    or streamed. Returns the decision, which is also logged and kept on `models.residency`.
     """
+    if float8:
+        _quantize_for_streaming(models, device)
     sizes = model_sizes(models)
     budget = int(budget_gib * residency.GIB) if budget_gib is not None else 0
     plan = residency.plan_residency(budget, sizes)
-    logger.info(f"low-VRAM placement: {plan.describe() if budget_gib is not None else 'every block streamed'}")
+    models.residency = plan
+    if budget_gib is None:
+        logger.info("low-VRAM placement: every block streamed")
+    else:
+        seconds = plan.streamed_bytes_per_forward / (streaming.host_to_device_bandwidth(device) * 1e9)
+        logger.info(f"low-VRAM placement: {plan.describe()}; copying them takes {seconds:.2f} s per forward")
     for module in (models.text_encoder, models.text_encoder_2, models.image_encoder):
         if plan.encoders_resident:
             module.to(device)
@@ -141,13 +160,27 @@ def apply_low_vram(models, device: torch.device, budget_gib: float | None = None
     models.vae.enable_tiling()
 
 
-def place_models(models, plan: MemoryPlan) -> None:
-    """Put freshly loaded (host-resident) models where `plan` says, once after loading."""
+def _quantize_for_streaming(models, device: torch.device) -> None:
+    """FP8 blocks for low-VRAM mode: quantised before the weights are packed for streaming (`float8.py`)."""
+    from .acceleration import float8_problem
+    from .float8 import quantize_transformer_blocks
+
+    problem = float8_problem(device, models.dtype)
+    if problem is not None:
+        logger.warning(f"FP8 off: {problem}")
+        return
+    for model in models.transformers.values():
+        quantize_transformer_blocks(model, via=device)
+
+
+def place_models(models, plan: MemoryPlan, float8: bool = False) -> None:
+    """Put freshly loaded (host-resident) models where `plan` says, once after loading. `float8`: in low-VRAM
+    mode the blocks are quantised before they are packed (in high-VRAM mode `prepare_for_speed` does it)."""
     device = models.device
     if plan.mode == "cpu":
         return
     if plan.mode == "low":
-        apply_low_vram(models, device, plan.budget_gib)
+        apply_low_vram(models, device, plan.budget_gib, float8)
         return
     for module in (models.text_encoder, models.text_encoder_2, models.image_encoder, models.vae):
         module.to(device)
@@ -163,8 +196,7 @@ def prepare_for_speed(models, plan: MemoryPlan, config: EngineConfig) -> dict:
     follows `compilation.compile_decision` (by default: resident weights on a GPU); the variants share one
     `CompileRecord`, kept on `models.compile_record` for the per-prediction log.
 
-    In low-VRAM mode the blocks stay eager (their weights are swapped in per call), and the weights were
-    packed for streaming at placement, before FP8 layers could replace them, so FP8 is for high-VRAM mode.
+    In low-VRAM mode the streamed blocks compile too, and FP8 layers were put in at placement.
     The VAE gets its exact padding everywhere and compiled GroupNorms when compiling (`vae_acceleration.py`).
     """
     from .acceleration import accelerate
@@ -174,8 +206,6 @@ def prepare_for_speed(models, plan: MemoryPlan, config: EngineConfig) -> dict:
     float8 = config.fp8
     compiling, reason = compile_decision(config.compile, plan.mode)
     accelerate_vae(models.vae, compile_norms=compiling)
-    if float8 and plan.mode == "low":
-        logger.warning("FP8 mode runs in high-VRAM mode only; low mode keeps the transformer in %s", models.dtype)
     models.compile_record = CompileRecord() if compiling else None
     applied = {
         variant: accelerate(
@@ -183,7 +213,7 @@ def prepare_for_speed(models, plan: MemoryPlan, config: EngineConfig) -> dict:
             models.device,
             attention=config.attention,
             compile_blocks_with=models.compile_record,
-            float8=float8 and plan.mode != "low",
+            float8=float8,
         )
         for variant, model in models.transformers.items()
     }
@@ -193,15 +223,33 @@ def prepare_for_speed(models, plan: MemoryPlan, config: EngineConfig) -> dict:
     return applied
 
 
-def make_resident(models, variant: str, plan: MemoryPlan) -> None:
-    """Before a generation of `variant`: in high-VRAM mode with room for one transformer, move it to the GPU
-    and the others back to the host; in low-VRAM mode, let its streamer hold the resident blocks instead of
-    another variant's."""
+def request_size(request) -> tuple[int, int, int]:
+    """(height, width, latent window) a request plans with: its own size, or its family's largest bucket (the
+    bucket itself depends on the image's shape, known only once it is read)."""
+    from .conditioning import bucket_table
+
+    if request.width and request.height:
+        return request.height, request.width, request.latent_window_size
+    height, width = max(bucket_table(request.resolution), key=lambda bucket: bucket[0] * bucket[1])
+    return height, width, request.latent_window_size
+
+
+def make_resident(models, variant: str, plan: MemoryPlan, size: tuple[int, int, int] | None = None) -> None:
+    """Before a generation of `variant` (of `size`, `request_size`): in high-VRAM mode with room for one
+    transformer, move it to the GPU and the others back to the host; in low-VRAM mode, let its streamer hold
+    the resident blocks instead of another variant's, as many as fit beside the request's working set."""
     if plan.mode == "low":
         for name, streamer in models.streamers.items():
             if name != variant:
                 streamer.drop()
-        models.streamers[variant].hold()
+        streamer = models.streamers[variant]
+        setup = models.residency
+        if size is not None and setup is not None and plan.budget_gib is not None:
+            fitted = residency.blocks_for_working_set(setup, model_sizes(models), residency.working_set_bytes(*size))
+            if min(fitted, len(streamer.blocks) - 1) != streamer.resident_blocks:
+                logger.info(f"{fitted} blocks held for a {size[0]}x{size[1]} request (window {size[2]})")
+            streamer.set_resident_blocks(min(fitted, len(streamer.blocks) - 1))
+        streamer.hold()
         return
     if plan.mode != "high" or plan.resident_variants >= len(models.transformers):
         return

@@ -29,6 +29,7 @@ class FramePackModels:
     dtype: torch.dtype = torch.float32
     compile_record: object | None = None  # compilation.CompileRecord when the blocks are compiled
     streamers: dict = field(default_factory=dict)  # variant -> streaming.BlockStreamer in low-VRAM mode
+    residency: object | None = None  # residency.Residency: what low-VRAM placement kept on the GPU
 
 
 def all_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:

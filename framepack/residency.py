@@ -20,8 +20,29 @@ from dataclasses import dataclass
 GIB = 2**30
 # Activations of a 640-bucket section and its tiled VAE decode in low-VRAM mode: a 6 GiB cap ran a 5-second
 # video at 5.94 GiB peak reserved (H200, BENCHMARKS.md "Low-VRAM mode"), of which 2 slots and the non-block
-# modules were about 2 GiB. Larger buckets need more; the working set is a parameter for that reason.
+# modules were about 2 GiB. Of that, the part that grows with the sequence (the blocks' activations) is taken
+# to be 2.5 GiB; the rest (tiled VAE decode, encoder blocks, allocator slack) does not grow with the request.
 WORKING_SET_640_BYTES = 4 * GIB
+_SEQUENCE_PART_640 = int(2.5 * GIB)
+# The widest bucket of the 640 family (416x960) with the trained window of 9 latent frames.
+REFERENCE_SIZE = (416, 960, 9)
+
+
+def sequence_tokens(height: int, width: int, window: int) -> int:
+    """Tokens the blocks attend over for a (height, width) pixel section with `window` latent frames.
+
+    The latent is (height/8, width/8); 1x2x2 patches give h*w/4 tokens per latent frame for the window and the
+    two clean frames, and the 2x and 4x history (2 and 16 frames, kernels 2x4x4 and 4x8x8) add a quarter of a
+    frame each: h*w/4 * (window + 2.5).
+    """
+    return (height // 8) * (width // 8) * (4 * window + 10) // 16
+
+
+def working_set_bytes(height: int, width: int, window: int) -> int:
+    """GPU memory a request of this size needs beside the weights: the 640 measurement, its sequence part
+    scaled by the token count (never below the fixed part)."""
+    fixed = WORKING_SET_640_BYTES - _SEQUENCE_PART_640
+    return fixed + _SEQUENCE_PART_640 * sequence_tokens(height, width, window) // sequence_tokens(*REFERENCE_SIZE)
 
 
 @dataclass(frozen=True)
@@ -91,3 +112,10 @@ def plan_residency(budget: int, sizes: ModelSizes, working_set: int = WORKING_SE
         budget=budget,
         working_set=working_set,
     )
+
+
+def blocks_for_working_set(setup: Residency, sizes: ModelSizes, working_set: int) -> int:
+    """How many blocks fit in `setup`'s budget beside `working_set` (a request's, `working_set_bytes`), with the
+    VAE and the encoders staying where `setup` placed them."""
+    placed = (sizes.vae if setup.vae_resident else 0) + (sizes.encoders if setup.encoders_resident else 0)
+    return plan_residency(setup.budget - placed, sizes, working_set).resident_blocks

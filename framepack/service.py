@@ -102,7 +102,7 @@ class FramePackService:
         request = build_request(inputs, files=self.files)
         logger.info(f"seed: {request.seed}")
         started = time.monotonic()
-        memory.make_resident(self.models, request.model_variant, self.plan)
+        memory.make_resident(self.models, request.model_variant, self.plan, memory.request_size(request))
         progress = ProgressReporter(request.num_sections, request.steps)
         output = self.output_dir / f"framepack-{request.seed}.mp4"
         compiled = self.models.compile_record

@@ -24,7 +24,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import math
 import mmap
+import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -132,6 +134,22 @@ class HostWeights:
         return on_device
 
 
+def host_to_device_bandwidth(device: torch.device, nbytes: int = 256 * 2**20) -> float:
+    """GB/s of a page-locked host-to-device copy of `nbytes`: the link streamed blocks cross (inf off CUDA)."""
+    if device.type != "cuda":
+        return math.inf
+    host = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+    target = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    seconds = math.inf
+    for _ in range(3):  # the first copy pays for setting up the mapping
+        torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        target.copy_(host, non_blocking=True)
+        torch.cuda.synchronize(device)
+        seconds = min(seconds, time.perf_counter() - started)
+    return nbytes / seconds / 1e9
+
+
 class OnDeviceWhileCalled:
     """Keeps `module`'s weights on the host; copies them to `device` for the duration of each wrapped call."""
 
@@ -166,22 +184,40 @@ class BlockStreamer:
     def __init__(self, model: torch.nn.Module, device: torch.device, pin: bool, resident_blocks: int = 0):
         self.device = device
         self.blocks = all_blocks(model)
-        if not 0 <= resident_blocks < len(self.blocks):
-            raise ValueError(f"resident_blocks must be 0 to {len(self.blocks) - 1}: at least one block streams")
         block_lists = {"transformer_blocks", "single_transformer_blocks"}
         self.resident_modules = [child for name, child in model.named_children() if name not in block_lists]
         self.host = HostWeights(self.resident_modules + self.blocks, pin)
         self.resident = self.host.groups[: len(self.resident_modules)]
         self.block_groups = self.host.groups[len(self.resident_modules) :]
-        self.resident_blocks = resident_blocks
-        self.held_groups = self.block_groups[:resident_blocks]
-        self.streamed_groups = self.block_groups[resident_blocks:]
-        self.slot_bytes = max(group.nbytes for group in self.streamed_groups)
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self._active = False
         self._computing: int | None = None  # the slot of the block being computed
         self._held: torch.Tensor | None = None
+        self._partition(resident_blocks)
+
+    def _partition(self, resident_blocks: int) -> None:
+        if not 0 <= resident_blocks < len(self.blocks):
+            raise ValueError(f"resident_blocks must be 0 to {len(self.blocks) - 1}: at least one block streams")
+        self.resident_blocks = resident_blocks
+        self.held_groups = self.block_groups[:resident_blocks]
+        self.streamed_groups = self.block_groups[resident_blocks:]
+        self.slot_bytes = max(group.nbytes for group in self.streamed_groups)
+
+    def set_resident_blocks(self, resident_blocks: int) -> None:
+        """Hold the first `resident_blocks` blocks from now on (a request of another size needs more or less room).
+
+        Only outside sampling. If blocks were held, the new first `resident_blocks` are copied to the device again.
+        """
+        if resident_blocks == self.resident_blocks:
+            return
+        if self._active:
+            raise RuntimeError("the held blocks cannot change while a section samples")
+        holding = self._held is not None
+        self.drop()
+        self._partition(resident_blocks)
+        if holding:
+            self.hold()
 
     @property
     def streamed_bytes(self) -> int:

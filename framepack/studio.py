@@ -261,7 +261,9 @@ class Studio:
         options = dataclasses.replace(self.engine.generation_options(), on_step=on_step, on_section=on_section)
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            memory.make_resident(self.engine.models, request.model_variant, self.engine.plan)
+            memory.make_resident(
+                self.engine.models, request.model_variant, self.engine.plan, memory.request_size(request)
+            )
             result = generate_video(
                 request, self.engine.models, output, progress=progress, record=preview.record, options=options
             )

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from framepack.memory import choose_memory_plan
+from framepack.memory import RESERVED_GIB, choose_memory_plan
 
 CUDA = torch.device("cuda")
 
@@ -40,7 +40,8 @@ def test_bad_override_is_rejected():
 @pytest.mark.parametrize(
     ("total_gib", "override", "mode", "budget"),
     [
-        (23.6, "auto", "low", None),  # automatic: streams everything until budgets are measured on GPUs
+        (23.6, "auto", "low", 22.1),  # automatic: the GPU's memory less what is reserved
+        (5.8, "auto", "low", 4.3),
         (79.2, "low", "low", None),  # forced low streams everything
         (139.8, "12", "low", 12.0),
         (139.8, "6.5", "low", 6.5),
@@ -51,6 +52,13 @@ def test_budget(total_gib, override, mode, budget):
     plan = choose_memory_plan(CUDA, total_gib, override)
     assert plan.mode == mode
     assert plan.budget_gib == pytest.approx(budget) if budget is not None else plan.budget_gib is None
+
+
+def test_automatic_budget_counts_the_free_memory_at_setup():
+    plan = choose_memory_plan(CUDA, 23.6, "auto", free_gib=20.0)
+    assert plan.budget_gib == pytest.approx(20.0 - RESERVED_GIB)
+    assert "20.0 GiB free" in plan.reason
+    assert choose_memory_plan(CUDA, 5.8, "auto", free_gib=1.0).budget_gib == 0.0  # too little: everything streams
 
 
 @pytest.mark.parametrize("override", ["0", "-4", "nan", "inf", "24GB"])

@@ -2,7 +2,14 @@
 
 import pytest
 
-from framepack.residency import GIB, ModelSizes, plan_residency
+from framepack.residency import (
+    GIB,
+    WORKING_SET_640_BYTES,
+    ModelSizes,
+    blocks_for_working_set,
+    plan_residency,
+    working_set_bytes,
+)
 
 # The real model's proportions, in GiB: 20 dual-stream blocks of 0.56, 40 single-stream blocks of 0.36, 0.8 of
 # other transformer modules, a 0.46 VAE and 16.6 of encoders.
@@ -58,3 +65,22 @@ def test_the_decision_is_logged_in_numbers(gib):
     line = plan_residency(gib * GIB, SIZES, WORKING).describe()
     assert f"budget {gib:.1f} GiB" in line and "/60 transformer blocks resident" in line
     assert "GiB streamed per forward" in line
+
+
+def test_the_working_set_scales_with_the_request_size():
+    widest_640 = working_set_bytes(416, 960, 9)
+    assert widest_640 == WORKING_SET_640_BYTES
+    assert working_set_bytes(544, 704, 9) < widest_640  # a narrower bucket of the same family
+    assert WORKING_SET_640_BYTES / 2 < working_set_bytes(208, 480, 9) < widest_640  # the fixed part stays
+    assert working_set_bytes(832, 1920, 9) > 2.5 * widest_640  # four times the tokens
+    assert working_set_bytes(416, 960, 18) > widest_640
+
+
+def test_a_request_keeps_the_setup_placement_of_the_vae_and_encoders():
+    setup = plan_residency(48 * GIB, SIZES, WORKING)
+    assert setup.all_blocks_resident and setup.vae_resident
+    assert blocks_for_working_set(setup, SIZES, WORKING) == len(SIZES.blocks)
+    assert blocks_for_working_set(setup, SIZES, 3 * WORKING) < len(SIZES.blocks)  # a larger request
+    partial = plan_residency(16 * GIB, SIZES, WORKING)
+    assert blocks_for_working_set(partial, SIZES, WORKING) == partial.resident_blocks
+    assert blocks_for_working_set(partial, SIZES, WORKING // 2) > partial.resident_blocks

@@ -152,3 +152,78 @@ def test_variants_take_turns_holding_their_blocks(tiny_models):
         assert held == {variant}
         result = generate(build_request({**request, "model_variant": variant}), models)
         assert torch.equal(result.video_latents, resident[variant].video_latents), variant
+
+
+def _velocities(runners, inputs, text, latents, steps: int = 3) -> list[list[torch.Tensor]]:
+    """Each runner's velocities over `steps` steps of one section, all fed the first runner's trajectory."""
+    guidance, outs = torch.tensor([10000.0]), [[] for _ in runners]
+    prepared = [runner.prepare_section(inputs, 8, 12) for runner in runners]
+    x = latents
+    for step in range(steps):
+        timestep = torch.tensor([1000.0 - 150 * step])
+        for out, runner, section in zip(outs, runners, prepared):
+            out.append(runner.velocity(x, timestep, guidance, text, section))
+        x = x - 0.1 * outs[0][-1]
+    return outs
+
+
+def test_compiled_blocks_stream_without_recompiling(tiny_models):
+    """Compiled blocks take their weights as graph inputs: streamed or held, they give the compiled resident
+    result, and re-pointing the weights (each block, each step, a new number held) builds no new graph."""
+    from framepack.compilation import CompileRecord, compile_blocks
+
+    record = CompileRecord()
+    model = _packed(tiny_models.transformers["original"])
+    streamed, streamer = _streamed(tiny_models.transformers["original"], resident_blocks=1)
+    for each in (model, streamed):
+        compile_blocks(each, record)
+    inputs, text, latents = section_and_text(model, torch.Generator().manual_seed(3))
+    runners = PackedTransformer(model), PackedTransformer(streamed, streamer=streamer)
+    graphs = []
+    for held in (1, 3, 0):
+        streamer.set_resident_blocks(held)
+        with runners[1].on_device():
+            resident, streamed_out = _velocities(runners, inputs, text, latents)
+        assert all(torch.equal(a, b) for a, b in zip(resident, streamed_out)), f"{held} blocks held"
+        graphs.append(record.graphs)
+    assert record.graphs > 0 and not record.failures
+    assert graphs == [graphs[0]] * 3  # every graph was built in the first round
+
+
+def test_float8_blocks_stream_as_they_run_resident(tiny_models):
+    """FP8 layers keep their weights in buffers, which stream like parameters (half the bytes per block)."""
+    from framepack.float8 import quantize_transformer_blocks
+
+    quantized = copy.deepcopy(tiny_models.transformers["original"])
+    quantize_transformer_blocks(quantized, via=CPU)
+    model = _packed(quantized)
+    streamed, streamer = _streamed(quantized, resident_blocks=2)
+    full_size = _streamed(tiny_models.transformers["original"])[1]
+    assert streamer.streamed_bytes < full_size.streamed_bytes / 2 * 1.5  # 2 of 4 blocks, each about halved
+    inputs, text, latents = section_and_text(model, torch.Generator().manual_seed(4))
+    runners = PackedTransformer(model), PackedTransformer(streamed, streamer=streamer)
+    with runners[1].on_device():
+        resident, streamed_out = _velocities(runners, inputs, text, latents)
+    assert all(torch.equal(a, b) for a, b in zip(resident, streamed_out))
+
+
+def test_held_blocks_fit_each_request_size(tiny_models):
+    """With a budget, a request of a larger size holds fewer blocks and a smaller one more, within the budget;
+    the video is the resident one either way."""
+    from framepack.residency import plan_residency, working_set_bytes
+
+    model, streamer = _streamed(tiny_models.transformers["original"], resident_blocks=1)
+    models = dataclasses.replace(tiny_models, transformers={"original": model}, streamers={"original": streamer})
+    sizes = memory.model_sizes(models)
+    large, small = (416, 960, 9), (208, 480, 9)  # the widest buckets of the 640 and 320 families
+    # Room for the working set of the large size and the slots, not one block more.
+    budget = working_set_bytes(*large) + sizes.transformer_other + 2 * max(sizes.blocks) + sizes.blocks[0] // 2
+    models.residency = plan_residency(budget, sizes, working_set_bytes(*large))
+    plan = MemoryPlan("low", "test", budget_gib=budget / 2**30)
+    request = build_request({**REQUEST, "use_teacache": False})
+    resident_model = _packed(tiny_models.transformers["original"])
+    resident = generate(request, dataclasses.replace(tiny_models, transformers={"original": resident_model}))
+    for size, held in ((small, 3), (large, 0), (small, 3)):  # the tiny model has 4 blocks; one always streams
+        memory.make_resident(models, "original", plan, size)
+        assert streamer.resident_blocks == held and (streamer._held is not None) == (held > 0)
+        assert torch.equal(generate(request, models).video_latents, resident.video_latents), size
