@@ -80,7 +80,10 @@ def background_decode_plan(vae, height: int, width: int) -> tuple[bool, str]:
     device = vae.device
     if device.type != "cuda":
         return False, "after each section (the VAE is not resident on a GPU)"
-    free, _ = torch.cuda.mem_get_info(device)
+    free, total = torch.cuda.mem_get_info(device)
+    # A process limited to a fraction of the GPU (torch.cuda.set_per_process_memory_fraction) has less.
+    limit = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_reserved(device)
+    free = min(free, int(limit))
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     available, needed = free + cached, background_decode_bytes(height, width)
     verdict = f"{available / 2**30:.1f} GiB free, {needed / 2**30:.1f} GiB needed"
