@@ -5,6 +5,7 @@
                          [--fp8] [--decode] [--cfg-batch] [--size full|tiny]
     python -m benchmarks --save-random-weights /tmp/w
     python -m benchmarks --low-vram --weights /tmp/w --vram-cap-gb 6 8 [--e2e-seconds 5 --steps 25]
+                         [--adaptive] [--low-vram-fp8]
     python -m benchmarks --cold-start --weights /tmp/w [--before-code OLD_TREE]     (cold_start.py)
 
 Models are the full-size architectures (docs/ALGORITHM.md §1.2) with random weights, so no checkpoint is needed.
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --low-vram: each cap gets the placement of a GPU that size (a memory budget), not 'low'",
     )
     parser.add_argument(
+        "--low-vram-fp8", action="store_true", help="with --low-vram: the capped engines run FP8 blocks"
+    )
+    parser.add_argument(
         "--short-caps-gb",
         type=float,
         nargs="*",
@@ -183,7 +187,15 @@ def main(argv: list[str] | None = None) -> int:
         runs = [(cap, args.e2e_seconds, args.steps) for cap in args.vram_cap_gb]
         runs += [(cap, args.short_seconds, args.short_steps) for cap in args.short_caps_gb]
         report["low_vram"] = low_vram(
-            args.weights, runs, device, dtype, size, image, save_into(report, args.out), args.adaptive
+            args.weights,
+            runs,
+            device,
+            dtype,
+            size,
+            image,
+            save_into(report, args.out),
+            args.adaptive,
+            args.low_vram_fp8,
         )
     else:
         compare_paths(args, device, dtype, size, image, report)

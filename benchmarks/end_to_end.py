@@ -86,6 +86,7 @@ def end_to_end(
         **peak_memory(device),
         "decode_plan": decode_lines,
         "frames": int(result.frames.shape[0]),
+        "section_steps": result.num_sections * steps,
         "latents": result.video_latents,
         "pixels": result.frames,
     }

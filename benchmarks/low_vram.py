@@ -2,9 +2,13 @@
 
 Low-VRAM runs first, so the host's peak resident memory covers loading and streaming; then the same requests in
 high-VRAM mode (compiled), and each capped run's time and latents against them. By default every capped run uses
-one engine that streams every block (`FRAMEPACK_MEMORY_MODE=low`). With `adaptive`, each cap gets the placement
-a GPU of that size gets (a budget of the cap less `memory.RESERVED_GIB`, `residency.py`), on an engine loaded
-afresh for it.
+one engine that streams every block (`FRAMEPACK_MEMORY_MODE=low`) and decodes as the reference does. With
+`adaptive`, each cap gets the placement a GPU of that size gets (a budget of the cap less `memory.RESERVED_GIB`,
+`residency.py`) and both modes run the service's own decode (in the background where memory allows). Caps run
+smallest first: a cap whose VAE and encoders sit where the loaded engine put them reuses it with more blocks
+held (`memory.make_resident`), as a request of another size would; otherwise an engine is loaded afresh. (Going
+down instead, the memory the allocator cached under the larger cap stays in segments it cannot release.)
+`low_fp8` runs the capped engines with FP8 blocks (the high-VRAM baseline stays bf16).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from framepack import memory, residency, streaming
 from framepack.config import EngineConfig
 from framepack.engine import load_engine
 from framepack.memory import RESERVED_GIB
@@ -24,8 +29,12 @@ from framepack.transformer import PackedTransformer
 from .end_to_end import end_to_end
 from .measure import peak_rss_gib, relative_l2
 
+PCIE4_X16_BYTES_PER_S = 25e9
 
-def engine_config(weights: Path, device: torch.device, dtype: torch.dtype, memory_mode: str) -> EngineConfig:
+
+def engine_config(
+    weights: Path, device: torch.device, dtype: torch.dtype, memory_mode: str, fp8: bool = False
+) -> EngineConfig:
     """The service's start-up for the saved weights (original variant), forced into `memory_mode`."""
     return EngineConfig(
         weights_dir=weights,
@@ -33,11 +42,40 @@ def engine_config(weights: Path, device: torch.device, dtype: torch.dtype, memor
         device=device.type,
         dtype=str(dtype).removeprefix("torch."),
         memory_mode=memory_mode,
+        fp8=fp8,
     )
 
 
 def run_key(cap: float, seconds: float, steps: int) -> str:
     return f"cap_{cap:g}gib_{seconds:g}s_{steps}steps"
+
+
+class AdaptiveEngines:
+    """The engine for each cap's budget: reused while the VAE and encoders would sit where it placed them."""
+
+    def __init__(self, weights: Path, device: torch.device, dtype: torch.dtype, fp8: bool):
+        self.weights, self.device, self.dtype, self.fp8 = weights, device, dtype, fp8
+        self.engine = None
+
+    def for_cap(self, cap: float, size: tuple[int, int, int]):
+        """Models placed for a GPU of `cap` GiB, their blocks fitted to a request of `size`; the cap is not set."""
+        budget = max(cap - RESERVED_GIB, 0.0)
+        if self.engine is not None and self.engine.plan.mode == "low":
+            models = self.engine.models
+            setup = residency.plan_residency(int(budget * residency.GIB), memory.model_sizes(models))
+            placed = models.residency
+            if (setup.vae_resident, setup.encoders_resident) == (placed.vae_resident, placed.encoders_resident):
+                models.residency = setup
+                plan = memory.MemoryPlan("low", f"cap {cap:g} GiB", budget_gib=budget)
+                memory.make_resident(models, "original", plan, size)
+                return models
+        self.engine = None
+        gc.collect()
+        _limit_gpu_memory(self.device, None)
+        config = engine_config(self.weights, self.device, self.dtype, f"{budget:g}", self.fp8)
+        self.engine = load_engine(config)
+        memory.make_resident(self.engine.models, "original", self.engine.plan, size)
+        return self.engine.models
 
 
 def _weights_gib(models) -> float:
@@ -66,27 +104,32 @@ def low_vram(
     image: Path,
     save,
     adaptive: bool = False,
+    low_fp8: bool = False,
 ) -> dict:
     """Each (cap GiB, seconds, steps) run in low-VRAM mode, then each (seconds, steps) once in high-VRAM mode.
 
     `save(results)` is called after every run, so partial results survive a timeout.
     """
     cuda = device.type == "cuda"
-    models = None if adaptive else load_engine(engine_config(weights, device, dtype, "low")).models
-    results: dict = {"host_peak_rss_after_placement_gib": peak_rss_gib()}
+    engines = AdaptiveEngines(weights, device, dtype, low_fp8) if adaptive else None
+    if adaptive:
+        runs = sorted(runs, key=lambda run: run[0])
+    models = None if adaptive else load_engine(engine_config(weights, device, dtype, "low", low_fp8)).models
+    results: dict = {
+        "host_peak_rss_after_placement_gib": peak_rss_gib(),
+        "host_to_device_gb_s": streaming.host_to_device_bandwidth(device, 2**30) if cuda else None,
+        "low_fp8": low_fp8,
+    }
     low_latents = {}
     for cap, seconds, steps in runs:
         key = run_key(cap, seconds, steps)
         if adaptive:
             models = None
-            gc.collect()
-            _limit_gpu_memory(device, None)
-            budget = f"{cap - RESERVED_GIB:g}"
-            models = load_engine(engine_config(weights, device, dtype, budget)).models
+            models = engines.for_cap(cap, (*size, 9))
         results.setdefault("weights_gib", _weights_gib(models))
         _limit_gpu_memory(device, cap)
         try:
-            low = end_to_end(models, image, size, PackedTransformer, False, seconds, steps, device)
+            low = end_to_end(models, image, size, PackedTransformer, False, seconds, steps, device, adaptive)
             run = {k: v for k, v in low.items() if k not in ("latents", "pixels")}
             low_latents[key] = low["latents"]
         except torch.OutOfMemoryError as error:
@@ -94,13 +137,14 @@ def low_vram(
         if cuda:
             run["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
         run["host_peak_rss_gib"] = peak_rss_gib()
+        run.update(_streaming_facts(models, results["host_to_device_gb_s"]))
         results[key] = run
         save(results)
         print(f"low VRAM, {key}", run, flush=True)
     results["host_peak_rss_low_gib"] = peak_rss_gib()
     results["host_rss_over_weights"] = results["host_peak_rss_low_gib"] / results["weights_gib"]
 
-    del models
+    del models, engines
     gc.collect()
     _limit_gpu_memory(device, None)
     models = load_engine(engine_config(weights, device, dtype, "high")).models
@@ -108,7 +152,7 @@ def low_vram(
     end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device)
     results["high_warmup_s"] = time.perf_counter() - warm
     for seconds, steps in dict.fromkeys((seconds, steps) for _, seconds, steps in runs):
-        high = end_to_end(models, image, size, PackedTransformer, False, seconds, steps, device)
+        high = end_to_end(models, image, size, PackedTransformer, False, seconds, steps, device, adaptive)
         baseline = {k: v for k, v in high.items() if k not in ("latents", "pixels")}
         if cuda:
             baseline["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
@@ -122,7 +166,51 @@ def low_vram(
             run["time_ratio_vs_high"] = run["total"] / baseline["total"]
             run["sampling_ratio_vs_high"] = run["sampling"] / baseline["sampling"]
         save(results)
+    print(table(results), flush=True)
     return results
+
+
+def table(results: dict) -> str:
+    """The runs as lines: time, ratio to high VRAM, peak, difference, and what streamed."""
+    lines = [f"host-to-device {results.get('host_to_device_gb_s') or 0:.1f} GB/s; FP8 {results['low_fp8']}"]
+    lines.append("run | total s | vs high | sampling vs high | s/step | peak GiB | rel L2 | held | GiB/fwd | PCIe4 s")
+    for key, run in results.items():
+        if not isinstance(run, dict) or "total" not in run:
+            continue
+        lines.append(
+            " | ".join(
+                [
+                    key,
+                    f"{run['total']:.1f}",
+                    f"{run.get('time_ratio_vs_high', 1.0):.3f}",
+                    f"{run.get('sampling_ratio_vs_high', 1.0):.3f}",
+                    f"{run['sampling'] / run['section_steps']:.3f}",
+                    f"{run.get('peak_reserved_gib', 0.0):.2f}",
+                    f"{run.get('relative_l2_vs_high', 0.0):.2e}",
+                    str(run.get("resident_blocks", "all")),
+                    f"{run.get('streamed_gib_per_forward', 0.0):.1f}",
+                    f"{run.get('copy_s_per_forward_pcie4', 0.0):.2f}",
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
+def _streaming_facts(models, bandwidth_gb_s: float | None) -> dict:
+    """Blocks held and bytes streamed per forward, and what copying them takes on this host link and on a
+    PCIe 4.0 x16 consumer GPU (about 25 GB/s)."""
+    streamer = models.streamers.get("original")
+    if streamer is None:
+        return {}
+    streamed = streamer.streamed_bytes
+    facts = {
+        "resident_blocks": streamer.resident_blocks,
+        "streamed_gib_per_forward": streamed / 2**30,
+        "copy_s_per_forward_pcie4": streamed / PCIE4_X16_BYTES_PER_S,
+    }
+    if bandwidth_gb_s:
+        facts["copy_s_per_forward_here"] = streamed / (bandwidth_gb_s * 1e9)
+    return facts
 
 
 def save_into(report: dict, out: Path):
