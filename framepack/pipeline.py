@@ -229,7 +229,8 @@ def _generate(
         background_decode = False
         progress.write("VAE decode: after each section (its frames are shown as it ends)")
     if background_decode is None:
-        background_decode, reason = background_decode_plan(models.vae, 8 * latent_height, 8 * latent_width)
+        budgeted = models.residency is not None and models.residency.background_decode
+        background_decode, reason = background_decode_plan(models.vae, 8 * latent_height, 8 * latent_width, budgeted)
         progress.write(f"VAE decode: {reason}")
 
     # The VAE's own weights on the execution device: low-VRAM mode copies them in per `vae.decode` call only.
@@ -237,7 +238,7 @@ def _generate(
     reuse_tiles = options.reuse_decoded_tiles and models.vae.device.type == models.device.type
     sections = variant.plan_sections(num_sections, lws, cond.start_group_latents)
     plan = []
-    with SectionDecoder(models.vae, assembler, progress, background_decode, reuse_tiles) as decoder:
+    with SectionDecoder(models.vae, assembler, progress, background_decode, reuse_tiles, models.device) as decoder:
         for section, upcoming in zip(sections, sections[1:] + [None]):
             progress.section_started(section.generation_index, f"video section {section.video_index}")
             noise = torch.randn((1, LATENT_CHANNELS, lws, latent_height, latent_width), generator=generator)
