@@ -61,15 +61,13 @@ class AdaptiveEngines:
         """Models placed for a GPU of `cap` GiB, their blocks fitted to a request of `size`; the cap is not set."""
         budget = max(cap - RESERVED_GIB, 0.0)
         if self.engine is not None and self.engine.plan.mode == "low":
-            models = self.engine.models
-            setup = residency.plan_residency(int(budget * residency.GIB), memory.model_sizes(models))
-            placed = models.residency
-            if setup.encoders_resident == placed.encoders_resident:
-                models.residency = setup
+            setup = residency.plan_residency(int(budget * residency.GIB), memory.model_sizes(self.engine.models))
+            if setup.encoders_resident == self.engine.models.residency.encoders_resident:
+                self.engine.models.residency = setup
                 plan = memory.MemoryPlan("low", f"cap {cap:g} GiB", budget_gib=budget)
-                memory.make_resident(models, "original", plan, size)
-                return models
-        self.engine = None
+                memory.make_resident(self.engine.models, "original", plan, size)
+                return self.engine.models
+        self.engine = None  # nothing else may hold the models: their GPU memory is freed before the next load
         gc.collect()
         _limit_gpu_memory(self.device, None)
         config = engine_config(self.weights, self.device, self.dtype, f"{budget:g}", self.fp8)
