@@ -27,7 +27,7 @@ from framepack.memory import RESERVED_GIB
 from framepack.transformer import PackedTransformer
 
 from .end_to_end import end_to_end
-from .measure import peak_rss_gib, relative_l2
+from .measure import current_rss_gib, peak_rss_gib, relative_l2
 
 PCIE4_X16_BYTES_PER_S = 25e9
 
@@ -114,6 +114,7 @@ def low_vram(
         runs = sorted(runs, key=lambda run: run[0])
     models = None if adaptive else load_engine(engine_config(weights, device, dtype, "low", low_fp8)).models
     results: dict = {
+        "host_rss_before_loading_gib": current_rss_gib(),  # the libraries, before any weight is read
         "host_peak_rss_after_placement_gib": peak_rss_gib(),
         "host_to_device_gb_s": streaming.host_to_device_bandwidth(device, 2**30) if cuda else None,
         "low_fp8": low_fp8,
@@ -125,6 +126,7 @@ def low_vram(
             models = None
             models = engines.for_cap(cap, (*size, 9))
         results.setdefault("weights_gib", _weights_gib(models))
+        results.setdefault("host_peak_rss_after_loading_gib", peak_rss_gib())
         _limit_gpu_memory(device, cap)
         try:
             low = end_to_end(models, image, size, PackedTransformer, False, seconds, steps, device, adaptive)

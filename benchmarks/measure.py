@@ -6,6 +6,7 @@ import resource
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,6 +55,16 @@ def peak_memory(device: torch.device) -> dict:
 def peak_rss_gib() -> float:
     """This process's peak resident host memory (GiB; Linux reports kilobytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def current_rss_gib() -> float:
+    """This process's resident host memory now (GiB), from /proc (0 where there is none)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0.0
+    line = next((line for line in status.splitlines() if line.startswith("VmRSS:")), "VmRSS: 0 kB")
+    return int(line.split()[1]) / 2**20
 
 
 class GpuClocks:
