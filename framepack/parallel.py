@@ -347,6 +347,8 @@ class _Worker:
         self.device = rank_device(config.resolved_device(), rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        else:  # CPU processes (tests): one thread each, or OpenMP threads spinning in wait starve the other ranks
+            torch.set_num_threads(1)
         dtype = config.resolved_dtype()
         self.models = {
             variant: load_transformer(config.weights_dir, variant, dtype, self.device) for variant in config.variants
