@@ -37,15 +37,9 @@ MAX_RELATIVE_L2 = 1e-5
 
 
 def parallel_config(processes: int, **overrides) -> EngineConfig:
-    return EngineConfig(
-        weights_dir=TINY_WEIGHTS,
-        device="cpu",
-        dtype="float32",
-        compile="off",
-        gpus=str(processes),
-        parallel_timeout=30,
-        **overrides,
-    )
+    """The tiny weights on `processes` CPU processes, eager unless `overrides` say otherwise."""
+    settings = {"compile": "off", "parallel_timeout": 30, **overrides}
+    return EngineConfig(weights_dir=TINY_WEIGHTS, device="cpu", dtype="float32", gpus=str(processes), **settings)
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}-processes")
