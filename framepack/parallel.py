@@ -142,7 +142,7 @@ class SequenceParallel:
         """Once rank 0 is loaded and accelerated: wait for the workers' models, form the process group, give the
         workers rank 0's decisions (attention kernel per variant, FP8, compilation) and route every rank's
         attention through Ulysses. Raises ParallelError naming a worker that failed."""
-        for rank in range(1, self.world):
+        for rank in self.ranks():
             self._reply(rank, "loaded", deadline=None)
         decisions = {variant: (applied.attention, applied.compiled) for variant, applied in accelerations.items()}
         self._send("join", decisions, float8)
@@ -153,7 +153,7 @@ class SequenceParallel:
             world_size=self.world,
             timeout=timedelta(seconds=self.timeout),
         )
-        for rank in range(1, self.world):
+        for rank in self.ranks():
             applied = self._reply(rank, "ready", deadline=time.monotonic() + self.timeout)
             for variant, (attention, compiled) in applied.items():
                 if (attention, compiled) != decisions[variant]:
@@ -203,13 +203,23 @@ class SequenceParallel:
             yield
             return
         self._send("merge_loras", variant, files)
-        for rank in range(1, self.world):
+        for rank in self.ranks():
             self._reply(rank, "merged", deadline=time.monotonic() + self.timeout)
         try:
             yield
         finally:
             if self.failure is None:
                 self._send("unmerge_loras")
+
+    def worker_peak_memory(self) -> list[dict]:
+        """Each worker's peak memory since its last report (GiB): allocated and reserved on a GPU, resident on the
+        CPU; the peaks restart from here."""
+        self._send("peak_memory")
+        return [self._reply(rank, "peak_memory", deadline=time.monotonic() + self.timeout) for rank in self.ranks()]
+
+    def ranks(self) -> range:
+        """The workers' ranks: 1 to N-1."""
+        return range(1, self.world)
 
     @contextmanager
     def collectives(self) -> Iterator[None]:
@@ -415,3 +425,16 @@ class _Worker:
 
     def unmerge_loras(self) -> None:
         self.loras.close()
+
+    def peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            peaks = {
+                "peak_allocated_gib": torch.cuda.max_memory_allocated(self.device) / 2**30,
+                "peak_reserved_gib": torch.cuda.max_memory_reserved(self.device) / 2**30,
+            }
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            import resource
+
+            peaks = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        self.connection.send(("peak_memory", peaks))
