@@ -7,6 +7,8 @@
     python -m benchmarks --low-vram --weights /tmp/w --vram-cap-gb 6 8 [--e2e-seconds 5 --steps 25]
                          [--adaptive] [--low-vram-fp8]
     python -m benchmarks --cold-start --weights /tmp/w [--before-code OLD_TREE]     (cold_start.py)
+    python -m benchmarks --parallel --gpus 2 --weights /tmp/w [--e2e-seconds 5 --steps 25]
+                         [--forward-only | --e2e-only]                              (parallel.py)
 
 Models are the full-size architectures (docs/ALGORITHM.md §1.2) with random weights, so no checkpoint is needed.
 Reports: seconds per transformer forward (stock, then ours, then ours in FP8) at 544x704 with window 9, the relative
@@ -40,7 +42,7 @@ from framepack.memory import MemoryPlan, place_models
 from framepack.transformer import PackedTransformer
 from framepack.vae_acceleration import accelerate_vae
 
-from . import cold_start, forward
+from . import cold_start, forward, parallel
 from .end_to_end import EndToEndRuns, preview_cost
 from .low_vram import low_vram, save_into
 from .measure import peak_memory, relative_l2
@@ -146,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--before-code", type=Path, default=None, help="with --cold-start: an older code tree")
     parser.add_argument("--scratch", type=Path, default=None, help="with --cold-start: where videos and logs go")
     parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="1 GPU against --gpus GPUs (sequence parallel), on engines loaded from --weights (random weights are "
+        "written there first if it holds none); on the CPU, processes",
+    )
+    parser.add_argument("--gpus", type=int, default=2, help="with --parallel: GPUs (or CPU processes) to compare")
+    parser.add_argument("--forward-only", action="store_true", help="with --parallel: skip the end-to-end runs")
+    parser.add_argument("--e2e-only", action="store_true", help="with --parallel: skip the forward timing")
+    parser.add_argument(
         "--save-random-weights",
         type=Path,
         default=None,
@@ -167,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.no_teacache_runs and args.teacache_runs_only:
         parser.error("--no-teacache-runs and --teacache-runs-only leave no end-to-end run")
+    if args.parallel and (args.weights is None or args.gpus < 2 or (args.forward_only and args.e2e_only)):
+        parser.error("--parallel needs --weights, --gpus 2 or more, and not both --forward-only and --e2e-only")
     if args.low_vram and args.weights is None:
         parser.error("--low-vram loads from disk like the service: pass --weights (see --save-random-weights)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -183,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     image = _random_image(size)
+    if args.parallel:
+        report["parallel"] = parallel.parallel(device, dtype, size, image, args, report)
+        _finish(report, args.out)
+        print(parallel.table(report["parallel"], args.gpus))  # last: what a reader looks for
+        return 0
     if args.low_vram:
         runs = [(cap, args.e2e_seconds, args.steps) for cap in args.vram_cap_gb]
         runs += [(cap, args.short_seconds, args.short_steps) for cap in args.short_caps_gb]

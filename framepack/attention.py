@@ -30,6 +30,8 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 # A kernel: query, key, value (B, S, H, D) -> output (B, S, H, D).
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# query, key, value (B, S, H, D)
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -109,6 +111,8 @@ class JointAttnProcessor:
       concatenate them as [video ; context].
     - Single-stream blocks get both as one sequence.
     RoPE covers the video tokens only. Returns (video tokens, context tokens), the context None when none is given.
+    The steps are methods (`project`, `attend`, `project_out`) so that sequence parallelism
+    (`sequence_parallel.py`) can exchange tokens around the kernel and reuse the rest.
     """
 
     def __init__(self, kernel: AttentionKernel):
@@ -124,44 +128,72 @@ class JointAttnProcessor:
     ):
         if attention_mask is not None:
             raise ValueError("JointAttnProcessor takes no attention mask: crop the text padding instead")
+        video, context = self.project(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+        return self.project_out(attn, *self.attend(video, context))
+
+    def project(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[QKV, QKV | None]:
+        """Query, key and value (B, S, H, D) of the video tokens (QK-normed, RoPE applied) and of the context.
+
+        Args:
+            hidden_states: video tokens (B, S, H*D).
+            encoder_hidden_states: context tokens (B, C, H*D), or None.
+            image_rotary_emb: RoPE (cos, sin), each (S, D), for the video tokens.
+        """
         single_stream = attn.add_q_proj is None
-        context_tokens = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        video_tokens = hidden_states.shape[1]
         if single_stream and encoder_hidden_states is not None:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
 
         def heads(tensor: torch.Tensor) -> torch.Tensor:  # (B, S, H*D) -> (B, S, H, D)
             return tensor.unflatten(2, (attn.heads, -1))
 
-        def rotate_video_tokens(tensor: torch.Tensor) -> torch.Tensor:  # RoPE on all but the trailing context
-            video_tokens = tensor.shape[1] - (context_tokens if single_stream else 0)
-            rotated = apply_rotary_emb(tensor[:, :video_tokens], image_rotary_emb, sequence_dim=1)
-            return rotated if video_tokens == tensor.shape[1] else torch.cat([rotated, tensor[:, video_tokens:]], 1)
-
         def project(tokens, to_q, to_k, to_v, norm_q, norm_k):  # -> query, key, value (B, S, H, D), QK-normed
             query, key, value = heads(to_q(tokens)), heads(to_k(tokens)), heads(to_v(tokens))
             return (query if norm_q is None else norm_q(query)), (key if norm_k is None else norm_k(key)), value
 
         query, key, value = project(hidden_states, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
+        context = None
+        if encoder_hidden_states is not None:
+            if single_stream:  # one projection of [video ; context], split again
+                context = tuple(tensor[:, video_tokens:] for tensor in (query, key, value))
+                query, key, value = (tensor[:, :video_tokens] for tensor in (query, key, value))
+            else:
+                context = project(
+                    encoder_hidden_states,
+                    attn.add_q_proj,
+                    attn.add_k_proj,
+                    attn.add_v_proj,
+                    attn.norm_added_q,
+                    attn.norm_added_k,
+                )
         if image_rotary_emb is not None:
-            query, key = rotate_video_tokens(query), rotate_video_tokens(key)
-        if not single_stream and encoder_hidden_states is not None:
-            context = project(
-                encoder_hidden_states,
-                attn.add_q_proj,
-                attn.add_k_proj,
-                attn.add_v_proj,
-                attn.norm_added_q,
-                attn.norm_added_k,
-            )
-            query, key, value = [torch.cat([video, text], dim=1) for video, text in zip((query, key, value), context)]
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        return (query, key, value), context
 
-        hidden_states = self.kernel(query, key, value).flatten(2, 3).to(query.dtype)
-        if encoder_hidden_states is None:
-            return hidden_states, None
-        video_tokens = hidden_states.shape[1] - context_tokens
-        hidden_states, encoder_hidden_states = hidden_states[:, :video_tokens], hidden_states[:, video_tokens:]
+    def attend(self, video: QKV, context: QKV | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The kernel over [video ; context]: outputs (B, S, H, D) for the video and (B, C, H, D) for the context,
+        in the query's dtype."""
+        if context is None:
+            return self.kernel(*video).to(video[0].dtype), None
+        out = self.kernel(*(torch.cat([v, c], dim=1) for v, c in zip(video, context))).to(video[0].dtype)
+        video_tokens = video[0].shape[1]
+        return out[:, :video_tokens], out[:, video_tokens:]
+
+    def project_out(self, attn, video: torch.Tensor, context: torch.Tensor | None):
+        """The output projections of the attention outputs (B, S, H, D) and (B, C, H, D) (or None)."""
+        hidden_states = video.flatten(2, 3)
         if getattr(attn, "to_out", None) is not None:
             hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if context is None:
+            return hidden_states, None
+        encoder_hidden_states = context.flatten(2, 3)
         if getattr(attn, "to_add_out", None) is not None:
             encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
         return hidden_states, encoder_hidden_states

@@ -8,7 +8,7 @@ the web studio (`studio.py`), with the same engine flags as predict.
 
     python -m framepack predict -i prompt="..." -i input_image=@photo.jpg -i seed=42 [-i name=value ...]
         [--weights DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [--fp8] [-o out.mp4]
-        [--compile auto|on|off] [--attention auto|KERNEL] [--dump-tensors FILE]
+        [--compile auto|on|off] [--attention auto|KERNEL] [--gpus auto|N] [--dump-tensors FILE]
     python -m framepack predict --from video.mp4 -i input_image=@photo.jpg [-i name=value ...]
 
 `--from` restores the request and seed stored in an MP4 this project made (`presets.settings_from_video`, as
@@ -68,6 +68,22 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         "one by name; sage (SageAttention) is for GPUs without FlashAttention 4 and is only used when asked for "
         "(default: $FRAMEPACK_ATTENTION or auto)",
     )
+    parser.add_argument(
+        "--gpus",
+        type=gpus_flag,
+        default=None,
+        metavar="auto|N",
+        help="GPUs that generate each video together (sequence parallel; high-VRAM mode only): auto (every visible "
+        "GPU) or a number; with --device cpu, that many CPU processes (default: $FRAMEPACK_GPUS or auto)",
+    )
+
+
+def gpus_flag(text: str) -> str:
+    """--gpus: auto or a whole number of at least 1."""
+    text = text.strip().lower()
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected auto or a number of GPUs (1 or more), got {text!r}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +220,7 @@ def engine_config(args: argparse.Namespace, variants: tuple[str, ...]) -> Engine
             fp8=args.fp8,
             attention=args.attention,
             compile=args.compile,
+            gpus=args.gpus,
         )
     except ValueError as error:
         raise InvalidInput("environment", str(error)) from None
@@ -228,7 +245,11 @@ def run_predict(args: argparse.Namespace) -> Path:
     logger.info("seed %d", request.seed)
     engine = load_engine(config)
     recorder = TensorRecorder(args.dump_tensors is not None)
-    result = generate_video(request, engine.models, args.output, record=recorder, options=engine.generation_options())
+    try:
+        options = engine.generation_options()
+        result = generate_video(request, engine.models, args.output, record=recorder, options=options)
+    finally:
+        engine.close()
     if args.dump_tensors is not None:
         save_tensor_dump(result, recorder, args.dump_tensors)
     return args.output

@@ -17,6 +17,8 @@ the same fields, over the environment's values. Bad values are refused here, nam
 | lora_cache_max_bytes | FRAMEPACK_LORA_CACHE_MAX_BYTES | the cache's total; least recently used go first (20 GiB) |
 | allow_private_urls | FRAMEPACK_ALLOW_PRIVATE_URLS | 1/0: URL inputs may be private-network hosts (off) |
 | compile_cache | FRAMEPACK_COMPILE_CACHE | a folder for compiled kernels, or off (<weights>/compile-cache) |
+| gpus | FRAMEPACK_GPUS | auto (every visible GPU; 1 on the CPU) or a number; on the CPU, processes (auto) |
+| parallel_timeout | FRAMEPACK_PARALLEL_TIMEOUT | seconds a collective between GPUs may take before it fails (120) |
 """
 
 from __future__ import annotations
@@ -47,11 +49,14 @@ ENV = {
     "lora_cache_max_bytes": "FRAMEPACK_LORA_CACHE_MAX_BYTES",
     "allow_private_urls": "FRAMEPACK_ALLOW_PRIVATE_URLS",
     "compile_cache": "FRAMEPACK_COMPILE_CACHE",
+    "gpus": "FRAMEPACK_GPUS",
+    "parallel_timeout": "FRAMEPACK_PARALLEL_TIMEOUT",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 DEFAULT_LORA_CACHE = Path.home() / ".cache" / "framepack" / "loras"
 DEFAULT_LORA_MAX_BYTES = 4 * 2**30
 DEFAULT_LORA_CACHE_MAX_BYTES = 20 * 2**30
+DEFAULT_PARALLEL_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -84,8 +89,16 @@ class EngineConfig:
     lora_cache_max_bytes: int = DEFAULT_LORA_CACHE_MAX_BYTES
     allow_private_urls: bool = False
     compile_cache: Path | None = None  # None: <weights>/compile-cache; Path("off"): no cache
+    gpus: str = "auto"  # or a number: processes of sequence parallelism (`parallel.py`)
+    parallel_timeout: float = DEFAULT_PARALLEL_TIMEOUT
 
     def __post_init__(self):
+        if self.gpus != "auto" and not (str(self.gpus).isdigit() and int(self.gpus) >= 1):
+            raise ValueError(f"{ENV['gpus']} must be auto or a number of GPUs (1 or more), got {self.gpus!r}")
+        if not 0 < self.parallel_timeout < float("inf"):
+            raise ValueError(
+                f"{ENV['parallel_timeout']} must be a number of seconds above 0, got {self.parallel_timeout}"
+            )
         if self.memory_mode not in MEMORY_MODES and memory_budget_gib(self.memory_mode) is None:
             raise ValueError(
                 f"{ENV['memory_mode']} must be one of {', '.join(MEMORY_MODES)} or a budget in GiB (a number above "
@@ -137,6 +150,14 @@ class EngineConfig:
 
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
+    def resolved_gpus(self) -> int:
+        """How many processes run the transformer: `gpus`, where auto is every visible GPU (1 on the CPU)."""
+        import torch
+
+        if self.gpus != "auto":
+            return int(self.gpus)
+        return max(torch.cuda.device_count(), 1) if self.resolved_device().type == "cuda" else 1
+
     def resolved_dtype(self):
         import torch
 
@@ -155,6 +176,11 @@ def memory_budget_gib(memory_mode: str) -> float | None:
 def _parse(name: str, variable: str, text: str):
     if name in ("weights_dir", "output_dir", "lora_dir", "lora_cache_dir", "compile_cache"):
         return Path(text)
+    if name == "parallel_timeout":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{variable} must be a number of seconds, got {text!r}") from None
     if name in ("lora_max_bytes", "lora_cache_max_bytes"):
         if not text.isdigit():
             raise ValueError(f"{variable} must be a whole number of bytes, got {text!r}")

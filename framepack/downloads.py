@@ -242,7 +242,7 @@ def cached_download(url: str, name: str, settings: LoraDownloads, validate: Call
     files go until the cache holds at most `settings.cache_max_bytes`.
     """
     shown = public_url(url)
-    target = settings.cache_dir / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".safetensors")
+    target = cache_path(url, settings)
     if target.is_file():
         os.utime(target)  # recently used
         return validate(target, shown)
@@ -256,6 +256,11 @@ def cached_download(url: str, name: str, settings: LoraDownloads, validate: Call
         partial.unlink(missing_ok=True)
     evict_least_recently_used(settings.cache_dir, settings.cache_max_bytes, keep=target)
     return result
+
+
+def cache_path(url: str, settings: LoraDownloads) -> Path:
+    """Where the file at `url` is cached (a name made from the URL's hash)."""
+    return settings.cache_dir / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".safetensors")
 
 
 def evict_least_recently_used(folder: Path, max_total: int, keep: Path) -> list[Path]:

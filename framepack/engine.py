@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import memory, prefetch
+from . import memory, parallel, prefetch
 from .config import EngineConfig
 from .models import FramePackModels, load_models
 from .pipeline import GenerationOptions
@@ -51,6 +51,11 @@ class Engine:
     plan: memory.MemoryPlan
     accelerations: dict
     timings: dict[str, float] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Stop the worker processes, if the blocks run on several GPUs (they also stop at exit)."""
+        if self.models.parallel is not None:
+            self.models.parallel.close()
 
     def generation_options(self) -> GenerationOptions:
         """What every generation on this engine runs with (the configured LoRA downloads)."""
@@ -83,6 +88,33 @@ def load_engine(config: EngineConfig) -> Engine:
     )
     with _timed(timings, "weights check"):
         prepare_weights(config.weights_dir, config.variants)
+    world = parallel.process_count(config, device, plan.mode)
+    # The workers load their transformers while this process loads everything.
+    workers = parallel.SequenceParallel.start(config, world, device) if world > 1 else None
+    try:
+        models, accelerations = _load(config, device, dtype, plan, timings)
+        if workers is not None:
+            with _timed(timings, "workers"):
+                workers.join(accelerations, models.transformers, config.fp8)
+            models.parallel = workers
+            heads = next(iter(models.transformers.values())).config.num_attention_heads
+            logger.info(parallel.describe(world, heads, device))
+        if models.compile_record is not None:
+            _compile_ahead(models, config, accelerations, config.compile_cache_dir(), timings)
+    except BaseException:
+        if workers is not None:
+            workers.close()
+        raise
+    logger.info(
+        f"loaded {', '.join(config.variants)} from {config.weights_dir} on {device} ({dtype}); start-up: "
+        + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in timings.items())
+    )
+    return Engine(config, models, plan, accelerations, timings)
+
+
+def _load(config: EngineConfig, device, dtype, plan: memory.MemoryPlan, timings: dict) -> tuple:
+    """Read, place and accelerate the models (in the background, the weights prefetch); returns them and what
+    was applied to each transformer."""
     reading = prefetch.start(config.weights_dir, config.variants)
     cache_dir = config.compile_cache_dir()
     if cache_dir is not None and device.type == "cuda":
@@ -106,13 +138,7 @@ def load_engine(config: EngineConfig) -> Engine:
         accelerations = memory.prepare_for_speed(models, plan, config)
     for variant, applied in accelerations.items():
         logger.info(f"{variant} transformer: {applied.summary()}")
-    if models.compile_record is not None:
-        _compile_ahead(models, config, accelerations, cache_dir, timings)
-    logger.info(
-        f"loaded {', '.join(config.variants)} from {config.weights_dir} on {device} ({dtype}); start-up: "
-        + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in timings.items())
-    )
-    return Engine(config, models, plan, accelerations, timings)
+    return models, accelerations
 
 
 def _compile_ahead(models, config: EngineConfig, accelerations: dict, cache_dir: Path | None, timings) -> None:

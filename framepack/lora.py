@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from .config import LoraDownloads
-from .downloads import cached_download
+from .downloads import cache_path, cached_download
 from .errors import InvalidInput
 from .float8 import Float8Linear, quantize_rows
 from .weights import CheckpointMismatch, safetensors_shapes
@@ -257,3 +257,15 @@ def load_request_loras(
         if source:
             converted.append((lora_layers(source, name, model, downloads), scale))
     return converted
+
+
+def local_lora_files(loras: list[tuple[str, str, float]], downloads: LoraDownloads) -> list[tuple[str, str, float]]:
+    """The (input name, local file, scale) of each (input name, source, scale) LoRA given, where
+    `load_request_loras` has put it: a URL's file in the cache, a local path as it is. For other processes that
+    merge the same LoRAs (`parallel.py`)."""
+    files = []
+    for name, source, scale in loras:
+        source = source.strip()
+        if source:
+            files.append((name, str(cache_path(source, downloads)) if "://" in source else source, scale))
+    return files

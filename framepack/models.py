@@ -30,6 +30,7 @@ class FramePackModels:
     compile_record: object | None = None  # compilation.CompileRecord when the blocks are compiled
     streamers: dict = field(default_factory=dict)  # variant -> streaming.BlockStreamer in low-VRAM mode
     residency: object | None = None  # residency.Residency: what low-VRAM placement kept on the GPU
+    parallel: object | None = None  # parallel.SequenceParallel when the blocks run on several GPUs
 
 
 def all_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
@@ -61,7 +62,7 @@ def load_models(
     the VAE and the first `direct_variants` transformers are read straight onto `device`, without a host copy
     of their weights to fill and copy again.
     """
-    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
+    from diffusers import AutoencoderKLHunyuanVideo
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, LlamaModel, SiglipVisionModel
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
@@ -92,9 +93,19 @@ def load_models(
         dtype=dtype,
     )
     for index, variant in enumerate(variants):
-        path = transformer_component(variant).path(weights_dir)
-        logger.info("loading the %s transformer from %s (%s)", variant, path, dtype)
-        onto_device = direct if direct_variants is not None and index < direct_variants else {}
-        model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype, **onto_device)
-        models.transformers[variant] = frozen(model)
+        onto_device = direct_variants is not None and index < direct_variants
+        models.transformers[variant] = load_transformer(weights_dir, variant, dtype, device if onto_device else None)
     return models
+
+
+def load_transformer(
+    weights_dir: Path, variant: str, dtype: torch.dtype, device: torch.device | None = None
+) -> torch.nn.Module:
+    """One variant's packed transformer in `dtype`, frozen: read into host memory, or straight onto `device`."""
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    path = transformer_component(variant).path(Path(weights_dir))
+    logger.info("loading the %s transformer from %s (%s)", variant, path, dtype)
+    onto_device = {} if device is None else {"device_map": str(device)}
+    model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype, **onto_device)
+    return model.eval().requires_grad_(False)

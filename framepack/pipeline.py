@@ -9,6 +9,7 @@ section's decode runs while the next section samples (`decoding.py`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -157,18 +158,24 @@ def generate(
     # In this thread, before anything else runs a float32 matrix product (a LoRA merge does): Cog predicts on
     # threads of its own, and the compiled blocks' rounding follows each thread's cuBLAS state.
     settle_cublas(models.device)
-    model = models.transformers[request.model_variant]
-    loras = lora.load_request_loras(
-        model,
-        [
-            ("lora_weights", request.lora_weights, request.lora_scale),
-            ("extra_lora", request.extra_lora, request.extra_lora_scale),
-        ],
-        options.lora_downloads,
-    )
-    with lora.merged_loras(model, loras, models.device):
+    variant = request.model_variant
+    model = models.transformers[variant]
+    requested = [
+        ("lora_weights", request.lora_weights, request.lora_scale),
+        ("extra_lora", request.extra_lora, request.extra_lora_scale),
+    ]
+    loras = lora.load_request_loras(model, requested, options.lora_downloads)
+    with lora.merged_loras(model, loras, models.device), ExitStack() as on_workers:
         # The runner is built with the LoRAs merged: it keeps a float32 copy of the output head.
-        transformer = options.runner(model, models.device, models.streamers.get(request.model_variant))
+        if models.parallel is None:
+            transformer = options.runner(model, models.device, models.streamers.get(variant))
+        else:  # the blocks run on several GPUs (`parallel.py`); the workers merge the same LoRA files
+            if options.runner is not PackedTransformer:
+                raise ValueError(f"{options.runner.__name__} does not run on several GPUs")
+            on_workers.enter_context(
+                models.parallel.merged_loras(variant, lora.local_lora_files(requested, options.lora_downloads))
+            )
+            transformer = models.parallel.transformer(model, variant)
         return _generate(request, models, progress, record, transformer, options)
 
 

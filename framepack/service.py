@@ -133,4 +133,7 @@ class FramePackService:
         logger.info(line)
 
     def close(self) -> None:
+        """Remove the outputs and stop the worker processes, if the blocks run on several GPUs."""
         shutil.rmtree(self.output_dir, ignore_errors=True)
+        if self.models.parallel is not None:
+            self.models.parallel.close()

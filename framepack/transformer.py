@@ -198,9 +198,21 @@ class PackedTransformer:
 
     def _run_blocks(self, hidden, context, temb, section, teacache):
         original = hidden
-        for index, block in enumerate(self.blocks):
-            with self._block_weights(index):
-                hidden, context = block(hidden, context, temb, None, section.rotary_emb)
+        hidden = self.block_stack(hidden, context, temb, section.rotary_emb)
         if teacache is not None:
             teacache.previous_residual = hidden - original
+        return hidden
+
+    def block_stack(
+        self,
+        hidden: torch.Tensor,
+        context: torch.Tensor,
+        temb: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """The 60 blocks: video tokens (B, S, D) out for video tokens (B, S, D), context (B, C, D), temb (B, D)
+        and RoPE (cos, sin) (S, head_dim) each. Sequence parallelism (`parallel.py`) splits the tokens around it."""
+        for index, block in enumerate(self.blocks):
+            with self._block_weights(index):
+                hidden, context = block(hidden, context, temb, None, rotary_emb)
         return hidden

@@ -107,3 +107,16 @@ def test_tiny_cold_start_benchmark_times_fresh_processes(tmp_path):
         assert list(result["phases"])[:4] == ["weights check", "reading", "placement", "acceleration"]
     # Eager on the CPU, same code and seed: the videos are identical.
     assert report["output_difference"] == {name.replace(" ", "-"): 0.0 for name in names}
+
+
+def test_tiny_parallel_benchmark_compares_one_process_with_three(tmp_path):
+    weights, out = tmp_path / "weights", tmp_path / "parallel.json"
+    run_bench(out, f"--size tiny --parallel --gpus 3 --weights {weights} --repeat 1 --e2e-seconds 0.8 --steps 2")
+    report = json.loads(out.read_text())["parallel"]
+    one, three = report["1_gpu"], report["3_gpu"]
+    assert one["forward_s"] > 0 and three["forward_s"] > 0 and one["e2e"]["frames"] == three["e2e"]["frames"]
+    # float32 on the CPU: the three processes compute what one does.
+    assert three["forward_relative_l2"] < 1e-5 and three["e2e_latents_relative_l2"] < 1e-5
+    # Per forward: scatter, two broadcasts, gather, and three exchanges in each of the 4 tiny blocks.
+    assert three["collectives_per_forward"] == 4 + 3 * 4 and three["communication_per_forward_s"] > 0
+    assert set(three["peak_memory"]) == {"rank 0", "rank 1", "rank 2"}

@@ -1,0 +1,168 @@
+"""Sequence parallelism on the CPU: the tiny weights on N processes (gloo, float32) against one process.
+
+N = 2 splits the 2 heads one per process; N = 3 also pads the heads (one zero head) and the tokens. One parallel
+engine per N serves the whole module (spawning processes takes seconds).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import (
+    GOLDEN,
+    TINY_WEIGHTS,
+    assert_matches_golden,
+    golden_case_names,
+    input_args,
+    load_golden_case,
+    musubi_lora,
+    relative_l2,
+    section_and_text,
+    tiny_request,
+)
+from safetensors.torch import load_file, save_file
+
+from framepack.cli import build_parser, engine_config, parse_inputs
+from framepack.config import EngineConfig
+from framepack.engine import load_engine
+from framepack.errors import InvalidInput
+from framepack.parallel import describe
+from framepack.pipeline import GenerationOptions, TensorRecorder, generate
+from framepack.request import build_request
+from framepack.sequence_parallel import UlyssesAttnProcessor
+from framepack.transformer import PackedTransformer
+
+# float32 on the CPU: the same arithmetic per token and per head, so results agree to rounding (here: exactly).
+MAX_RELATIVE_L2 = 1e-5
+
+
+def parallel_config(processes: int, **overrides) -> EngineConfig:
+    """The tiny weights on `processes` CPU processes, eager unless `overrides` say otherwise."""
+    settings = {"compile": "off", "parallel_timeout": 30, **overrides}
+    return EngineConfig(weights_dir=TINY_WEIGHTS, device="cpu", dtype="float32", gpus=str(processes), **settings)
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}-processes")
+def engine(request):
+    started = load_engine(parallel_config(request.param))
+    yield started
+    started.close()
+
+
+def latents(models, options: GenerationOptions = GenerationOptions(), **overrides) -> torch.Tensor:
+    return generate(build_request(tiny_request(**overrides)), models, options=options).video_latents
+
+
+def test_the_engine_runs_workers_with_ulysses_attention(engine):
+    group = engine.models.parallel
+    assert group is not None and all(process.is_alive() for process in group.processes)
+    assert len(group.processes) == group.world - 1
+    for model in engine.models.transformers.values():
+        processors = {
+            type(block.attn.processor) for block in [*model.transformer_blocks, *model.single_transformer_blocks]
+        }
+        assert processors == {UlyssesAttnProcessor}
+
+
+@pytest.mark.parametrize("variant", ["original", "f1"])
+def test_one_forward_matches_one_process(engine, tiny_models, variant):
+    inputs, text, noisy = section_and_text(tiny_models.transformers[variant], torch.Generator().manual_seed(5))
+
+    def velocity(runner) -> torch.Tensor:
+        prepared = runner.prepare_section(inputs, noisy.shape[3], noisy.shape[4])
+        return runner.velocity(noisy, torch.tensor([700.0]), torch.tensor([10000.0]), text, prepared)
+
+    expected = velocity(PackedTransformer(tiny_models.transformers[variant]))
+    actual = velocity(engine.models.parallel.transformer(engine.models.transformers[variant], variant))
+    assert relative_l2(actual, expected) < MAX_RELATIVE_L2
+
+
+@pytest.mark.parametrize("use_teacache", [False, True], ids=["teacache-off", "teacache-on"])
+def test_a_generation_matches_one_process(engine, tiny_models, use_teacache):
+    overrides = {"use_teacache": use_teacache, "steps": 6 if use_teacache else 2}
+    assert relative_l2(latents(engine.models, **overrides), latents(tiny_models, **overrides)) < MAX_RELATIVE_L2
+
+
+def test_a_lora_is_merged_on_every_process_and_taken_out_after(engine, tiny_models, tmp_path):
+    path = tmp_path / "lora.safetensors"
+    save_file(musubi_lora(tiny_models.transformers["original"]), str(path))
+    with_lora = {"lora_weights": str(path), "lora_scale": 0.8}
+    expected = latents(tiny_models, **with_lora)
+    assert relative_l2(latents(engine.models, **with_lora), expected) < MAX_RELATIVE_L2
+    assert relative_l2(expected, latents(tiny_models)) > 1e-3  # the LoRA changes the video
+    assert relative_l2(latents(engine.models), latents(tiny_models)) < MAX_RELATIVE_L2
+
+
+class Cancelled(BaseException):
+    """What Cog raises in a cancelled prediction (its CancelationException is a BaseException too)."""
+
+
+def test_after_a_cancel_the_next_generation_matches(engine, tiny_models):
+    def cancel(section: int, step: int, x0: torch.Tensor) -> None:
+        if step == 1:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        latents(engine.models, GenerationOptions(on_step=cancel))
+    assert relative_l2(latents(engine.models), latents(tiny_models)) < MAX_RELATIVE_L2
+
+
+@pytest.mark.parametrize("case_name", golden_case_names())
+def test_golden_case(engine, case_name):
+    case = load_golden_case(case_name)
+    request = build_request(parse_inputs(input_args(case["input"])[1::2]))
+    recorder = TensorRecorder(True)
+    generate(request, engine.models, record=recorder)
+    assert_matches_golden(recorder.tensors, load_file(GOLDEN / case_name / "expected.safetensors"))
+
+
+def test_the_setup_line_says_how_the_work_is_split():
+    assert describe(2, 24, torch.device("cuda")) == (
+        "sequence parallel over 2 GPUs (Ulysses): 24 heads, 12 per GPU; collectives: NCCL"
+    )
+    assert describe(5, 24, torch.device("cuda")).endswith("24 heads, 5 per GPU (1 padding head); collectives: NCCL")
+    assert describe(3, 2, torch.device("cpu")) == (
+        "sequence parallel over 3 CPU processes (Ulysses): 2 heads, 1 per process (1 padding head); collectives: gloo"
+    )
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", 1), ("auto", 1), ("1", 1), ("3", 3), (" 2 ", 2)])
+def test_gpus_variable(text, expected):
+    config = EngineConfig.from_env({"FRAMEPACK_GPUS": text}, device="cpu")
+    assert config.resolved_gpus() == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "two", "1.5"])
+def test_a_bad_gpus_variable_is_refused_by_name(text):
+    with pytest.raises(ValueError, match="FRAMEPACK_GPUS must be auto or a number"):
+        EngineConfig.from_env({"FRAMEPACK_GPUS": text})
+
+
+def test_a_bad_timeout_is_refused_by_name():
+    with pytest.raises(ValueError, match="FRAMEPACK_PARALLEL_TIMEOUT"):
+        EngineConfig.from_env({"FRAMEPACK_PARALLEL_TIMEOUT": "soon"})
+    with pytest.raises(ValueError, match="FRAMEPACK_PARALLEL_TIMEOUT"):
+        EngineConfig.from_env({"FRAMEPACK_PARALLEL_TIMEOUT": "0"})
+
+
+def test_the_gpus_flag_reaches_the_engine_over_the_variable(monkeypatch, capsys):
+    monkeypatch.setenv("FRAMEPACK_GPUS", "4")
+    args = build_parser().parse_args(["warm-cache", "--gpus", "2", "--device", "cpu"])
+    assert engine_config(args, ("original",)).gpus == "2"
+    assert engine_config(build_parser().parse_args(["ui"]), ("original",)).gpus == "4"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "--gpus", "0"])
+    assert "--gpus: expected auto or a number of GPUs" in capsys.readouterr().err
+    monkeypatch.setenv("FRAMEPACK_GPUS", "many")
+    with pytest.raises(InvalidInput, match="FRAMEPACK_GPUS"):
+        engine_config(build_parser().parse_args(["ui"]), ("original",))
+
+
+def test_more_than_one_gpu_needs_high_vram_mode():
+    from framepack.parallel import process_count
+
+    config = EngineConfig(gpus="2", memory_mode="low")
+    with pytest.raises(ValueError, match="FRAMEPACK_GPUS=2 needs high-VRAM mode"):
+        process_count(config, torch.device("cpu"), "low")
+    assert process_count(EngineConfig(gpus="auto", device="cpu"), torch.device("cpu"), "cpu") == 1
+    assert process_count(EngineConfig(gpus="3"), torch.device("cpu"), "cpu") == 3
