@@ -5,7 +5,7 @@ high-VRAM mode (compiled), and each capped run's time and latents against them. 
 one engine that streams every block (`FRAMEPACK_MEMORY_MODE=low`) and decodes as the reference does. With
 `adaptive`, each cap gets the placement a GPU of that size gets (a budget of the cap less `memory.RESERVED_GIB`,
 `residency.py`) and both modes run the service's own decode (in the background where memory allows). Caps run
-smallest first: a cap whose encoders sit where the loaded engine put them reuses it with more blocks
+smallest first: a cap whose VAE and encoders sit where the loaded engine put them reuses it with more blocks
 held (`memory.make_resident`), as a request of another size would; otherwise an engine is loaded afresh. (Going
 down instead, the memory the allocator cached under the larger cap stays in segments it cannot release.)
 `low_fp8` runs the capped engines with FP8 blocks (the high-VRAM baseline stays bf16).
@@ -51,7 +51,7 @@ def run_key(cap: float, seconds: float, steps: int) -> str:
 
 
 class AdaptiveEngines:
-    """The engine for each cap's budget: reused while the encoders would sit where it placed them."""
+    """The engine for each cap's budget: reused while the VAE and encoders would sit where it placed them."""
 
     def __init__(self, weights: Path, device: torch.device, dtype: torch.dtype, fp8: bool):
         self.weights, self.device, self.dtype, self.fp8 = weights, device, dtype, fp8
@@ -62,7 +62,8 @@ class AdaptiveEngines:
         budget = max(cap - RESERVED_GIB, 0.0)
         if self.engine is not None and self.engine.plan.mode == "low":
             setup = residency.plan_residency(int(budget * residency.GIB), memory.model_sizes(self.engine.models))
-            if setup.encoders_resident == self.engine.models.residency.encoders_resident:
+            placed = self.engine.models.residency
+            if (setup.vae_resident, setup.encoders_resident) == (placed.vae_resident, placed.encoders_resident):
                 self.engine.models.residency = setup
                 plan = memory.MemoryPlan("low", f"cap {cap:g} GiB", budget_gib=budget)
                 memory.make_resident(self.engine.models, "original", plan, size)

@@ -75,13 +75,8 @@ def background_decode_fits(available_bytes: int, height: int, width: int) -> boo
     return available_bytes >= background_decode_bytes(height, width)
 
 
-def background_decode_plan(vae, height: int, width: int, budgeted: bool = False) -> tuple[bool, str]:
-    """Decide, before sampling starts, whether sections decode in the background; returns (yes, how and why).
-
-    `budgeted`: a memory budget kept room for it (`residency.py`; the VAE then visits the GPU per decode).
-    """
-    if budgeted:
-        return True, "in the background while the next section samples (room kept in the memory budget)"
+def background_decode_plan(vae, height: int, width: int) -> tuple[bool, str]:
+    """Decide, before sampling starts, whether sections decode in the background; returns (yes, how and why)."""
     device = vae.device
     if device.type != "cuda":
         return False, "after each section (the VAE is not resident on a GPU)"
@@ -127,22 +122,14 @@ class SectionDecoder:
     """
 
     def __init__(
-        self,
-        vae,
-        assembler: FrameAssembler,
-        progress: ProgressReporter,
-        background: bool,
-        reuse_tiles: bool = False,
-        device: torch.device | None = None,
+        self, vae, assembler: FrameAssembler, progress: ProgressReporter, background: bool, reuse_tiles: bool = False
     ):
-        """`device`: where the decode runs (default: the VAE's; a streamed VAE waits on the host between calls)."""
         self.vae = vae
         self.assembler = assembler
         self.progress = progress
         self.tiles = TileDecoder(vae) if reuse_tiles else None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="framepack-decode") if background else None
-        device = device or vae.device
-        self._stream = _decode_stream(device) if background and device.type == "cuda" else None
+        self._stream = _decode_stream(vae.device) if background and vae.device.type == "cuda" else None
         self._in_flight: Future | None = None
 
     def __enter__(self) -> SectionDecoder:

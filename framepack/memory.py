@@ -125,10 +125,9 @@ def apply_low_vram(
     transformer's blocks stream through two GPU slots (`streaming.BlockStreamer`): the staged forward calls
     blocks directly, which diffusers' prefetching (it learns the order from the root forward) never sees.
     The VAE is on the GPU only inside encode and decode. With `budget_gib`, what fits stays resident instead
-    (`residency.plan_residency`): room for a background decode, the first blocks (held by one variant at a
-    time, `make_resident`), then the encoders. With `float8` the blocks are quantised first (on the GPU), so
-    half the bytes are held or streamed. Returns the decision, which is also logged and kept on
-    `models.residency`.
+    (`residency.plan_residency`): the first blocks (held by one variant at a time, `make_resident`), then the
+    VAE and the encoders. With `float8` the blocks are quantised first (on the GPU), so half the bytes are held
+    or streamed. Returns the decision, which is also logged and kept on `models.residency`.
     """
     if float8:
         _quantize_for_streaming(models, device)
@@ -152,7 +151,10 @@ def apply_low_vram(
         for variant, model in models.transformers.items()
     }
     next(iter(models.streamers.values())).hold()
-    streaming.OnDeviceWhileCalled(models.vae, device, ("encode", "decode"), pin=True)
+    if plan.vae_resident:
+        models.vae.to(device)
+    else:
+        streaming.OnDeviceWhileCalled(models.vae, device, ("encode", "decode"), pin=True)
     # Spatial tiles bound the VAE's activation peak (the reference tiles in low-VRAM mode too, so the pixels
     # differ slightly from high-VRAM mode there as well).
     models.vae.enable_tiling()
@@ -241,13 +243,12 @@ def make_resident(models, variant: str, plan: MemoryPlan, size: tuple[int, int, 
             if name != variant:
                 streamer.drop()
         streamer = models.streamers[variant]
-        if size is not None and models.residency is not None and plan.budget_gib is not None:
-            working_set = residency.working_set_bytes(*size)
-            models.residency = residency.refit(models.residency, model_sizes(models), working_set)
-            held = min(models.residency.resident_blocks, len(streamer.blocks) - 1)
-            if held != streamer.resident_blocks:
-                logger.info(f"{size[0]}x{size[1]} request (window {size[2]}): {models.residency.describe()}")
-            streamer.set_resident_blocks(held)
+        setup = models.residency
+        if size is not None and setup is not None and plan.budget_gib is not None:
+            fitted = residency.blocks_for_working_set(setup, model_sizes(models), residency.working_set_bytes(*size))
+            if min(fitted, len(streamer.blocks) - 1) != streamer.resident_blocks:
+                logger.info(f"{fitted} blocks held for a {size[0]}x{size[1]} request (window {size[2]})")
+            streamer.set_resident_blocks(min(fitted, len(streamer.blocks) - 1))
         streamer.hold()
         return
     if plan.mode != "high" or plan.resident_variants >= len(models.transformers):

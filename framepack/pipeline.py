@@ -236,8 +236,7 @@ def _generate(
         background_decode = False
         progress.write("VAE decode: after each section (its frames are shown as it ends)")
     if background_decode is None:
-        budgeted = models.residency is not None and models.residency.background_decode
-        background_decode, reason = background_decode_plan(models.vae, 8 * latent_height, 8 * latent_width, budgeted)
+        background_decode, reason = background_decode_plan(models.vae, 8 * latent_height, 8 * latent_width)
         progress.write(f"VAE decode: {reason}")
 
     # The VAE's own weights on the execution device: low-VRAM mode copies them in per `vae.decode` call only.
@@ -245,7 +244,7 @@ def _generate(
     reuse_tiles = options.reuse_decoded_tiles and models.vae.device.type == models.device.type
     sections = variant.plan_sections(num_sections, lws, cond.start_group_latents)
     plan = []
-    with SectionDecoder(models.vae, assembler, progress, background_decode, reuse_tiles, models.device) as decoder:
+    with SectionDecoder(models.vae, assembler, progress, background_decode, reuse_tiles) as decoder:
         for section, upcoming in zip(sections, sections[1:] + [None]):
             progress.section_started(section.generation_index, f"video section {section.video_index}")
             noise = torch.randn((1, LATENT_CHANNELS, lws, latent_height, latent_width), generator=generator)

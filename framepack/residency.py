@@ -3,23 +3,19 @@
 Below high-VRAM mode the transformer's blocks stream from host memory (`streaming.BlockStreamer`). Streaming
 all 60 blocks moves 25.7 GB per forward; with a budget larger than the minimum, the first blocks can stay
 resident instead, so fewer bytes cross the host link and the next streamed block's copy hides behind the
-resident blocks' compute. `plan_residency` fills the budget in order of what it saves per request:
+resident blocks' compute. `plan_residency` fills the budget in order of use per request:
 1. what every configuration needs: the transformer's other modules (embedders, refiner, head), the working set
-   (activations at the request's size and the in-line VAE decode's peak) and the two streaming slots;
-2. room for a background VAE decode (the VAE streamed in per call, decoding in spatial tiles) beside sampling:
-   it hides about 10 s of decode per 5-second video, more than holding blocks saves on a host link that already
-   hides their copies (55 GB/s on an H200: BENCHMARKS.md);
-3. transformer blocks, the first ones first (used 2 * steps * sections times per request);
-4. the text and image encoders (once per request), when every block fits.
-The VAE itself is not kept: its 0.5 GB copy per decode costs milliseconds. If every block fits, the slots are
-not needed and that room goes to the encoders.
+   (activations at the request's size and the VAE decode's peak) and the two streaming slots;
+2. transformer blocks, the first ones first (used 2 * steps * sections times per request);
+3. the VAE (used once per section), then the text and image encoders (once per request), when all blocks fit.
+If every block fits, the slots are not needed and that room goes to the next items.
 
 Sizes are bytes. Shapes of nothing: this module does no tensor work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 GIB = 2**30
 # Activations of a 640-bucket section and its tiled VAE decode in low-VRAM mode: a 6 GiB cap ran a 5-second
@@ -30,9 +26,6 @@ WORKING_SET_640_BYTES = 4 * GIB
 _SEQUENCE_PART_640 = int(2.5 * GIB)
 # The widest bucket of the 640 family (416x960) with the trained window of 9 latent frames.
 REFERENCE_SIZE = (416, 960, 9)
-# A spatially tiled decode (256-pixel tiles) with the VAE's weights: at the 24 GiB cap the whole run's peak was
-# 3.5 GiB above the held blocks, slots and other modules, and the in-line decode runs once those are freed.
-BACKGROUND_DECODE_BYTES = 4 * GIB
 
 
 def sequence_tokens(height: int, width: int, window: int) -> int:
@@ -64,12 +57,11 @@ class ModelSizes:
 
 @dataclass(frozen=True)
 class Residency:
-    """What stays on the GPU: the first `resident_blocks` blocks and the encoders if flagged; whether room for
-    a background VAE decode is kept."""
+    """What stays on the GPU: the first `resident_blocks` blocks, and the VAE and encoders if flagged."""
 
     resident_blocks: int
     total_blocks: int
-    background_decode: bool
+    vae_resident: bool
     encoders_resident: bool
     streamed_bytes_per_forward: int
     budget: int
@@ -85,7 +77,7 @@ class Residency:
             f"budget {self.budget / GIB:.1f} GiB (working set {self.working_set / GIB:.1f} GiB)",
             f"{self.resident_blocks}/{self.total_blocks} transformer blocks resident",
             f"{self.streamed_bytes_per_forward / GIB:.1f} GiB streamed per forward",
-            f"VAE decode {'in the background' if self.background_decode else 'after each section'}",
+            f"VAE {'resident' if self.vae_resident else 'on the GPU only while used'}",
             f"encoders {'resident' if self.encoders_resident else 'streamed'}",
         ]
         return ", ".join(parts)
@@ -99,8 +91,6 @@ def plan_residency(budget: int, sizes: ModelSizes, working_set: int = WORKING_SE
     """
     slots = 2 * max(sizes.blocks)
     room = budget - sizes.transformer_other - working_set
-    background_decode = room - slots >= BACKGROUND_DECODE_BYTES
-    room -= BACKGROUND_DECODE_BYTES if background_decode else 0
     if room >= sum(sizes.blocks):  # every block fits: no slots needed
         resident, room = len(sizes.blocks), room - sum(sizes.blocks)
     else:
@@ -109,11 +99,14 @@ def plan_residency(budget: int, sizes: ModelSizes, working_set: int = WORKING_SE
         while resident < len(sizes.blocks) and sizes.blocks[resident] <= room:
             room -= sizes.blocks[resident]
             resident += 1
-    encoders_resident = resident == len(sizes.blocks) and sizes.encoders <= room
+    all_resident = resident == len(sizes.blocks)
+    vae_resident = all_resident and sizes.vae <= room
+    room -= sizes.vae if vae_resident else 0
+    encoders_resident = vae_resident and sizes.encoders <= room
     return Residency(
         resident_blocks=resident,
         total_blocks=len(sizes.blocks),
-        background_decode=background_decode,
+        vae_resident=vae_resident,
         encoders_resident=encoders_resident,
         streamed_bytes_per_forward=sum(sizes.blocks[resident:]),
         budget=budget,
@@ -121,9 +114,8 @@ def plan_residency(budget: int, sizes: ModelSizes, working_set: int = WORKING_SE
     )
 
 
-def refit(placed: Residency, sizes: ModelSizes, working_set: int) -> Residency:
-    """`placed` planned again for another working set (a request's, `working_set_bytes`): the same budget, the
-    encoders where they are, and as many blocks, and the background decode's room, as then fit."""
-    encoders = sizes.encoders if placed.encoders_resident else 0
-    plan = plan_residency(placed.budget - encoders, sizes, working_set)
-    return replace(plan, budget=placed.budget, encoders_resident=placed.encoders_resident)
+def blocks_for_working_set(setup: Residency, sizes: ModelSizes, working_set: int) -> int:
+    """How many blocks fit in `setup`'s budget beside `working_set` (a request's, `working_set_bytes`), with the
+    VAE and the encoders staying where `setup` placed them."""
+    placed = (sizes.vae if setup.vae_resident else 0) + (sizes.encoders if setup.encoders_resident else 0)
+    return plan_residency(setup.budget - placed, sizes, working_set).resident_blocks

@@ -3,12 +3,11 @@
 import pytest
 
 from framepack.residency import (
-    BACKGROUND_DECODE_BYTES,
     GIB,
     WORKING_SET_640_BYTES,
     ModelSizes,
+    blocks_for_working_set,
     plan_residency,
-    refit,
     working_set_bytes,
 )
 
@@ -25,43 +24,35 @@ WORKING = 4 * GIB
 
 def test_below_the_minimum_every_block_streams():
     plan = plan_residency(4 * GIB, SIZES, WORKING)
-    assert plan.resident_blocks == 0 and not plan.background_decode and not plan.encoders_resident
+    assert plan.resident_blocks == 0 and not plan.vae_resident and not plan.encoders_resident
     assert plan.streamed_bytes_per_forward == sum(SIZES.blocks)
 
 
-def test_room_for_a_background_decode_comes_before_blocks():
-    minimum = SIZES.transformer_other + WORKING + 2 * max(SIZES.blocks)
-    short = plan_residency(minimum + BACKGROUND_DECODE_BYTES - 1, SIZES, WORKING)
-    assert not short.background_decode and short.resident_blocks > 0  # the room goes to blocks instead
-    enough = plan_residency(minimum + BACKGROUND_DECODE_BYTES, SIZES, WORKING)
-    assert enough.background_decode and enough.resident_blocks == 0
-
-
-def test_a_budget_holds_the_first_blocks_that_fit_beside_the_working_set_the_decode_and_two_slots():
+def test_a_budget_holds_the_first_blocks_that_fit_beside_the_working_set_and_two_slots():
     plan = plan_residency(12 * GIB, SIZES, WORKING)
-    assert plan.background_decode and not plan.encoders_resident
-    room = 12 * GIB - SIZES.transformer_other - WORKING - 2 * max(SIZES.blocks) - BACKGROUND_DECODE_BYTES
+    room = 12 * GIB - SIZES.transformer_other - WORKING - 2 * max(SIZES.blocks)
     held = sum(SIZES.blocks[: plan.resident_blocks])
     assert held <= room < held + SIZES.blocks[plan.resident_blocks]
     assert plan.streamed_bytes_per_forward == sum(SIZES.blocks) - held
+    assert not plan.vae_resident  # not before every block is resident
 
 
-def test_more_budget_never_holds_less_once_the_decode_has_its_room():
+def test_more_budget_never_holds_less():
     plans = [plan_residency(gib * GIB, SIZES, WORKING) for gib in range(2, 64)]
-    assert [plan.background_decode for plan in plans] == sorted(plan.background_decode for plan in plans)
-    with_decode = [plan for plan in plans if plan.background_decode]
-    held = [plan.resident_blocks for plan in with_decode]
+    held = [plan.resident_blocks for plan in plans]
     assert held == sorted(held) and held[0] == 0 and held[-1] == len(SIZES.blocks)
-    streamed = [plan.streamed_bytes_per_forward for plan in with_decode]
+    streamed = [plan.streamed_bytes_per_forward for plan in plans]
     assert streamed == sorted(streamed, reverse=True) and streamed[-1] == 0
 
 
-def test_when_every_block_fits_the_encoders_follow():
-    blocks = sum(SIZES.blocks) + SIZES.transformer_other + WORKING + BACKGROUND_DECODE_BYTES
+def test_when_every_block_fits_the_vae_then_the_encoders_follow():
+    blocks = sum(SIZES.blocks) + SIZES.transformer_other + WORKING
     only_blocks = plan_residency(blocks, SIZES, WORKING)
-    assert only_blocks.all_blocks_resident and only_blocks.background_decode and not only_blocks.encoders_resident
-    everything = plan_residency(blocks + SIZES.encoders, SIZES, WORKING)
-    assert everything.encoders_resident
+    assert only_blocks.all_blocks_resident and not only_blocks.vae_resident
+    with_vae = plan_residency(blocks + SIZES.vae, SIZES, WORKING)
+    assert with_vae.vae_resident and not with_vae.encoders_resident
+    everything = plan_residency(blocks + SIZES.vae + SIZES.encoders, SIZES, WORKING)
+    assert everything.vae_resident and everything.encoders_resident
 
 
 def test_a_larger_working_set_holds_fewer_blocks():
@@ -85,15 +76,11 @@ def test_the_working_set_scales_with_the_request_size():
     assert working_set_bytes(416, 960, 18) > widest_640
 
 
-def test_a_request_is_refitted_within_the_budget_with_the_encoders_where_they_are():
-    exact = sum(SIZES.blocks) + SIZES.transformer_other + WORKING + BACKGROUND_DECODE_BYTES + SIZES.encoders
-    everything = plan_residency(exact, SIZES, WORKING)
-    assert everything.all_blocks_resident and everything.encoders_resident
-    assert refit(everything, SIZES, WORKING) == everything
-    larger = refit(everything, SIZES, 2 * WORKING)
-    assert larger.encoders_resident and larger.budget == everything.budget
-    assert larger.resident_blocks < len(SIZES.blocks)
+def test_a_request_keeps_the_setup_placement_of_the_vae_and_encoders():
+    setup = plan_residency(48 * GIB, SIZES, WORKING)
+    assert setup.all_blocks_resident and setup.vae_resident
+    assert blocks_for_working_set(setup, SIZES, WORKING) == len(SIZES.blocks)
+    assert blocks_for_working_set(setup, SIZES, 3 * WORKING) < len(SIZES.blocks)  # a larger request
     partial = plan_residency(16 * GIB, SIZES, WORKING)
-    assert refit(partial, SIZES, WORKING) == partial
-    assert refit(partial, SIZES, WORKING // 2).resident_blocks > partial.resident_blocks
-    assert not refit(partial, SIZES, 3 * WORKING).background_decode  # no room left for it
+    assert blocks_for_working_set(partial, SIZES, WORKING) == partial.resident_blocks
+    assert blocks_for_working_set(partial, SIZES, WORKING // 2) > partial.resident_blocks

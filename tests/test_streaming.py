@@ -227,23 +227,3 @@ def test_held_blocks_fit_each_request_size(tiny_models):
         memory.make_resident(models, "original", plan, size)
         assert streamer.resident_blocks == held and (streamer._held is not None) == (held > 0)
         assert torch.equal(generate(request, models).video_latents, resident.video_latents), size
-
-
-def test_a_budget_with_room_decodes_in_the_background_with_the_vae_streamed(tiny_models):
-    """The decode thread copies the streamed VAE in per call; the frames are the in-line decode's."""
-    from framepack.progress import ProgressReporter
-    from framepack.residency import plan_residency
-
-    request = build_request({**REQUEST, "use_teacache": False})
-    resident = generate(request, dataclasses.replace(tiny_models, vae=_packed(tiny_models.vae)))
-    vae = copy.deepcopy(tiny_models.vae)
-    streaming.OnDeviceWhileCalled(vae, CPU, ("encode", "decode"), pin=False)
-    models = dataclasses.replace(tiny_models, vae=vae)
-    models.residency = plan_residency(64 * 2**30, memory.model_sizes(models))
-    assert models.residency.background_decode
-    lines: list[str] = []
-    progress = ProgressReporter(request.num_sections, request.steps, write=lines.append)
-    result = generate(request, models, progress=progress)
-    assert any("in the background" in line and "memory budget" in line for line in lines)
-    assert progress.timings["decode_in_background"] > 0
-    assert torch.equal(result.frames, resident.frames)
