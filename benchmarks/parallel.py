@@ -169,7 +169,8 @@ def parallel(device, dtype, size, image: Path, args, report: dict) -> dict:
         finally:
             _free(engine)
         outputs = run.pop("_outputs")
-        case = outputs.get("case", case)
+        if "case" in outputs:  # the inputs only: holding the engine's model would keep its GPU memory
+            case = replace(outputs["case"], model=None)
         results[f"{count}_gpu"] = run
         if count == 1:
             one = outputs
