@@ -51,7 +51,7 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="run the transformer blocks' Linear layers in FP8 (faster on Ada/Hopper GPUs, "
-        "output differs by a few percent; high-VRAM mode only)",
+        "output differs by a few percent; in low-VRAM mode half the bytes are held or streamed)",
     )
     parser.add_argument(
         "--compile",
