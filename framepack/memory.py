@@ -246,9 +246,10 @@ def make_resident(models, variant: str, plan: MemoryPlan, size: tuple[int, int, 
         setup = models.residency
         if size is not None and setup is not None and plan.budget_gib is not None:
             fitted = residency.blocks_for_working_set(setup, model_sizes(models), residency.working_set_bytes(*size))
-            if min(fitted, len(streamer.blocks) - 1) != streamer.resident_blocks:
-                logger.info(f"{fitted} blocks held for a {size[0]}x{size[1]} request (window {size[2]})")
-            streamer.set_resident_blocks(min(fitted, len(streamer.blocks) - 1))
+            held = min(fitted, len(streamer.blocks) - 1)  # one block streams, so the streamer has a slot
+            if held != streamer.resident_blocks:
+                logger.info(f"{held} blocks held for a {size[0]}x{size[1]} request (window {size[2]})")
+            streamer.set_resident_blocks(held)
         streamer.hold()
         return
     if plan.mode != "high" or plan.resident_variants >= len(models.transformers):

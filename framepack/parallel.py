@@ -275,8 +275,11 @@ class SequenceParallel:
 
     def _fail(self, what: str) -> ParallelError:
         """Record the group's failure, explained by the first dead worker if any: every later call raises it."""
-        dead = [f"worker {rank} stopped (exit code {p.exitcode})" for rank, p in enumerate(self.processes, 1)]
-        dead = [line for line, process in zip(dead, self.processes) if not process.is_alive()]
+        dead = [
+            f"worker {rank} stopped (exit code {process.exitcode})"
+            for rank, process in enumerate(self.processes, start=1)
+            if not process.is_alive()
+        ]
         self.failure = ParallelError(
             f"sequence parallelism over {self.world} processes failed: {dead[0] if dead else what}; restart the service"
         )
