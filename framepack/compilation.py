@@ -20,8 +20,8 @@ handle), so two checks keep the log truthful:
 
 from __future__ import annotations
 
-import copy
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -98,6 +98,27 @@ def _probe_inputs(block: torch.nn.Module, model) -> tuple:
     return make(1, 8, width), make(1, 4, width), make(1, width), None, rope
 
 
+@contextmanager
+def _weights_visiting(block: torch.nn.Module, device: torch.device | None):
+    """`block`'s weights copied to `device` inside this context, if they are elsewhere; restored after.
+
+    Not a deep copy of the block: its attention processor may hold objects that cannot be copied (on the GPU,
+    a kernel library's module).
+    """
+    tensors = [*block.parameters(), *block.buffers()]
+    if device is None or tensors[0].device.type == device.type:
+        yield
+        return
+    kept = [tensor.data for tensor in tensors]
+    try:
+        for tensor in tensors:
+            tensor.data = tensor.data.to(device)
+        yield
+    finally:
+        for tensor, data in zip(tensors, kept):
+            tensor.data = data
+
+
 def capture_problem(model, device: torch.device | None = None) -> str | None:
     """None if dynamo captures each kind of block of `model` as one graph on `device`, else why not.
 
@@ -111,18 +132,13 @@ def capture_problem(model, device: torch.device | None = None) -> str | None:
         captured.append(graph)
         return graph.forward
 
-    def on_device(block: torch.nn.Module) -> torch.nn.Module:
-        if device is None or next(block.parameters()).device.type == device.type:
-            return block
-        return copy.deepcopy(block).to(device)
-
     try:
         with torch.no_grad():
             for block in (model.transformer_blocks[0], model.single_transformer_blocks[0]):
-                block = on_device(block)
-                torch.compile(block.forward, backend=capture, fullgraph=True, dynamic=True)(
-                    *_probe_inputs(block, model)
-                )
+                with _weights_visiting(block, device):
+                    torch.compile(block.forward, backend=capture, fullgraph=True, dynamic=True)(
+                        *_probe_inputs(block, model)
+                    )
     # Broad on purpose: dynamo raises many error types for code it cannot capture.
     except Exception as error:  # noqa: BLE001
         return _error_line(error)
