@@ -23,6 +23,7 @@ import torch
 
 from .frames import FrameAssembler
 from .progress import ProgressReporter
+from .streaming import weights_on_device
 from .tiled_decode import TileDecoder
 
 # Extra GPU memory while a high-VRAM section decode and the next section's sampling run together, per output
@@ -164,7 +165,8 @@ class SectionDecoder:
             self.tiles.clear()
 
     def _decode(self, latents: torch.Tensor) -> None:
-        self.assembler.add(vae_decode(latents, self.vae, self.tiles))
+        with weights_on_device(self.vae):  # a streamed VAE is copied in once for all of the section's tiles
+            self.assembler.add(vae_decode(latents, self.vae, self.tiles))
 
     def _decode_in_background(self, latents: torch.Tensor, upcoming: UpcomingDecode | None) -> None:
         stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()

@@ -23,6 +23,7 @@ from .models import FramePackModels
 from .progress import ProgressReporter
 from .request import GenerationRequest
 from .sampler import SamplingSettings, camera_roll, flow_x0, flux_mu, flux_sigmas, noisy_token_count, sample_unipc
+from .streaming import streams_weights
 from .teacache import TeaCacheState
 from .transformer import PackedTransformer, SectionInputs, TextInputs, TransformerRunner
 from .variants import Variant, variant_named
@@ -239,9 +240,10 @@ def _generate(
         background_decode, reason = background_decode_plan(models.vae, 8 * latent_height, 8 * latent_width)
         progress.write(f"VAE decode: {reason}")
 
-    # The VAE's own weights on the execution device: low-VRAM mode copies them in per `vae.decode` call only.
-    # (Compare types: the VAE says "cuda:0" where the models say "cuda".)
-    reuse_tiles = options.reuse_decoded_tiles and models.vae.device.type == models.device.type
+    # Kept tiles live where the VAE decodes: it is resident on the execution device, or low-VRAM mode copies it
+    # in for each section's decode. (Compare types: the VAE says "cuda:0" where the models say "cuda".)
+    vae_decodes_here = models.vae.device.type == models.device.type or streams_weights(models.vae)
+    reuse_tiles = options.reuse_decoded_tiles and vae_decodes_here
     sections = variant.plan_sections(num_sections, lws, cond.start_group_latents)
     plan = []
     with SectionDecoder(models.vae, assembler, progress, background_decode, reuse_tiles) as decoder:

@@ -28,7 +28,7 @@ import math
 import mmap
 import time
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -151,34 +151,71 @@ def host_to_device_bandwidth(device: torch.device, nbytes: int = 256 * 2**20) ->
 
 
 class OnDeviceWhileCalled:
-    """Keeps `module`'s weights on the host; copies them to `device` for the duration of each wrapped call."""
+    """Keeps `module`'s weights on the host; copies them to `device` for the duration of each wrapped call, or of
+    a `session` that spans several calls (`weights_on_device`)."""
 
     def __init__(self, module: torch.nn.Module, device: torch.device, methods: tuple[str, ...], pin: bool):
         self.device = device
         self.host = HostWeights([module], pin)
+        self._depth = 0
         for name in methods:
             setattr(module, name, self._wrap(getattr(module, name)))
+        module._framepack_on_device = self  # found by `weights_on_device`
 
     def _to_device(self, value):
         return value.to(self.device) if isinstance(value, torch.Tensor) else value
 
+    @contextmanager
+    def session(self):
+        """The weights are on the device inside this context (copied in once, however deeply it nests)."""
+        group = self.host.groups[0]
+        if self._depth == 0:
+            self.host.onto_device([group], self.device, non_blocking=True)  # the views keep the buffer alive
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                group.point_to(group.host)
+
     def _wrap(self, method):
         @functools.wraps(method)
         def call(*args, **kwargs):
-            group = self.host.groups[0]
-            self.host.onto_device([group], self.device, non_blocking=True)  # the views keep the buffer alive
-            try:
+            with self.session():
                 return method(*map(self._to_device, args), **{k: self._to_device(v) for k, v in kwargs.items()})
-            finally:
-                group.point_to(group.host)
 
         return call
+
+
+def weights_on_device(module: torch.nn.Module):
+    """A context in which `module`'s weights are on its execution device: an `OnDeviceWhileCalled` module's
+    session, nothing to do for a resident one."""
+    helper = getattr(module, "_framepack_on_device", None)
+    return helper.session() if helper is not None else nullcontext()
+
+
+def streams_weights(module: torch.nn.Module) -> bool:
+    """Whether `module` is an `OnDeviceWhileCalled` module (its weights wait on the host between uses)."""
+    return getattr(module, "_framepack_on_device", None) is not None
+
+
+@dataclass
+class StreamTimings:
+    """What streaming cost on the GPU, summed over the sections sampled while a `BlockStreamer` collects it (set
+    `streamer.timings`; the benchmarks do): streamed blocks run, the time compute waited for their copies, and
+    the time the copies ran on the side stream. Off CUDA only `blocks` counts."""
+
+    blocks: int = 0
+    wait_s: float = 0.0
+    copy_s: float = 0.0
 
 
 class BlockStreamer:
     """Streams a packed transformer's blocks through two GPU slots (see the module docstring).
 
     Use: `begin()`; for each step `activate(i)` / run block i / `release(i)` in block order; `end()`.
+    `timings`: a `StreamTimings` to collect into, or None (the default: no events recorded).
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, pin: bool, resident_blocks: int = 0):
@@ -194,6 +231,8 @@ class BlockStreamer:
         self._active = False
         self._computing: int | None = None  # the slot of the block being computed
         self._held: torch.Tensor | None = None
+        self.timings: StreamTimings | None = None
+        self._timed: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self._partition(resident_blocks)
 
     def _partition(self, resident_blocks: int) -> None:
@@ -262,6 +301,27 @@ class BlockStreamer:
             group.point_to(group.host)
         del self._resident_buffer, self.slots
         self._active = False
+        self._collect_timings()
+
+    def _mark(self, stream) -> torch.cuda.Event | None:
+        """A timing event recorded on `stream`, when timings are collected on a GPU."""
+        if self.timings is None or not self.cuda:
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(stream)
+        return event
+
+    def _collect_timings(self) -> None:
+        """Add the section's recorded intervals (all finished: `end` synchronised) to `timings`."""
+        timed, self._timed = self._timed, []
+        if self.timings is None:
+            return
+        for kind, start, stop in timed:
+            seconds = start.elapsed_time(stop) / 1000
+            if kind == "wait":
+                self.timings.wait_s += seconds
+            else:
+                self.timings.copy_s += seconds
 
     def _load(self, index: int) -> int:
         """Copy streamed block `index` into a slot on the side stream, once the slot's previous block is done;
@@ -276,8 +336,11 @@ class BlockStreamer:
             with torch.cuda.stream(self.copy_stream):
                 if self.slot_holds[slot] is not None:
                     self.copy_stream.wait_event(self.released[slot])
+                started = self._mark(self.copy_stream)
                 self.slots[slot][: group.nbytes].copy_(source, non_blocking=True)
                 self.copied[slot].record(self.copy_stream)
+                if started is not None:
+                    self._timed.append(("copy", started, self._mark(self.copy_stream)))
         else:
             self.slots[slot][: group.nbytes].copy_(source)
         self.slot_holds[slot] = index
@@ -288,8 +351,14 @@ class BlockStreamer:
         prefetching the next one."""
         slot = self._load(index)
         self._computing = slot
+        if self.timings is not None:
+            self.timings.blocks += 1
         if self.cuda:
-            torch.cuda.current_stream(self.device).wait_event(self.copied[slot])
+            compute = torch.cuda.current_stream(self.device)
+            waiting = self._mark(compute)
+            compute.wait_event(self.copied[slot])
+            if waiting is not None:
+                self._timed.append(("wait", waiting, self._mark(compute)))
         group = self.streamed_groups[index]
         group.point_to(group.views(self.slots[slot]))
         self._load((index + 1) % len(self.streamed_groups))

@@ -129,6 +129,68 @@ def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path, re
     assert torch.equal(generate(request, models).video_latents, streamed.video_latents)
 
 
+def test_a_streamed_vae_decodes_each_section_in_one_visit_and_reuses_shared_tiles(tiny_models):
+    """The VAE's weights come to the device once per section decode (not per call), so tiles two sections share
+    are decoded once, as with a resident VAE, and the frames equal the reference's whole-section decode."""
+    from framepack.pipeline import GenerationOptions
+    from framepack.progress import ProgressReporter
+
+    # A window of 9 (the default): a multiple of the VAE's tile stride, so whole tiles recur.
+    request = build_request(
+        {**REQUEST, "use_teacache": False, "latent_window_size": 9, "steps": 2, "total_video_length_seconds": 3.6}
+    )
+    resident_models = dataclasses.replace(tiny_models, vae=_packed(tiny_models.vae))
+    reference = generate(request, resident_models, options=GenerationOptions(reuse_decoded_tiles=False))
+    vae = copy.deepcopy(tiny_models.vae)
+    streaming.OnDeviceWhileCalled(vae, CPU, ("encode", "decode"), pin=False)
+    assert streaming.streams_weights(vae) and not streaming.streams_weights(tiny_models.vae)
+    visits = []
+    vae.decoder.register_forward_pre_hook(lambda module, _: visits.append(module.conv_in.conv.weight.data_ptr()))
+    lines: list[str] = []
+    progress = ProgressReporter(request.num_sections, 2, write=lines.append)
+    ours = generate(request, dataclasses.replace(tiny_models, vae=vae), progress=progress)
+    assert torch.equal(ours.frames, reference.frames)
+    tile_lines = [line for line in lines if line.startswith("VAE decode:") and "reused" in line]
+    assert tile_lines and not tile_lines[0].endswith(" 0 reused"), tile_lines
+    host = vae._framepack_on_device.host
+    assert all(_in_buffer(t, host.buffer) for t in vae.parameters())  # back on the host after each decode
+    assert len(visits) > request.num_sections  # several tiles a section, each from the visiting copy
+    assert not any(_in_buffer_at(ptr, host.buffer) for ptr in visits)
+
+
+def _in_buffer_at(pointer: int, buffer: torch.Tensor) -> bool:
+    return buffer.data_ptr() <= pointer < buffer.data_ptr() + buffer.numel()
+
+
+def test_a_session_copies_the_weights_in_once_however_deeply_it_nests(tiny_models):
+    vae = copy.deepcopy(tiny_models.vae)
+    helper = streaming.OnDeviceWhileCalled(vae, CPU, ("decode",), pin=False)
+    with streaming.weights_on_device(vae):
+        visiting = vae.decoder.conv_in.conv.weight.data_ptr()
+        assert not _in_buffer_at(visiting, helper.host.buffer)
+        latents = torch.randn(1, 16, 2, 8, 12)
+        seen = []
+        vae.decoder.register_forward_pre_hook(lambda module, _: seen.append(module.conv_in.conv.weight.data_ptr()))
+        vae.decode(latents)  # a wrapped call inside the session uses the session's copy
+        assert seen == [visiting] and vae.decoder.conv_in.conv.weight.data_ptr() == visiting
+    assert _in_buffer_at(vae.decoder.conv_in.conv.weight.data_ptr(), helper.host.buffer)
+    with streaming.weights_on_device(tiny_models.vae):  # a resident module: nothing to do
+        pass
+
+
+def test_stream_timings_count_the_streamed_blocks_run(tiny_models):
+    streamed, streamer = _streamed(tiny_models.transformers["original"], resident_blocks=1)
+    streamer.timings = streaming.StreamTimings()
+    inputs, text, latents = section_and_text(streamed, torch.Generator().manual_seed(2))
+    runner = PackedTransformer(streamed, streamer=streamer)
+    with runner.on_device():
+        prepared = runner.prepare_section(inputs, 8, 12)
+        for step in range(3):
+            runner.velocity(latents, torch.tensor([900.0 - 100 * step]), torch.tensor([10000.0]), text, prepared)
+    assert streamer.timings.blocks == 3 * (len(streamer.blocks) - 1)
+    assert streamer.timings.wait_s == streamer.timings.copy_s == 0.0  # no CUDA events off the GPU
+
+
 def test_variants_take_turns_holding_their_blocks(tiny_models):
     """Low-VRAM mode with a budget: one variant's first blocks are held at a time, swapped per request."""
     request = {**REQUEST, "use_teacache": False}
