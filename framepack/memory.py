@@ -13,6 +13,7 @@ the held blocks are fitted to its size (`make_resident`).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -173,6 +174,21 @@ def _quantize_for_streaming(models, device: torch.device) -> None:
         quantize_transformer_blocks(model, via=device)
 
 
+def grow_segments_in_place() -> None:
+    """Let the CUDA caching allocator grow segments in place (`expandable_segments`) unless
+    PYTORCH_CUDA_ALLOC_CONF already says how to allocate.
+
+    Low-VRAM mode alternates between sampling (slots, activations) and decoding (VAE tiles), whose blocks have
+    different sizes: with fixed segments the freed ones fragment, and under a 4 GiB cap a 202 MiB allocation failed
+    with 0.75 GiB free in pieces (BENCHMARKS.md). Applies to segments allocated from now on.
+    """
+    if "expandable_segments" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""):
+        return
+    # The accelerator-wide name is the current one (torch 2.13 warns on the CUDA one); older torch has only that.
+    configure = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    (configure or torch.cuda.memory._set_allocator_settings)("expandable_segments:True")
+
+
 def place_models(models, plan: MemoryPlan, float8: bool = False) -> None:
     """Put freshly loaded (host-resident) models where `plan` says, once after loading. `float8`: in low-VRAM
     mode the blocks are quantised before they are packed (in high-VRAM mode `prepare_for_speed` does it)."""
@@ -180,6 +196,8 @@ def place_models(models, plan: MemoryPlan, float8: bool = False) -> None:
     if plan.mode == "cpu":
         return
     if plan.mode == "low":
+        if device.type == "cuda":
+            grow_segments_in_place()
         apply_low_vram(models, device, plan.budget_gib, float8)
         return
     for module in (models.text_encoder, models.text_encoder_2, models.image_encoder, models.vae):
