@@ -13,9 +13,11 @@ down instead, the memory the allocator cached under the larger cap stays in segm
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -129,16 +131,22 @@ def low_vram(
         results.setdefault("weights_gib", _weights_gib(models))
         results.setdefault("host_peak_rss_after_loading_gib", peak_rss_gib())
         _limit_gpu_memory(device, cap)
+        timings = _collect_stream_timings(models)
+        retries = _alloc_retries(device)
         try:
             low = end_to_end(models, image, size, PackedTransformer, False, seconds, steps, device, adaptive)
             run = {k: v for k, v in low.items() if k not in ("latents", "pixels")}
             low_latents[key] = low["latents"]
         except torch.OutOfMemoryError as error:
-            run = {"error": f"out of memory: {str(error).splitlines()[0]}"}
+            where = traceback.format_exc().splitlines()[-14:-1]  # the frames that asked for the memory
+            run = {"error": f"out of memory: {str(error).splitlines()[0]}", "where": where}
         if cuda:
             run["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+            run["alloc_retries"] = _alloc_retries(device) - retries
         run["host_peak_rss_gib"] = peak_rss_gib()
         run.update(_streaming_facts(models, results["host_to_device_gb_s"]))
+        if timings is not None:
+            run["stream_timings"] = dataclasses.asdict(timings)
         results[key] = run
         save(results)
         print(f"low VRAM, {key}", run, flush=True)
@@ -167,14 +175,84 @@ def low_vram(
             run["time_ratio_vs_high"] = run["total"] / baseline["total"]
             run["sampling_ratio_vs_high"] = run["sampling"] / baseline["sampling"]
         save(results)
+    if cuda:
+        results["vae_decode_peaks"] = vae_decode_peaks(models.vae, size, device)
+        save(results)
     print(table(results), flush=True)
     return results
+
+
+def _collect_stream_timings(models) -> streaming.StreamTimings | None:
+    """Start collecting how long sampling waits for streamed blocks (None in high-VRAM mode)."""
+    streamer = models.streamers.get("original")
+    if streamer is None:
+        return None
+    streamer.timings = streaming.StreamTimings()
+    return streamer.timings
+
+
+def _alloc_retries(device: torch.device) -> int:
+    """Times the caching allocator freed its cache and retried an allocation (each synchronises the GPU)."""
+    return torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0
+
+
+# Spatial tilings of the VAE decode to measure: (tile, stride) in pixels; None decodes whole frames.
+DECODE_TILINGS = (None, (256, 192), (192, 144), (128, 96))
+
+
+@torch.no_grad()
+def vae_decode_peaks(vae, size: tuple[int, int], device: torch.device) -> dict:
+    """GPU memory one 5-latent tile (17 frames) of a `size` decode needs beyond its input, and its time, for each
+    spatial tiling in `DECODE_TILINGS`: the working set the low-VRAM placement keeps room for. The VAE must be
+    resident on `device`; its tiling settings are restored."""
+    height, width = size
+    latents = torch.randn(1, 16, 5, height // 8, width // 8, device=device, dtype=vae.dtype)
+    saved = {name: getattr(vae, name) for name in _TILING_ATTRIBUTES}
+    peaks = {}
+    try:
+        for tiling in DECODE_TILINGS:
+            if tiling is not None:
+                tile, stride = tiling
+                vae.tile_sample_min_height = vae.tile_sample_min_width = tile
+                vae.tile_sample_stride_height = vae.tile_sample_stride_width = stride
+
+            def decode(tiled=tiling is not None):
+                return vae.tiled_decode(latents).sample if tiled else vae.decoder(vae.post_quant_conv(latents))
+
+            decode()  # compiles the GroupNorms for these shapes
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            started = time.perf_counter()
+            decode()
+            torch.cuda.synchronize(device)
+            name = "whole" if tiling is None else f"tile_{tiling[0]}_stride_{tiling[1]}"
+            peaks[name] = {
+                "peak_gib": (torch.cuda.max_memory_allocated(device) - before) / 2**30,
+                "seconds": time.perf_counter() - started,
+            }
+    finally:
+        for name, value in saved.items():
+            setattr(vae, name, value)
+    return peaks
+
+
+_TILING_ATTRIBUTES = (
+    "tile_sample_min_height",
+    "tile_sample_min_width",
+    "tile_sample_stride_height",
+    "tile_sample_stride_width",
+)
 
 
 def table(results: dict) -> str:
     """The runs as lines: time, ratio to high VRAM, peak, difference, and what streamed."""
     lines = [f"host-to-device {results.get('host_to_device_gb_s') or 0:.1f} GB/s; FP8 {results['low_fp8']}"]
-    lines.append("run | total s | vs high | sampling vs high | s/step | peak GiB | rel L2 | held | GiB/fwd | PCIe4 s")
+    lines.append(
+        "run | total s | vs high | sampling vs high | s/step | peak GiB | rel L2 | held | GiB/fwd | PCIe4 s"
+        " | copy wait s | copying s | retries"
+    )
     for key, run in results.items():
         if not isinstance(run, dict) or "total" not in run:
             continue
@@ -191,6 +269,9 @@ def table(results: dict) -> str:
                     str(run.get("resident_blocks", "all")),
                     f"{run.get('streamed_gib_per_forward', 0.0):.1f}",
                     f"{run.get('copy_s_per_forward_pcie4', 0.0):.2f}",
+                    f"{run.get('stream_timings', {}).get('wait_s', 0.0):.1f}",
+                    f"{run.get('stream_timings', {}).get('copy_s', 0.0):.1f}",
+                    str(run.get("alloc_retries", "")),
                 ]
             )
         )
