@@ -53,7 +53,8 @@ def run_key(cap: float, seconds: float, steps: int) -> str:
 
 
 class AdaptiveEngines:
-    """The engine for each cap's budget: reused while the VAE and encoders would sit where it placed them."""
+    """The engine for each cap's budget: reused while the VAE and encoders would sit where it placed them
+    (`_placement`)."""
 
     def __init__(self, weights: Path, device: torch.device, dtype: torch.dtype, fp8: bool):
         self.weights, self.device, self.dtype, self.fp8 = weights, device, dtype, fp8
@@ -65,7 +66,7 @@ class AdaptiveEngines:
         if self.engine is not None and self.engine.plan.mode == "low":
             setup = residency.plan_residency(int(budget * residency.GIB), memory.model_sizes(self.engine.models))
             placed = self.engine.models.residency
-            if (setup.vae_resident, setup.encoders_resident) == (placed.vae_resident, placed.encoders_resident):
+            if _placement(setup) == _placement(placed):
                 self.engine.models.residency = setup
                 plan = memory.MemoryPlan("low", f"cap {cap:g} GiB", budget_gib=budget)
                 memory.make_resident(self.engine.models, "original", plan, size)
@@ -77,6 +78,11 @@ class AdaptiveEngines:
         self.engine = load_engine(config)
         memory.make_resident(self.engine.models, "original", self.engine.plan, size)
         return self.engine.models
+
+
+def _placement(plan: residency.Residency) -> tuple[bool, bool, bool]:
+    """Where the VAE and the encoders sit: fixed when the engine is loaded."""
+    return plan.vae_resident, plan.encoders_resident, plan.encoders_visit
 
 
 def _weights_gib(models) -> float:

@@ -89,11 +89,13 @@ def model_sizes(models) -> residency.ModelSizes:
     """The bytes `residency.plan_residency` weighs, from loaded models (the first variant's transformer)."""
     transformer = next(iter(models.transformers.values()))
     blocks = all_blocks(transformer)
+    encoders = (models.text_encoder, models.text_encoder_2, models.image_encoder)
     return residency.ModelSizes(
         blocks=tuple(_bytes(block) for block in blocks),
         transformer_other=_bytes(transformer) - _bytes(*blocks),
         vae=_bytes(models.vae),
-        encoders=_bytes(models.text_encoder, models.text_encoder_2, models.image_encoder),
+        encoders=_bytes(*encoders),
+        largest_encoder=max(_bytes(encoder) for encoder in encoders),
     )
 
 
@@ -144,6 +146,8 @@ def apply_low_vram(
     for module in (models.text_encoder, models.text_encoder_2, models.image_encoder):
         if plan.encoders_resident:
             module.to(device)
+        elif plan.encoders_visit:  # one copy in per call: 15 GiB of Llama take 0.3 s at 55 GB/s
+            streaming.OnDeviceWhileCalled(module, device, ("forward",), pin=True)
         else:
             _stream_encoder(module, device)
     held = min(plan.resident_blocks, plan.total_blocks - 1)  # one block streams, so the streamer has a slot
@@ -156,9 +160,24 @@ def apply_low_vram(
         models.vae.to(device)
     else:
         streaming.OnDeviceWhileCalled(models.vae, device, ("encode", "decode"), pin=True)
-    # Spatial tiles bound the VAE's activation peak (the reference tiles in low-VRAM mode too, so the pixels
-    # differ slightly from high-VRAM mode there as well).
-    models.vae.enable_tiling()
+    models.decode_tiling = (256, 192)  # the reference's tiles, until a request's size is known (`make_resident`)
+    set_decode_tiling(models.vae, models.decode_tiling)
+
+
+def set_decode_tiling(vae, tiling: tuple[int, int] | None) -> None:
+    """Decode whole frames (None) or in square spatial tiles of (tile, stride) pixels, as `residency.decode_tiling`
+    chose. Tiles give slightly different pixels than whole frames; the reference tiles in low-VRAM mode, with
+    diffusers' default (256, 192)."""
+    if tiling is None:
+        vae.disable_tiling()
+        return
+    tile, stride = tiling
+    vae.enable_tiling(
+        tile_sample_min_height=tile,
+        tile_sample_min_width=tile,
+        tile_sample_stride_height=stride,
+        tile_sample_stride_width=stride,
+    )
 
 
 def _quantize_for_streaming(models, device: torch.device) -> None:
@@ -263,11 +282,16 @@ def make_resident(models, variant: str, plan: MemoryPlan, size: tuple[int, int, 
         streamer = models.streamers[variant]
         setup = models.residency
         if size is not None and setup is not None and plan.budget_gib is not None:
-            fitted = residency.blocks_for_working_set(setup, model_sizes(models), residency.working_set_bytes(*size))
+            sizes = model_sizes(models)
+            fitted = residency.blocks_for_working_set(setup, sizes, residency.working_set_bytes(*size))
             held = min(fitted, len(streamer.blocks) - 1)  # one block streams, so the streamer has a slot
-            if held != streamer.resident_blocks:
-                logger.info(f"{held} blocks held for a {size[0]}x{size[1]} request (window {size[2]})")
+            tiling = residency.decode_tiling(residency.decode_room(setup, sizes, held), size[0], size[1])
+            if (held, tiling) != (streamer.resident_blocks, models.decode_tiling):
+                tiles = "whole frames" if tiling is None else f"{tiling[0]}-pixel tiles"
+                logger.info(f"{size[0]}x{size[1]} request (window {size[2]}): {held} blocks held, VAE decodes {tiles}")
             streamer.set_resident_blocks(held)
+            set_decode_tiling(models.vae, tiling)
+            models.decode_tiling = tiling
         streamer.hold()
         return
     if plan.mode != "high" or plan.resident_variants >= len(models.transformers):

@@ -30,6 +30,7 @@ class FramePackModels:
     compile_record: object | None = None  # compilation.CompileRecord when the blocks are compiled
     streamers: dict = field(default_factory=dict)  # variant -> streaming.BlockStreamer in low-VRAM mode
     residency: object | None = None  # residency.Residency: what low-VRAM placement kept on the GPU
+    decode_tiling: tuple[int, int] | None = None  # low-VRAM mode: the VAE's spatial tiles (None: whole frames)
     parallel: object | None = None  # parallel.SequenceParallel when the blocks run on several GPUs
 
 

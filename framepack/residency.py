@@ -5,9 +5,12 @@ all 60 blocks moves 25.7 GB per forward; with a budget larger than the minimum, 
 resident instead, so fewer bytes cross the host link and the next streamed block's copy hides behind the
 resident blocks' compute. `plan_residency` fills the budget in order of use per request:
 1. what every configuration needs: the transformer's other modules (embedders, refiner, head), the working set
-   (activations at the request's size and the VAE decode's peak) and the two streaming slots;
+   (activations at the request's size and a tiled VAE decode's peak) and the two streaming slots;
 2. transformer blocks, the first ones first (used 2 * steps * sections times per request);
-3. the VAE (used once per section), then the text and image encoders (once per request), when all blocks fit.
+3. the VAE (used once per section) when all blocks fit; then room for decoding whole frames (1.7x faster than
+   in tiles, `decode_tiling`); then the text and image encoders (used once per request). Encoders that are not
+   resident visit the GPU in one copy for their call where the budget holds the largest beside the held blocks
+   (`Residency.encoders_visit`), and otherwise stream layer by layer.
 If every block fits, the slots are not needed and that room goes to the next items.
 
 Sizes are bytes. Shapes of nothing: this module does no tensor work.
@@ -26,6 +29,37 @@ WORKING_SET_640_BYTES = 4 * GIB
 _SEQUENCE_PART_640 = int(2.5 * GIB)
 # The widest bucket of the 640 family (416x960) with the trained window of 9 latent frames.
 REFERENCE_SIZE = (416, 960, 9)
+
+
+# GPU memory one 5-latent window's VAE decode (17 frames at 544x704) needs beyond its input, by spatial tiling
+# (tile, stride) in pixels, None for whole frames; fastest first. H200, `vae_decode_peaks` in the low-VRAM
+# benchmark (BENCHMARKS.md "Memory budgets"), where a window took 0.36 s whole, 0.61 s in 256-pixel tiles (the
+# reference's low-VRAM tiling, diffusers' default), 0.65 s in 192 and 0.9 to 1.1 s in 128.
+DECODE_PEAK_GIB_640 = {None: 16.3, (256, 192): 2.84, (192, 144): 1.62, (128, 96): 0.76}
+_PIXELS_640 = 544 * 704
+# Allocator fragmentation and longer windows' bookkeeping (the same margin as the background-decode plan).
+DECODE_MARGIN = 1.15
+PLANNING_FRAME = (416, 960)  # the widest bucket of the 640 family: setup plans for it
+
+
+def decode_bytes(tiling: tuple[int, int] | None, height: int, width: int) -> int:
+    """GPU bytes a VAE decode of `height` x `width` frames with `tiling` needs beyond its input: a whole-frame
+    decode grows with the area (and, at large sizes, with the mid-block's dense mask); a tile's does not."""
+    from .decoding import mid_block_mask_bytes
+
+    peak = DECODE_PEAK_GIB_640[tiling] * GIB
+    if tiling is None:
+        peak = max(peak * height * width / _PIXELS_640, mid_block_mask_bytes(height, width))
+    return int(peak * DECODE_MARGIN)
+
+
+def decode_tiling(room: int, height: int, width: int) -> tuple[int, int] | None:
+    """The fastest spatial tiling (None: whole frames) whose decode fits in `room` bytes; the smallest tile if
+    none fits, the least memory the decode runs in."""
+    for tiling in DECODE_PEAK_GIB_640:
+        if decode_bytes(tiling, height, width) <= room:
+            return tiling
+    return list(DECODE_PEAK_GIB_640)[-1]
 
 
 def sequence_tokens(height: int, width: int, window: int) -> int:
@@ -53,11 +87,17 @@ class ModelSizes:
     transformer_other: int
     vae: int
     encoders: int  # Llama, CLIP and SigLIP together
+    largest_encoder: int = 0  # the Llama; 0: all of `encoders`
+
+    @property
+    def largest_encoder_bytes(self) -> int:
+        return self.largest_encoder or self.encoders
 
 
 @dataclass(frozen=True)
 class Residency:
-    """What stays on the GPU: the first `resident_blocks` blocks, and the VAE and encoders if flagged."""
+    """What stays on the GPU: the first `resident_blocks` blocks, and the VAE and encoders if flagged;
+    `encoders_visit`: encoders that are not resident come in whole for their call (else layer by layer)."""
 
     resident_blocks: int
     total_blocks: int
@@ -66,6 +106,7 @@ class Residency:
     streamed_bytes_per_forward: int
     budget: int
     working_set: int
+    encoders_visit: bool = False
 
     @property
     def all_blocks_resident(self) -> bool:
@@ -78,9 +119,13 @@ class Residency:
             f"{self.resident_blocks}/{self.total_blocks} transformer blocks resident",
             f"{self.streamed_bytes_per_forward / GIB:.1f} GiB streamed per forward",
             f"VAE {'resident' if self.vae_resident else 'on the GPU only while used'}",
-            f"encoders {'resident' if self.encoders_resident else 'streamed'}",
+            f"encoders {'resident' if self.encoders_resident else self._encoders_elsewhere}",
         ]
         return ", ".join(parts)
+
+    @property
+    def _encoders_elsewhere(self) -> str:
+        return "on the GPU whole while called" if self.encoders_visit else "streamed layer by layer"
 
 
 def plan_residency(budget: int, sizes: ModelSizes, working_set: int = WORKING_SET_640_BYTES) -> Residency:
@@ -102,7 +147,10 @@ def plan_residency(budget: int, sizes: ModelSizes, working_set: int = WORKING_SE
     all_resident = resident == len(sizes.blocks)
     vae_resident = all_resident and sizes.vae <= room
     room -= sizes.vae if vae_resident else 0
-    encoders_resident = vae_resident and sizes.encoders <= room
+    whole_frames = max(decode_bytes(None, *PLANNING_FRAME) - working_set, 0)  # beyond the working set's tiles
+    encoders_resident = vae_resident and sizes.encoders + whole_frames <= room
+    # While the encoders run, the held blocks and the VAE are all there is on the GPU.
+    beside_encoders = budget - sum(sizes.blocks[:resident]) - (sizes.vae if vae_resident else 0)
     return Residency(
         resident_blocks=resident,
         total_blocks=len(sizes.blocks),
@@ -111,7 +159,16 @@ def plan_residency(budget: int, sizes: ModelSizes, working_set: int = WORKING_SE
         streamed_bytes_per_forward=sum(sizes.blocks[resident:]),
         budget=budget,
         working_set=working_set,
+        encoders_visit=not encoders_resident and sizes.largest_encoder_bytes <= beside_encoders,
     )
+
+
+def decode_room(plan: Residency, sizes: ModelSizes, held_blocks: int) -> int:
+    """Bytes a section's VAE decode has under `plan`'s budget: all but the held blocks, the VAE and resident
+    encoders (the transformer's other modules, the slots and the activations are freed once a section has
+    sampled)."""
+    encoders = sizes.encoders if plan.encoders_resident else 0
+    return plan.budget - sum(sizes.blocks[:held_blocks]) - sizes.vae - encoders
 
 
 def blocks_for_working_set(setup: Residency, sizes: ModelSizes, working_set: int) -> int:

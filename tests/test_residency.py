@@ -3,21 +3,27 @@
 import pytest
 
 from framepack.residency import (
+    DECODE_PEAK_GIB_640,
     GIB,
+    PLANNING_FRAME,
     WORKING_SET_640_BYTES,
     ModelSizes,
     blocks_for_working_set,
+    decode_bytes,
+    decode_room,
+    decode_tiling,
     plan_residency,
     working_set_bytes,
 )
 
 # The real model's proportions, in GiB: 20 dual-stream blocks of 0.56, 40 single-stream blocks of 0.36, 0.8 of
-# other transformer modules, a 0.46 VAE and 16.6 of encoders.
+# other transformer modules, a 0.46 VAE and 16.6 of encoders (15 of them the Llama).
 SIZES = ModelSizes(
     blocks=tuple(int(0.56 * GIB) for _ in range(20)) + tuple(int(0.36 * GIB) for _ in range(40)),
     transformer_other=int(0.8 * GIB),
     vae=int(0.46 * GIB),
     encoders=int(16.6 * GIB),
+    largest_encoder=int(15 * GIB),
 )
 WORKING = 4 * GIB
 
@@ -45,14 +51,65 @@ def test_more_budget_never_holds_less():
     assert streamed == sorted(streamed, reverse=True) and streamed[-1] == 0
 
 
-def test_when_every_block_fits_the_vae_then_the_encoders_follow():
+def test_when_every_block_fits_the_vae_then_whole_frame_decodes_then_the_encoders_follow():
     blocks = sum(SIZES.blocks) + SIZES.transformer_other + WORKING
     only_blocks = plan_residency(blocks, SIZES, WORKING)
     assert only_blocks.all_blocks_resident and not only_blocks.vae_resident
     with_vae = plan_residency(blocks + SIZES.vae, SIZES, WORKING)
     assert with_vae.vae_resident and not with_vae.encoders_resident
-    everything = plan_residency(blocks + SIZES.vae + SIZES.encoders, SIZES, WORKING)
-    assert everything.vae_resident and everything.encoders_resident
+    whole_frames = decode_bytes(None, *PLANNING_FRAME) - WORKING
+    # Room for the encoders but not also for whole-frame decodes: the decodes come first (once per section).
+    no_room_left = plan_residency(blocks + SIZES.vae + SIZES.encoders, SIZES, WORKING)
+    assert not no_room_left.encoders_resident and no_room_left.encoders_visit
+    everything = plan_residency(blocks + SIZES.vae + whole_frames + SIZES.encoders, SIZES, WORKING)
+    assert everything.vae_resident and everything.encoders_resident and not everything.encoders_visit
+
+
+@pytest.mark.parametrize(
+    ("budget_gib", "visit"),
+    [(4.5, False), (10.5, False), (22.5, False), (40, False), (46.5, True)],  # 6 to 48 GiB GPUs
+)
+def test_encoders_visit_whole_where_the_largest_fits_beside_the_held_blocks(budget_gib, visit):
+    plan = plan_residency(int(budget_gib * GIB), SIZES, WORKING)
+    held = sum(SIZES.blocks[: plan.resident_blocks]) + (SIZES.vae if plan.vae_resident else 0)
+    assert plan.encoders_visit == visit == (SIZES.largest_encoder <= plan.budget - held)
+    assert ("on the GPU whole while called" in plan.describe()) == visit
+
+
+def test_decode_memory_by_tiling():
+    # The measured peaks with the margin; tiles do not grow with the frame, whole frames grow with its area.
+    assert decode_bytes((256, 192), 544, 704) == int(2.84 * GIB * 1.15) == decode_bytes((256, 192), 832, 1920)
+    assert decode_bytes(None, 544, 704) == int(16.3 * GIB * 1.15)
+    assert decode_bytes(None, 272, 352) == pytest.approx(decode_bytes(None, 544, 704) / 4, rel=1e-6)
+    peaks = [decode_bytes(tiling, 544, 704) for tiling in DECODE_PEAK_GIB_640]
+    assert peaks == sorted(peaks, reverse=True)  # fastest first, each smaller than the one before
+
+
+@pytest.mark.parametrize(
+    ("room_gib", "size", "tiling"),
+    [
+        (40, (544, 704), None),  # 48 GiB GPU: whole frames
+        (19, (544, 704), None),
+        (18, (544, 704), (256, 192)),  # just short of a whole-frame decode
+        (5.9, (544, 704), (256, 192)),  # 12 and 24 GiB GPUs
+        (4.0, (544, 704), (256, 192)),  # 6 GiB
+        (2.0, (544, 704), (192, 144)),  # 4 GiB
+        (1.0, (544, 704), (128, 96)),
+        (0.1, (544, 704), (128, 96)),  # nothing fits: the least the decode runs in
+        (6.0, (208, 480), None),  # a small request's whole frames fit where a 640 one's do not
+    ],
+)
+def test_the_decode_takes_the_fastest_tiling_that_fits(room_gib, size, tiling):
+    assert decode_tiling(int(room_gib * GIB), *size) == tiling
+
+
+def test_the_decode_has_the_budget_less_what_stays_on_the_gpu():
+    plan = plan_residency(int(46.5 * GIB), SIZES, WORKING)
+    held = plan.resident_blocks
+    expected = plan.budget - sum(SIZES.blocks[:held]) - SIZES.vae
+    assert decode_room(plan, SIZES, held) == expected
+    assert decode_room(plan, SIZES, held - 10) > expected  # fewer blocks held, more room
+    assert decode_tiling(decode_room(plan, SIZES, held), 544, 704) is None
 
 
 def test_a_larger_working_set_holds_fewer_blocks():
@@ -80,7 +137,7 @@ def test_a_request_keeps_the_setup_placement_of_the_vae_and_encoders():
     setup = plan_residency(48 * GIB, SIZES, WORKING)
     assert setup.all_blocks_resident and setup.vae_resident
     assert blocks_for_working_set(setup, SIZES, WORKING) == len(SIZES.blocks)
-    assert blocks_for_working_set(setup, SIZES, 3 * WORKING) < len(SIZES.blocks)  # a larger request
+    assert blocks_for_working_set(setup, SIZES, 6 * WORKING) < len(SIZES.blocks)  # a larger request
     partial = plan_residency(16 * GIB, SIZES, WORKING)
     assert blocks_for_working_set(partial, SIZES, WORKING) == partial.resident_blocks
     assert blocks_for_working_set(partial, SIZES, WORKING // 2) > partial.resident_blocks

@@ -289,3 +289,39 @@ def test_held_blocks_fit_each_request_size(tiny_models):
         memory.make_resident(models, "original", plan, size)
         assert streamer.resident_blocks == held and (streamer._held is not None) == (held > 0)
         assert torch.equal(generate(request, models).video_latents, resident.video_latents), size
+
+
+def test_encoders_that_visit_whole_give_the_resident_video(tiny_models):
+    """Encoders placed with `Residency.encoders_visit` come to the device in one copy per call, their inputs
+    moved with them: the same embeddings, so the same video."""
+    request = build_request({**REQUEST, "use_teacache": False})
+    encoders = ("text_encoder", "text_encoder_2", "image_encoder")
+    resident = generate(
+        request, dataclasses.replace(tiny_models, **{name: _packed(getattr(tiny_models, name)) for name in encoders})
+    )
+    visiting = {name: copy.deepcopy(getattr(tiny_models, name)) for name in encoders}
+    for module in visiting.values():
+        streaming.OnDeviceWhileCalled(module, CPU, ("forward",), pin=False)
+    ours = generate(request, dataclasses.replace(tiny_models, **visiting))
+    assert torch.equal(ours.video_latents, resident.video_latents)
+    for module in visiting.values():  # back in their host buffers between calls
+        assert all(_in_buffer(t, module._framepack_on_device.host.buffer) for t in module.parameters())
+
+
+def test_the_vae_decodes_whole_frames_where_the_budget_holds_them(tiny_models):
+    """Per request, the VAE gets the fastest spatial tiling whose decode fits beside what stays on the GPU."""
+    from framepack.residency import GIB, plan_residency
+
+    model, streamer = _streamed(tiny_models.transformers["original"], resident_blocks=1)
+    vae = copy.deepcopy(tiny_models.vae)
+    models = dataclasses.replace(
+        tiny_models, vae=vae, transformers={"original": model}, streamers={"original": streamer}
+    )
+    budget = 10 * GIB  # whole frames of a 320-family request fit (4.9 GiB); a 640 one's (19.5 GiB) do not
+    models.residency = plan_residency(budget, memory.model_sizes(models))
+    plan = MemoryPlan("low", "test", budget_gib=10.0)
+    for size, tiling in (((208, 480, 9), None), ((416, 960, 9), (256, 192)), ((208, 480, 9), None)):
+        memory.make_resident(models, "original", plan, size)
+        assert models.decode_tiling == tiling
+        assert vae.use_tiling == (tiling is not None)
+    assert (vae.tile_sample_min_height, vae.tile_sample_stride_width) == (256, 192)  # as the 640 request left it
