@@ -61,12 +61,16 @@ class AdaptiveEngines:
         self.engine = None
 
     def for_cap(self, cap: float, size: tuple[int, int, int]):
-        """Models placed for a GPU of `cap` GiB, their blocks fitted to a request of `size`; the cap is not set."""
+        """Models placed for a GPU of `cap` GiB, their blocks fitted to a request of `size`. A reused engine is
+        re-fitted under the cap; a fresh one loads without it (the caller sets it for the run)."""
         budget = max(cap - RESERVED_GIB, 0.0)
         if self.engine is not None and self.engine.plan.mode == "low":
             setup = residency.plan_residency(int(budget * residency.GIB), memory.model_sizes(self.engine.models))
             placed = self.engine.models.residency
             if _placement(setup) == _placement(placed):
+                # This cap, not the smaller one before it, bounds the blocks now copied in (on the H200 the 12 GiB
+                # cap's 4.4 GiB of held blocks failed under the 4 GiB cap still set).
+                _limit_gpu_memory(self.device, cap)
                 self.engine.models.residency = setup
                 plan = memory.MemoryPlan("low", f"cap {cap:g} GiB", budget_gib=budget)
                 memory.make_resident(self.engine.models, "original", plan, size)
