@@ -106,7 +106,7 @@ def _weights_visiting(block: torch.nn.Module, device: torch.device | None):
     a kernel library's module).
     """
     tensors = [*block.parameters(), *block.buffers()]
-    if device is None or tensors[0].device.type == device.type:
+    if device is None or not tensors or tensors[0].device.type == device.type:
         yield
         return
     kept = [tensor.data for tensor in tensors]

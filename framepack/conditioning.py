@@ -21,6 +21,7 @@ from .errors import InvalidInput
 from .models import FramePackModels
 from .planner import pixel_frames
 from .request import GenerationRequest
+from .streaming import weights_on_device
 from .transformer import TextInputs
 from .variants import StartSlots, variant_named
 
@@ -343,13 +344,17 @@ def encode_conditioning(
     crop_start = template_crop_start(models.tokenizer)
     encoders = (models.text_encoder, models.text_encoder_2, models.tokenizer, models.tokenizer_2)
     embeddings = {}
-    for prompt in dict.fromkeys([request.prompt, *prompt_plan.prompts]):
-        embeddings[prompt] = encode_prompt(prompt, *encoders, crop_start)
+    # Text encoders that visit the GPU (low-VRAM mode) come in once for all the prompts, not once a prompt.
+    with weights_on_device(models.text_encoder), weights_on_device(models.text_encoder_2):
+        for prompt in dict.fromkeys([request.prompt, *prompt_plan.prompts]):
+            embeddings[prompt] = encode_prompt(prompt, *encoders, crop_start)
+        negative = None
+        if request.cfg_scale != 1.0:
+            negative = encode_prompt(request.negative_prompt, *encoders, crop_start)
     positive = embeddings[request.prompt]
     record("prompt_embeds", positive.embeds)
     record("pooled_prompt_embeds", positive.pooled)
-    if request.cfg_scale != 1.0:
-        negative = encode_prompt(request.negative_prompt, *encoders, crop_start)
+    if negative is not None:
         record("negative_prompt_embeds", negative.embeds)
         record("negative_pooled_prompt_embeds", negative.pooled)
     else:

@@ -115,9 +115,9 @@ class SectionDecoder:
 
     With `background`, each decode runs in one worker thread (on its own CUDA stream on a GPU) while the caller
     goes on; at most one decode is in flight, and a failed decode raises from the next `submit` or `finish`.
-    With `reuse_tiles` (the VAE resident where it runs), temporal tiles shared with the previous section's
-    decode are not decoded again (`tiled_decode.py`); in the background, the next decode's tiles that are known
-    already are decoded ahead too. The pixels are the same either way.
+    With `reuse_tiles` (the VAE resident on the execution device, or visiting it for each decode), temporal tiles
+    shared with the previous section's decode are not decoded again (`tiled_decode.py`); in the background, the
+    next decode's tiles that are known already are decoded ahead too. The pixels are the same either way.
     Timings: "decode" is the time the caller spends decoding or waiting for a decode, "decode_in_background"
     the worker's decode time. Use as a context manager: leaving it waits for a decode still running.
     """
@@ -170,7 +170,8 @@ class SectionDecoder:
 
     def _decode_in_background(self, latents: torch.Tensor, upcoming: UpcomingDecode | None) -> None:
         stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
-        with self.progress.stage("decode_in_background"), stream:
+        # One visit of a streamed VAE covers the decode and the tiles decoded ahead.
+        with self.progress.stage("decode_in_background"), stream, weights_on_device(self.vae):
             self._decode(latents)
             if upcoming is not None and self.tiles is not None:
                 self.tiles.prefetch(upcoming.window_latents, upcoming.offset, upcoming.known)

@@ -29,6 +29,7 @@ MEMORY_MODE_ENV = ENV["memory_mode"]
 HIGH_VRAM_MIN_GIB = 60.0
 # Room to keep a second transformer variant resident as well.
 BOTH_VARIANTS_MIN_GIB = 100.0
+ALLOCATOR_CONF_ENV = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
 # Left out of an automatic budget: the CUDA context, cuBLAS workspaces and allocator fragmentation.
 RESERVED_GIB = 1.5
 
@@ -124,7 +125,8 @@ def apply_low_vram(
 ) -> residency.Residency:
     """Install streaming on models loaded on the host; their weights stay in one page-locked copy there.
 
-    The Llama, CLIP and SigLIP stream block by block (diffusers group offloading). The
+    The Llama, CLIP and SigLIP stream block by block (diffusers group offloading), or, where the plan says they
+    fit beside the held blocks, come to the GPU whole for each call (`streaming.OnDeviceWhileCalled`). The
     transformer's blocks stream through two GPU slots (`streaming.BlockStreamer`): the staged forward calls
     blocks directly, which diffusers' prefetching (it learns the order from the root forward) never sees.
     The VAE is on the GPU only inside encode and decode. With `budget_gib`, what fits stays resident instead
@@ -167,7 +169,9 @@ def apply_low_vram(
 def set_decode_tiling(vae, tiling: tuple[int, int] | None) -> None:
     """Decode whole frames (None) or in square spatial tiles of (tile, stride) pixels, as `residency.decode_tiling`
     chose. Tiles give slightly different pixels than whole frames; the reference tiles in low-VRAM mode, with
-    diffusers' default (256, 192)."""
+    diffusers' default (256, 192). The VAE's encode follows the same setting (diffusers has one switch); it runs
+    before sampling, in the same room, on 17-frame chunks as a decode makes 17-frame tiles, with one layer fewer
+    per block than the decoder (diffusers' code; its peak was not measured)."""
     if tiling is None:
         vae.disable_tiling()
         return
@@ -194,14 +198,14 @@ def _quantize_for_streaming(models, device: torch.device) -> None:
 
 
 def grow_segments_in_place() -> None:
-    """Let the CUDA caching allocator grow segments in place (`expandable_segments`) unless
-    PYTORCH_CUDA_ALLOC_CONF already says how to allocate.
+    """Let the CUDA caching allocator grow segments in place (`expandable_segments`), unless the environment's
+    allocator configuration (PYTORCH_ALLOC_CONF or PYTORCH_CUDA_ALLOC_CONF) already decides it. Process-wide.
 
     Low-VRAM mode alternates between sampling (slots, activations) and decoding (VAE tiles), whose blocks have
     different sizes: with fixed segments the freed ones fragment, and under a 4 GiB cap a 202 MiB allocation failed
     with 0.75 GiB free in pieces (BENCHMARKS.md). Applies to segments allocated from now on.
     """
-    if "expandable_segments" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""):
+    if any("expandable_segments" in os.environ.get(name, "") for name in ALLOCATOR_CONF_ENV):
         return
     # The accelerator-wide name is the current one (torch 2.13 warns on the CUDA one); older torch has only that.
     configure = getattr(torch._C, "_accelerator_setAllocatorSettings", None)

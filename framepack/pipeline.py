@@ -60,9 +60,9 @@ class GenerationOptions:
     runner: wraps the transformer (PackedTransformer; the benchmark swaps in the stock forward).
     background_decode: decode each section while the next one samples (`decoding.py`); None decides by the free
         GPU memory, False decodes in line as the reference does.
-    reuse_decoded_tiles: do not decode again the VAE tiles two sections share, where the VAE is resident
-        (`tiled_decode.py`); False decodes each section whole, as the reference does. The frames are the same
-        either way.
+    reuse_decoded_tiles: do not decode again the VAE tiles two sections share, where the VAE decodes on the
+        execution device, resident or visiting (`tiled_decode.py`); False decodes each section whole, as the
+        reference does. The frames are the same either way.
     on_frames: F1 only, which generates forwards: called with each run of final uint8 frames (T, H, W, 3), in
         video order, as soon as it is final (from the decode's thread), so the MP4 can be encoded while later
         sections sample. The frames after those handed over are final only when `generate` returns (the last

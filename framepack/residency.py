@@ -34,7 +34,8 @@ REFERENCE_SIZE = (416, 960, 9)
 # GPU memory one 5-latent window's VAE decode (17 frames at 544x704) needs beyond its input, by spatial tiling
 # (tile, stride) in pixels, None for whole frames; fastest first. H200, `vae_decode_peaks` in the low-VRAM
 # benchmark (BENCHMARKS.md "Memory budgets"), where a window took 0.36 s whole, 0.61 s in 256-pixel tiles (the
-# reference's low-VRAM tiling, diffusers' default), 0.65 s in 192 and 0.9 to 1.1 s in 128.
+# reference's low-VRAM tiling, diffusers' default), 0.65 s in 192 and 0.9 to 1.1 s in 128. (decoding.DECODE_GIB_640,
+# 20.8 GiB, is another quantity: what a background decode added to the peak beside sampling, on an H100.)
 DECODE_PEAK_GIB_640 = {None: 16.3, (256, 192): 2.84, (192, 144): 1.62, (128, 96): 0.76}
 _PIXELS_640 = 544 * 704
 # Allocator fragmentation and longer windows' bookkeeping (the same margin as the background-decode plan).

@@ -15,7 +15,8 @@ block's copy then hides behind their compute, and fewer bytes cross the host lin
 weights are the device copy (a LoRA merges into it); their host copy stays as loaded, so `drop` only re-points.
 Everything outside the blocks (embedders, token refiner, output head: about 0.8 GB) is on the GPU only between
 `begin()` and `end()`, i.e. while a section samples. `OnDeviceWhileCalled` does the same for a whole module
-around some of its methods (the VAE's encode and decode). On the CPU the same bookkeeping runs with plain copies,
+around some of its methods or a `session` (the VAE around a section's decode, encoders around their forward).
+On the CPU the same bookkeeping runs with plain copies,
 which is what the tests check.
 """
 
@@ -26,6 +27,7 @@ import functools
 import logging
 import math
 import mmap
+import threading
 import time
 import weakref
 from contextlib import contextmanager, nullcontext
@@ -158,6 +160,7 @@ class OnDeviceWhileCalled:
         self.device = device
         self.host = HostWeights([module], pin)
         self._depth = 0
+        self._lock = threading.Lock()  # a decode thread and the caller may open sessions
         for name in methods:
             setattr(module, name, self._wrap(getattr(module, name)))
         module._framepack_on_device = self  # found by `weights_on_device`
@@ -169,15 +172,17 @@ class OnDeviceWhileCalled:
     def session(self):
         """The weights are on the device inside this context (copied in once, however deeply it nests)."""
         group = self.host.groups[0]
-        if self._depth == 0:
-            self.host.onto_device([group], self.device, non_blocking=True)  # the views keep the buffer alive
-        self._depth += 1
+        with self._lock:
+            if self._depth == 0:
+                self.host.onto_device([group], self.device, non_blocking=True)  # the views keep the buffer alive
+            self._depth += 1
         try:
             yield
         finally:
-            self._depth -= 1
-            if self._depth == 0:
-                group.point_to(group.host)
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    group.point_to(group.host)
 
     def _wrap(self, method):
         @functools.wraps(method)

@@ -91,7 +91,9 @@ class TileDecoder:
     """Decodes (1, 16, T, h, w) latents (as sampled) as `vae.decode` does, keeping the last decode's tiles.
 
     Tiles are found again by their latents (compared exactly), so any two decodes may share them. The kept
-    pixels stay on the VAE's device: 17 frames at 544x704 take 39 MB per tile. The VAE must be resident there.
+    pixels stay where the VAE decodes, between decodes too: 17 frames at 544x704 take 39 MB per tile, up to 7
+    tiles (the working set's fixed part holds them; a 4 GiB GPU decoded so). The VAE's weights must be on its
+    execution device while `decode` and `prefetch` run: resident, or inside a `streaming.weights_on_device` visit.
     `decoded`, `reused` and `prefetched` count tiles.
     """
 

@@ -129,9 +129,11 @@ def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path, re
     assert torch.equal(generate(request, models).video_latents, streamed.video_latents)
 
 
-def test_a_streamed_vae_decodes_each_section_in_one_visit_and_reuses_shared_tiles(tiny_models):
+@pytest.mark.parametrize("background", [False, True])
+def test_a_streamed_vae_decodes_each_section_in_one_visit_and_reuses_shared_tiles(tiny_models, background):
     """The VAE's weights come to the device once per section decode (not per call), so tiles two sections share
-    are decoded once, as with a resident VAE, and the frames equal the reference's whole-section decode."""
+    are decoded once, as with a resident VAE, and the frames equal the reference's whole-section decode. In the
+    background the tiles decoded ahead for the next section use the same visit."""
     from framepack.pipeline import GenerationOptions
     from framepack.progress import ProgressReporter
 
@@ -144,18 +146,22 @@ def test_a_streamed_vae_decodes_each_section_in_one_visit_and_reuses_shared_tile
     vae = copy.deepcopy(tiny_models.vae)
     streaming.OnDeviceWhileCalled(vae, CPU, ("encode", "decode"), pin=False)
     assert streaming.streams_weights(vae) and not streaming.streams_weights(tiny_models.vae)
-    visits = []
-    vae.decoder.register_forward_pre_hook(lambda module, _: visits.append(module.conv_in.conv.weight.data_ptr()))
+    used_weights = []
+    vae.decoder.register_forward_pre_hook(lambda module, _: used_weights.append(module.conv_in.conv.weight.data_ptr()))
+    visits = _count_visits(vae)
     lines: list[str] = []
     progress = ProgressReporter(request.num_sections, 2, write=lines.append)
-    ours = generate(request, dataclasses.replace(tiny_models, vae=vae), progress=progress)
+    options = GenerationOptions(background_decode=background)
+    ours = generate(request, dataclasses.replace(tiny_models, vae=vae), progress=progress, options=options)
     assert torch.equal(ours.frames, reference.frames)
+    assert any("ahead of their section" in line and "(0 ahead" not in line for line in lines) == background
     tile_lines = [line for line in lines if line.startswith("VAE decode:") and "reused" in line]
     assert tile_lines and not tile_lines[0].endswith(" 0 reused"), tile_lines
+    assert len(visits) == 1 + request.num_sections  # the start image's encode, then one visit per section
     host = vae._framepack_on_device.host
     assert all(_in_buffer(t, host.buffer) for t in vae.parameters())  # back on the host after each decode
-    assert len(visits) > request.num_sections  # several tiles a section, each from the visiting copy
-    assert not any(_in_buffer_at(ptr, host.buffer) for ptr in visits)
+    assert len(used_weights) > request.num_sections  # several tiles a section, each from the visiting copy
+    assert not any(_in_buffer_at(ptr, host.buffer) for ptr in used_weights)
 
 
 def _in_buffer_at(pointer: int, buffer: torch.Tensor) -> bool:
@@ -291,21 +297,43 @@ def test_held_blocks_fit_each_request_size(tiny_models):
         assert torch.equal(generate(request, models).video_latents, resident.video_latents), size
 
 
+def _count_visits(module) -> list[int]:
+    """A list that grows by one each time `module`'s `OnDeviceWhileCalled` copies its weights in."""
+    host, visits = module._framepack_on_device.host, []
+    onto_device = host.onto_device
+
+    def counted(*args, **kwargs):
+        visits.append(1)
+        return onto_device(*args, **kwargs)
+
+    host.onto_device = counted
+    return visits
+
+
 def test_encoders_that_visit_whole_give_the_resident_video(tiny_models):
-    """Encoders placed with `Residency.encoders_visit` come to the device in one copy per call, their inputs
-    moved with them: the same embeddings, so the same video."""
-    request = build_request({**REQUEST, "use_teacache": False})
+    """Encoders placed with `Residency.encoders_visit` come to the device in one copy, their inputs moved with
+    them: the same embeddings, so the same video. The text encoders come in once for all of a request's prompts
+    (here the prompt and, with real CFG, the negative one)."""
+    request = build_request({**REQUEST, "use_teacache": False, "cfg_scale": 2.0, "negative_prompt": "blur"})
     encoders = ("text_encoder", "text_encoder_2", "image_encoder")
     resident = generate(
         request, dataclasses.replace(tiny_models, **{name: _packed(getattr(tiny_models, name)) for name in encoders})
     )
     visiting = {name: copy.deepcopy(getattr(tiny_models, name)) for name in encoders}
+    used_weights = []
     for module in visiting.values():
         streaming.OnDeviceWhileCalled(module, CPU, ("forward",), pin=False)
+        first = next(module.parameters())  # its own module runs inside the wrapped forward
+        owner = next(m for m in module.modules() if any(p is first for p in m.parameters(recurse=False)))
+        owner.register_forward_pre_hook(lambda _module, _args, first=first: used_weights.append(first.data_ptr()))
+    visits = {name: _count_visits(module) for name, module in visiting.items()}
     ours = generate(request, dataclasses.replace(tiny_models, **visiting))
     assert torch.equal(ours.video_latents, resident.video_latents)
-    for module in visiting.values():  # back in their host buffers between calls
-        assert all(_in_buffer(t, module._framepack_on_device.host.buffer) for t in module.parameters())
+    assert {name: len(count) for name, count in visits.items()} == dict.fromkeys(encoders, 1)
+    buffers = [module._framepack_on_device.host.buffer for module in visiting.values()]
+    assert used_weights and not any(_in_buffer_at(ptr, buffer) for ptr in used_weights for buffer in buffers)
+    for module, buffer in zip(visiting.values(), buffers):  # back in their host buffers between calls
+        assert all(_in_buffer(t, buffer) for t in module.parameters())
 
 
 def test_the_vae_decodes_whole_frames_where_the_budget_holds_them(tiny_models):
