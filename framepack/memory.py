@@ -96,7 +96,8 @@ def model_sizes(models) -> residency.ModelSizes:
         transformer_other=_bytes(transformer) - _bytes(*blocks),
         vae=_bytes(models.vae),
         encoders=_bytes(*encoders),
-        largest_encoder=max(_bytes(encoder) for encoder in encoders),
+        # The two text encoders visit together (one visit for all prompts), the image encoder alone.
+        encoders_at_once=max(_bytes(models.text_encoder, models.text_encoder_2), _bytes(models.image_encoder)),
     )
 
 

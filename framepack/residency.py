@@ -9,8 +9,8 @@ resident blocks' compute. `plan_residency` fills the budget in order of use per 
 2. transformer blocks, the first ones first (used 2 * steps * sections times per request);
 3. the VAE (used once per section) when all blocks fit; then room for decoding whole frames (1.7x faster than
    in tiles, `decode_tiling`); then the text and image encoders (used once per request). Encoders that are not
-   resident visit the GPU in one copy for their call where the budget holds the largest beside the held blocks
-   (`Residency.encoders_visit`), and otherwise stream layer by layer.
+   resident visit the GPU in one copy for their calls where the budget holds them beside the held blocks (the
+   Llama and CLIP together, then SigLIP: `Residency.encoders_visit`), and otherwise stream layer by layer.
 If every block fits, the slots are not needed and that room goes to the next items.
 
 Sizes are bytes. Shapes of nothing: this module does no tensor work.
@@ -88,11 +88,11 @@ class ModelSizes:
     transformer_other: int
     vae: int
     encoders: int  # Llama, CLIP and SigLIP together
-    largest_encoder: int = 0  # the Llama; 0: all of `encoders`
+    encoders_at_once: int = 0  # the most on the GPU at once when they visit (Llama and CLIP); 0: all of them
 
     @property
-    def largest_encoder_bytes(self) -> int:
-        return self.largest_encoder or self.encoders
+    def visiting_bytes(self) -> int:
+        return self.encoders_at_once or self.encoders
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def plan_residency(budget: int, sizes: ModelSizes, working_set: int = WORKING_SE
         streamed_bytes_per_forward=sum(sizes.blocks[resident:]),
         budget=budget,
         working_set=working_set,
-        encoders_visit=not encoders_resident and sizes.largest_encoder_bytes <= beside_encoders,
+        encoders_visit=not encoders_resident and sizes.visiting_bytes <= beside_encoders,
     )
 
 
