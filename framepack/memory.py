@@ -149,7 +149,7 @@ def apply_low_vram(
     for module in (models.text_encoder, models.text_encoder_2, models.image_encoder):
         if plan.encoders_resident:
             module.to(device)
-        elif plan.encoders_visit:  # one copy in per call: 15 GiB of Llama take 0.3 s at 55 GB/s
+        elif plan.encoders_visit:  # one copy in per request (0.3 s for the Llama at 55 GB/s), not per layer
             streaming.OnDeviceWhileCalled(module, device, ("forward",), pin=True)
         else:
             _stream_encoder(module, device)
