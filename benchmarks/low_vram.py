@@ -206,25 +206,18 @@ def _alloc_retries(device: torch.device) -> int:
     return torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0
 
 
-# Spatial tilings of the VAE decode to measure: (tile, stride) in pixels; None decodes whole frames.
-DECODE_TILINGS = (None, (256, 192), (192, 144), (128, 96))
-
-
 @torch.no_grad()
 def vae_decode_peaks(vae, size: tuple[int, int], device: torch.device) -> dict:
     """GPU memory one 5-latent tile (17 frames) of a `size` decode needs beyond its input, and its time, for each
-    spatial tiling in `DECODE_TILINGS`: the working set the low-VRAM placement keeps room for. The VAE must be
-    resident on `device`; its tiling settings are restored."""
+    spatial tiling the low-VRAM placement chooses from (`residency.DECODE_PEAK_GIB_640`, whose numbers this
+    measures). The VAE must be resident on `device`; its tiling settings are restored."""
     height, width = size
     latents = torch.randn(1, 16, 5, height // 8, width // 8, device=device, dtype=vae.dtype)
     saved = {name: getattr(vae, name) for name in _TILING_ATTRIBUTES}
     peaks = {}
     try:
-        for tiling in DECODE_TILINGS:
-            if tiling is not None:
-                tile, stride = tiling
-                vae.tile_sample_min_height = vae.tile_sample_min_width = tile
-                vae.tile_sample_stride_height = vae.tile_sample_stride_width = stride
+        for tiling in residency.DECODE_PEAK_GIB_640:
+            memory.set_decode_tiling(vae, tiling)
 
             def decode(tiled=tiling is not None):
                 return vae.tiled_decode(latents).sample if tiled else vae.decoder(vae.post_quant_conv(latents))
@@ -249,6 +242,7 @@ def vae_decode_peaks(vae, size: tuple[int, int], device: torch.device) -> dict:
 
 
 _TILING_ATTRIBUTES = (
+    "use_tiling",
     "tile_sample_min_height",
     "tile_sample_min_width",
     "tile_sample_stride_height",
