@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from framepack.outputs import generate_video
 from framepack.pipeline import GenerationOptions
 from framepack.progress import ProgressReporter
 from framepack.request import build_request
@@ -23,7 +22,7 @@ PROMPT = "A person dances in a sunlit room."
 
 
 def end_to_end(
-    models,
+    engine,
     image: Path,
     size: tuple[int, int],
     runner,
@@ -36,7 +35,8 @@ def end_to_end(
     on_step=None,
     record=None,
 ) -> dict:
-    """One generation and its MP4, timed per stage; reports the run's peak GPU memory.
+    """One generation and its MP4 on `engine` (`Engine.generate`), timed per stage; reports the run's peak GPU
+    memory.
 
     `our_decode`: in the background where memory allows, shared tiles decoded once, and F1's MP4 encoded as its
     frames become final; else as the reference decodes (in line, each section whole) and encodes (at the end).
@@ -66,19 +66,18 @@ def end_to_end(
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    result = generate_video(
+    result = engine.generate(
         request,
-        models,
         image.with_name("output.mp4"),
         progress=progress,
-        record=record,
         options=GenerationOptions(
             runner=runner,
             background_decode=None if our_decode else False,
             reuse_decoded_tiles=our_decode,
             on_step=on_step,
+            record=record,
+            encode_while_sampling=our_decode,
         ),
-        stream=our_decode,
     )
     return {
         "total": time.perf_counter() - started,
@@ -96,7 +95,7 @@ def end_to_end(
 class EndToEndRuns:
     """Named end-to-end runs of one request, each added to `report["e2e"]` and saved to `out` as it finishes."""
 
-    models: object
+    engine: object
     image: Path
     size: tuple[int, int]
     device: torch.device
@@ -109,7 +108,7 @@ class EndToEndRuns:
 
     def run(self, name: str, runner, teacache: bool, our_decode: bool = False) -> dict:
         self.results[name] = end_to_end(
-            self.models,
+            self.engine,
             self.image,
             self.size,
             runner,
@@ -129,7 +128,7 @@ class EndToEndRuns:
     def warm_up(self, key: str, runner, our_decode: bool) -> None:
         """One untimed 1-step generation: first-use costs (compilation, kernel choice) are not charged to a run."""
         started = time.perf_counter()
-        end_to_end(self.models, self.image, self.size, runner, False, 1.0, 1, self.device, our_decode, self.variant)
+        end_to_end(self.engine, self.image, self.size, runner, False, 1.0, 1, self.device, our_decode, self.variant)
         self.report[key] = time.perf_counter() - started
 
     def compare_reference_decode(self, suffix: str, runner, teacache: bool) -> None:
@@ -161,7 +160,7 @@ def preview_cost(runs: EndToEndRuns, rounds: int = 2) -> dict:
 
     def sampling_seconds(**hooks) -> float:  # our loop, our decode, TeaCache off
         return end_to_end(
-            runs.models, runs.image, runs.size, PackedTransformer, False, runs.seconds, runs.steps, runs.device,
+            runs.engine, runs.image, runs.size, PackedTransformer, False, runs.seconds, runs.steps, runs.device,
             True, runs.variant, **hooks,
         )["sampling"]  # fmt: skip
 

@@ -61,7 +61,7 @@ class AdaptiveEngines:
         self.engine = None
 
     def for_cap(self, cap: float, size: tuple[int, int, int]):
-        """Models placed for a GPU of `cap` GiB, their blocks fitted to a request of `size`. A reused engine is
+        """The engine placed for a GPU of `cap` GiB, its blocks fitted to a request of `size`. A reused engine is
         re-fitted under the cap; a fresh one loads without it (the caller sets it for the run)."""
         budget = max(cap - RESERVED_GIB, 0.0)
         if self.engine is not None and self.engine.plan.mode == "low":
@@ -73,15 +73,16 @@ class AdaptiveEngines:
                 _limit_gpu_memory(self.device, cap)
                 self.engine.models.residency = setup
                 plan = memory.MemoryPlan("low", f"cap {cap:g} GiB", budget_gib=budget)
+                self.engine = dataclasses.replace(self.engine, plan=plan)
                 memory.make_resident(self.engine.models, "original", plan, size)
-                return self.engine.models
+                return self.engine
         self.engine = None  # nothing else may hold the models: their GPU memory is freed before the next load
         gc.collect()
         _limit_gpu_memory(self.device, None)
         config = engine_config(self.weights, self.device, self.dtype, f"{budget:g}", self.fp8)
         self.engine = load_engine(config)
         memory.make_resident(self.engine.models, "original", self.engine.plan, size)
-        return self.engine.models
+        return self.engine
 
 
 def _placement(plan: residency.Residency) -> tuple[bool, bool, bool]:
@@ -125,7 +126,7 @@ def low_vram(
     engines = AdaptiveEngines(weights, device, dtype, low_fp8) if adaptive else None
     if adaptive:
         runs = sorted(runs, key=lambda run: run[0])
-    models = None if adaptive else load_engine(engine_config(weights, device, dtype, "low", low_fp8)).models
+    engine = None if adaptive else load_engine(engine_config(weights, device, dtype, "low", low_fp8))
     results: dict = {
         "host_rss_before_loading_gib": current_rss_gib(),  # the libraries, before any weight is read
         "host_peak_rss_after_placement_gib": peak_rss_gib(),
@@ -136,15 +137,16 @@ def low_vram(
     for cap, seconds, steps in runs:
         key = run_key(cap, seconds, steps)
         if adaptive:
-            models = None
-            models = engines.for_cap(cap, (*size, 9))
+            engine = None
+            engine = engines.for_cap(cap, (*size, 9))
+        models = engine.models
         results.setdefault("weights_gib", _weights_gib(models))
         results.setdefault("host_peak_rss_after_loading_gib", peak_rss_gib())
         _limit_gpu_memory(device, cap)
         timings = _collect_stream_timings(models)
         retries = _alloc_retries(device)
         try:
-            low = end_to_end(models, image, size, PackedTransformer, False, seconds, steps, device, adaptive)
+            low = end_to_end(engine, image, size, PackedTransformer, False, seconds, steps, device, adaptive)
             run = {k: v for k, v in low.items() if k not in ("latents", "pixels")}
             low_latents[key] = low["latents"]
         except torch.OutOfMemoryError as error:
@@ -163,15 +165,15 @@ def low_vram(
     results["host_peak_rss_low_gib"] = peak_rss_gib()
     results["host_rss_over_weights"] = results["host_peak_rss_low_gib"] / results["weights_gib"]
 
-    del models, engines
+    del models, engine, engines
     gc.collect()
     _limit_gpu_memory(device, None)
-    models = load_engine(engine_config(weights, device, dtype, "high")).models
+    engine = load_engine(engine_config(weights, device, dtype, "high"))
     warm = time.perf_counter()  # compile for this prompt's length once, outside the timed runs
-    end_to_end(models, image, size, PackedTransformer, False, 1.0, 1, device)
+    end_to_end(engine, image, size, PackedTransformer, False, 1.0, 1, device)
     results["high_warmup_s"] = time.perf_counter() - warm
     for seconds, steps in dict.fromkeys((seconds, steps) for _, seconds, steps in runs):
-        high = end_to_end(models, image, size, PackedTransformer, False, seconds, steps, device, adaptive)
+        high = end_to_end(engine, image, size, PackedTransformer, False, seconds, steps, device, adaptive)
         baseline = {k: v for k, v in high.items() if k not in ("latents", "pixels")}
         if cuda:
             baseline["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
@@ -186,7 +188,7 @@ def low_vram(
             run["sampling_ratio_vs_high"] = run["sampling"] / baseline["sampling"]
         save(results)
     if cuda:
-        results["vae_decode_peaks"] = vae_decode_peaks(models.vae, size, device)
+        results["vae_decode_peaks"] = vae_decode_peaks(engine.models.vae, size, device)
         save(results)
     print(table(results), flush=True)
     return results

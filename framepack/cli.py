@@ -23,10 +23,10 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ATTENTION_CHOICES, COMPILE_MODES, DTYPES, EngineConfig
+from .config import ATTENTION_CHOICES, COMPILE_MODES, DTYPES, MODEL_VARIANTS, EngineConfig
 from .errors import InvalidInput
 from .logs import configure_logging
-from .request import INPUT_SPECS, MODEL_VARIANTS, GenerationRequest, build_request, parse_text_value
+from .request import INPUT_SPECS, GenerationRequest, build_request, parse_text_value
 from .weights import CheckpointMismatch, MissingWeights, check_weights
 
 logger = logging.getLogger(__name__)
@@ -239,15 +239,13 @@ def run_predict(args: argparse.Namespace) -> Path:
     check_weights(config.weights_dir, config.variants)
 
     from .engine import load_engine
-    from .outputs import generate_video, save_tensor_dump
-    from .pipeline import TensorRecorder
+    from .outputs import save_tensor_dump
+    from .pipeline import GenerationOptions, TensorRecorder
 
-    logger.info("seed %d", request.seed)
     engine = load_engine(config)
     recorder = TensorRecorder(args.dump_tensors is not None)
     try:
-        options = engine.generation_options()
-        result = generate_video(request, engine.models, args.output, record=recorder, options=options)
+        result = engine.generate(request, args.output, options=GenerationOptions(record=recorder))
     finally:
         engine.close()
     if args.dump_tensors is not None:
@@ -257,7 +255,6 @@ def run_predict(args: argparse.Namespace) -> Path:
 
 def run_download(args: argparse.Namespace) -> Path:
     """Fetch whatever is missing for the chosen variants, then check the transformer checkpoints."""
-    from .request import MODEL_VARIANTS
     from .weights import prepare_weights
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())

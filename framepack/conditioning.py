@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from . import continuation, controls
 from .errors import InvalidInput
 from .models import FramePackModels
-from .planner import pixel_frames
+from .planner import output_size, pixel_frames
 from .request import GenerationRequest
 from .streaming import weights_on_device
 from .transformer import TextInputs
@@ -43,42 +43,6 @@ PROMPT_TEMPLATE = (
 MAX_PROMPT_TOKENS = 256
 PADDED_PROMPT_TOKENS = 512
 CLIP_MAX_TOKENS = 77
-
-# (height, width) buckets of the reference's 640 family.
-BUCKETS_640 = (
-    (416, 960),
-    (448, 864),
-    (480, 832),
-    (512, 768),
-    (544, 704),
-    (576, 672),
-    (608, 640),
-    (640, 608),
-    (672, 576),
-    (704, 544),
-    (768, 512),
-    (832, 480),
-    (864, 448),
-    (960, 416),
-)
-
-
-def bucket_table(resolution: int = 640) -> tuple[tuple[int, int], ...]:
-    """Buckets of a resolution family: the 640 table exactly, other families scaled to multiples of 16."""
-    if resolution == 640:
-        return BUCKETS_640
-    scale = resolution / 640
-    return tuple((max(16, round(h * scale / 16) * 16), max(16, round(w * scale / 16) * 16)) for h, w in BUCKETS_640)
-
-
-def nearest_bucket(height: int, width: int, resolution: int = 640) -> tuple[int, int]:
-    """The bucket minimising |H * bw - W * bh|; ties go to the later table entry, as in the reference."""
-    best, best_metric = None, float("inf")
-    for bucket_h, bucket_w in bucket_table(resolution):
-        metric = abs(height * bucket_w - width * bucket_h)
-        if metric <= best_metric:
-            best, best_metric = (bucket_h, bucket_w), metric
-    return best
 
 
 def load_rgb_image(path: Path, name: str = "input_image") -> np.ndarray:
@@ -110,13 +74,6 @@ def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.nda
         (resized_height + height) / 2,
     )
     return np.array(resized.crop(box))
-
-
-def output_size(image_height: int, image_width: int, resolution: int, width: int, height: int) -> tuple[int, int]:
-    """(height, width) of the video: explicit width/height when given, else the nearest bucket."""
-    if width and height:
-        return height, width
-    return nearest_bucket(image_height, image_width, resolution)
 
 
 def template_crop_start(tokenizer) -> int:
@@ -248,16 +205,15 @@ def _posterior_mean(pixels: torch.Tensor, vae) -> torch.Tensor:
 class Conditioning:
     """Everything the sections share.
 
-    texts: positive TextInputs per distinct prompt; blends: per video section, its prompt's blend (all
-    unblended with prompt_blend_sections 0); blended_texts: the TextInputs of each blend that mixes two prompts;
-    negative: the global negative branch; image_embeds: SigLIP features of the start image; start_latent,
-    keyframe_latents, end_latent: (1, 16, 1, h, w) float32 on the CPU (end_latent already times its strength);
-    start_context and history_seed: where a continued video's latents go (`variants.StartSlots`); prompts and
-    keyframes: per video section.
+    schedule: the request's per-section prompts, blends and keyframes; texts: positive TextInputs per distinct
+    prompt; blended_texts: the TextInputs of each blend that mixes two prompts; negative: the global negative
+    branch; image_embeds: SigLIP features of the start image; start_latent, keyframe_latents, end_latent:
+    (1, 16, 1, h, w) float32 on the CPU (end_latent already times its strength); start_context and history_seed:
+    where a continued video's latents go (`variants.StartSlots`).
     """
 
+    schedule: controls.SectionSchedule
     texts: dict[str, TextInputs]
-    blends: list[controls.PromptBlend]
     blended_texts: dict[controls.PromptBlend, TextInputs]
     negative: TextInputs
     image_embeds: torch.Tensor
@@ -266,18 +222,16 @@ class Conditioning:
     history_seed: torch.Tensor
     keyframe_latents: list[torch.Tensor]
     end_latent: torch.Tensor | None
-    prompts: list[str]
-    keyframes: list[int | None]
 
     def positive_text(self, video_index: int) -> TextInputs:
         """The positive text conditioning of a video section: its prompt's, or its blend of two prompts."""
-        blend = self.blends[video_index]
+        blend = self.schedule.blends[video_index]
         return self.blended_texts[blend] if blend.blended else self.texts[blend.target]
 
     def start_slot(self, video_index: int) -> torch.Tensor:
         """The clean start group of a video section: its keyframe, else the start latent (after the continued
         video's context latents, where the variant puts them there)."""
-        keyframe = self.keyframes[video_index]
+        keyframe = self.schedule.keyframes[video_index]
         slot = self.start_latent if keyframe is None else self.keyframe_latents[keyframe]
         return slot if self.start_context is None else torch.cat([self.start_context, slot], dim=2)
 
@@ -305,11 +259,11 @@ def _read_input_video(
 ) -> tuple[np.ndarray, int, int]:
     """The continued video's last frames, as many as its context latents need, cropped to the bucket of its size
     (or to width and height): (T, H, W, 3) uint8, and H and W."""
-    probe = continuation.probe_video(request.input_video)
+    probe = request.video_probe
     height, width = output_size(probe.height, probe.width, request.resolution, request.width, request.height)
     latents = continuation.context_latents(request.video_context_frames, default_context, probe)
     frames = continuation.read_last_frames(
-        request.input_video, pixel_frames(latents), lambda frame: resize_and_center_crop(frame, width, height)
+        request.input_video, probe, pixel_frames(latents), lambda frame: resize_and_center_crop(frame, width, height)
     )
     log(
         f"input_video {probe.name}: {probe.frames} frames of {probe.width}x{probe.height} at 30 fps; its last "
@@ -325,7 +279,6 @@ def encode_conditioning(
 
     `record(name, tensor)` receives the intermediate tensors (the CLI's --dump-tensors).
     """
-    num_sections = request.num_sections
     variant = variant_named(request.model_variant)
     video_frames = None
     if request.input_video is not None:  # first: an input video that does not decode fails before any model runs
@@ -337,16 +290,13 @@ def encode_conditioning(
     cropped = resize_and_center_crop(image, width, height)
     record("image_cropped_uint8", torch.from_numpy(cropped))
 
-    prompt_plan = controls.plan_section_prompts(request.section_prompts, request.prompt, request.section_grid)
-    for note in prompt_plan.notes:
-        log(note)
-    blends = controls.plan_prompt_blends(prompt_plan.prompts, request.prompt_blend_sections)
+    schedule = request.schedule
     crop_start = template_crop_start(models.tokenizer)
     encoders = (models.text_encoder, models.text_encoder_2, models.tokenizer, models.tokenizer_2)
     embeddings = {}
     # Text encoders that visit the GPU (low-VRAM mode) come in once for all the prompts, not once a prompt.
     with weights_on_device(models.text_encoder), weights_on_device(models.text_encoder_2):
-        for prompt in dict.fromkeys([request.prompt, *prompt_plan.prompts]):
+        for prompt in dict.fromkeys([request.prompt, *schedule.prompts]):
             embeddings[prompt] = encode_prompt(prompt, *encoders, crop_start)
         negative = None
         if request.cfg_scale != 1.0:
@@ -376,7 +326,6 @@ def encode_conditioning(
     keyframe_latents = [
         _image_latent(path, "section_images", width, height, models.vae) for path in request.section_images
     ]
-    indices = controls.parse_keyframe_indices(request.section_image_indices, len(keyframe_latents), num_sections)
     end_latent = None
     if request.end_image is not None:
         end_latent = _image_latent(request.end_image, "end_image", width, height, models.vae)
@@ -388,12 +337,12 @@ def encode_conditioning(
             models.device,
             models.dtype,
         )
-        for blend in blends
+        for blend in schedule.blends
         if blend.blended
     }
     return Conditioning(
+        schedule=schedule,
         texts=texts,
-        blends=blends,
         blended_texts=blended_texts,
         negative=_text_inputs(negative, models.device, models.dtype),
         image_embeds=image_embeds,
@@ -402,6 +351,4 @@ def encode_conditioning(
         history_seed=slots.history_seed,
         keyframe_latents=keyframe_latents,
         end_latent=end_latent,
-        prompts=prompt_plan.prompts,
-        keyframes=controls.plan_keyframes(indices, num_sections),
     )

@@ -27,8 +27,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
-from .request import MODEL_VARIANTS
+# The released FramePack models (`variants.py`): the API's model_variant input and the engine's variants.
+ModelVariant = Literal["original", "f1"]
+MODEL_VARIANTS: tuple[str, ...] = get_args(ModelVariant)
 
 MEMORY_MODES = ("auto", "high", "low")
 COMPILE_MODES = ("auto", "on", "off")

@@ -14,7 +14,6 @@ write) are read upright. PyAV is imported when a video is read, not with the API
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import math
 from collections import deque
@@ -145,7 +144,8 @@ def probe_video(path: Path) -> VideoProbe:
 
     Raises InvalidInput naming `input_video` if it is missing, over MAX_INPUT_VIDEO_BYTES, not a readable video,
     over MAX_INPUT_VIDEO_PIXELS a frame or MAX_INPUT_VIDEO_SECONDS long, or without frames. Only the first frame
-    is decoded (for its rotation); the others are counted from their packets. Cached per file version.
+    is decoded (for its rotation); the others are counted from their packets. A request probes its video once,
+    when it is validated, and carries the probe (`GenerationRequest.video_probe`).
     """
     path = Path(path)
     if not path.is_file():
@@ -155,11 +155,10 @@ def probe_video(path: Path) -> VideoProbe:
         raise InvalidInput(
             NAME, f"{path.name} is {status.st_size:,} bytes, more than the {MAX_INPUT_VIDEO_BYTES:,} allowed"
         )
-    return _probe(str(path.resolve()), status.st_mtime_ns, status.st_size)
+    return _probe(str(path.resolve()))
 
 
-@functools.lru_cache(maxsize=8)
-def _probe(path: str, _mtime_ns: int, _size: int) -> VideoProbe:
+def _probe(path: str) -> VideoProbe:
     from .video import video_read_errors
 
     name = Path(path).name
@@ -277,13 +276,15 @@ def rotate_yuv420p(planar: np.ndarray, quarter_turns: int) -> np.ndarray:
     return np.concatenate([turned_luma, *(plane.reshape(-1, turned_luma.shape[1]) for plane in turned_chroma)])
 
 
-def read_last_frames(path: Path, count: int, transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """The video's last `count` frames on the 30 fps grid, upright RGB, each through `transform`.
+def read_last_frames(
+    path: Path, probe: VideoProbe, count: int, transform: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """The last `count` frames of the video at `path` (`probe`: its probe) on the 30 fps grid, upright RGB, each
+    through `transform`.
 
     Returns (count, H', W', 3) uint8 (the shape `transform` gives). Only the last frames are converted: where
     they start is known from the probe, with a few frames' margin for a file whose packets and frames differ.
     """
-    probe = probe_video(path)
     first_needed = probe.frames - count - LATENT_FRAMES_TO_PIXELS
     last: deque[np.ndarray] = deque(maxlen=count)
     decoded = 0
@@ -296,10 +297,10 @@ def read_last_frames(path: Path, count: int, transform: Callable[[np.ndarray], n
     return np.stack(last)
 
 
-def yuv420p_frames(path: Path) -> Iterator[np.ndarray]:
-    """Every frame on the 30 fps grid, upright, as planar YUV 4:2:0 (H * 3/2, W) uint8: the samples the file
-    holds when it is 8-bit 4:2:0 (most H.264 and H.265 MP4s), converted once otherwise."""
-    probe = probe_video(path)
+def yuv420p_frames(path: Path, probe: VideoProbe) -> Iterator[np.ndarray]:
+    """Every frame of the video at `path` (`probe`: its probe) on the 30 fps grid, upright, as planar YUV 4:2:0
+    (H * 3/2, W) uint8: the samples the file holds when it is 8-bit 4:2:0 (most H.264 and H.265 MP4s), converted
+    once otherwise."""
     for frame in _grid_frames(path, probe):
         planar = frame.to_ndarray(format="yuv420p")
         yield rotate_yuv420p(planar, probe.rotation) if probe.rotation else planar

@@ -235,18 +235,55 @@ def section_grid(num_sections: int, latent_window_size: int, continues: bool = F
     ]
 
 
-def describe_grid(
-    grid: Sequence[tuple[float, float]],
-    prompts: Sequence[str],
-    keyframes: Sequence[int | None],
-    blends: Sequence[PromptBlend] = (),
-) -> list[str]:
-    """One log line per video section (with the blend of its prompt, where `blends` has one)."""
-    lines = []
-    for i, ((start, end), prompt, keyframe) in enumerate(zip(grid, prompts, keyframes)):
-        image = "start image" if keyframe is None else f"keyframe {keyframe}"
-        line = f"section {i} covers {start:.2f} to {end:.2f} s: {image}, prompt {prompt!r}"
-        if i < len(blends) and blends[i].blended:
-            line += f", blended {blends[i].weight:.2f} of the way from {blends[i].source!r}"
-        lines.append(line)
-    return lines
+@dataclass(frozen=True)
+class SectionSchedule:
+    """What each video section (0 = the start of the video) gets, planned once when a request is validated.
+
+    grid: (start, end) seconds of each section; prompts: its prompt; blends: its text conditioning (unblended
+    with prompt_blend_sections 0); keyframes: which section_images entry fills its start slot, or None for the
+    start image; notes: log lines saying where timestamps snapped and which lines were ignored.
+    """
+
+    grid: tuple[tuple[float, float], ...]
+    prompts: tuple[str, ...]
+    blends: tuple[PromptBlend, ...]
+    keyframes: tuple[int | None, ...]
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> list[str]:
+        """One log line per video section: its span, image, prompt and blend."""
+        lines = []
+        for i, ((start, end), prompt, keyframe, blend) in enumerate(
+            zip(self.grid, self.prompts, self.keyframes, self.blends)
+        ):
+            image = "start image" if keyframe is None else f"keyframe {keyframe}"
+            line = f"section {i} covers {start:.2f} to {end:.2f} s: {image}, prompt {prompt!r}"
+            if blend.blended:
+                line += f", blended {blend.weight:.2f} of the way from {blend.source!r}"
+            lines.append(line)
+        return lines
+
+
+def plan_schedule(
+    num_sections: int,
+    latent_window_size: int,
+    prompt: str,
+    section_prompts: str = "",
+    prompt_blend_sections: int = 0,
+    keyframe_indices: str = "",
+    keyframe_count: int = 0,
+    continues: bool = False,
+) -> SectionSchedule:
+    """The request's `SectionSchedule` (arguments as the API inputs of the same names; `keyframe_count`: how many
+    section_images there are; `continues`: the video continues an input video). Raises InvalidInput naming the
+    input that cannot be planned."""
+    grid = section_grid(num_sections, latent_window_size, continues)
+    indices = parse_keyframe_indices(keyframe_indices, keyframe_count, num_sections)
+    prompt_plan = plan_section_prompts(section_prompts, prompt, grid)
+    return SectionSchedule(
+        grid=tuple(grid),
+        prompts=tuple(prompt_plan.prompts),
+        blends=tuple(plan_prompt_blends(prompt_plan.prompts, prompt_blend_sections)),
+        keyframes=tuple(plan_keyframes(indices, num_sections)),
+        notes=tuple(prompt_plan.notes),
+    )

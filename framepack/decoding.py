@@ -23,6 +23,7 @@ import torch
 
 from .frames import FrameAssembler
 from .progress import ProgressReporter
+from .residency import mid_block_mask_bytes
 from .streaming import weights_on_device
 from .tiled_decode import TileDecoder
 
@@ -51,17 +52,6 @@ def vae_decode(latents: torch.Tensor, vae, tiles: TileDecoder | None = None) -> 
     if pixels.device.type != "cuda":
         return pixels.cpu()
     return torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True).copy_(pixels)
-
-
-def mid_block_mask_bytes(height: int, width: int) -> int:
-    """Peak bytes of the dense causal mask diffusers builds for the decoder's mid-block attention.
-
-    It covers one 5-latent tile's L = 5 * (height / 8) * (width / 8) tokens, and a bool, a float32 and a float16
-    (L, L) copy exist at once (read from diffusers' code). Below 3.5x the 640 bucket's area the convolutions'
-    activations need more.
-    """
-    tokens = 5 * (height // 8) * (width // 8)
-    return (1 + 4 + 2) * tokens**2
 
 
 def background_decode_bytes(height: int, width: int) -> int:

@@ -1,8 +1,12 @@
-"""Engine start-up, once for every entry point: memory plan, weights, loading, placement, acceleration, warm-up.
+"""The engine: one start-up and one path for a request, shared by every entry point.
 
-The service (predict.py), the local command and the benchmark all start the engine with `load_engine`, so a
-setting (`config.EngineConfig`) means the same everywhere. Start-up is timed phase by phase (`Engine.timings`,
-one log line) because it is what a cold container's first user waits for:
+The service (predict.py), the local command, the studio and the benchmarks start the engine with `load_engine`,
+so a setting (`config.EngineConfig`) means the same everywhere, and serve each request with `Engine.generate`,
+so a request runs the same steps everywhere: plan, place, encode, sample, decode and write, clean up. The
+entry points only translate their inputs and outputs.
+
+Start-up is timed phase by phase (`Engine.timings`, one log line) because it is what a cold container's first
+user waits for:
 - the weight files are read into the page cache in the background from the start (`prefetch.py`; predict.py
   starts this before its imports), and in high-VRAM mode the models are read straight onto the GPU;
 - compiled kernels come from the compile cache when it has them (`compile_cache.py`), and a tiny generation
@@ -12,6 +16,8 @@ one log line) because it is what a cold container's first user waits for:
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import logging
 import tempfile
 import time
@@ -20,10 +26,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import memory, parallel, prefetch
+import torch
+
+from . import memory, parallel, pipeline, prefetch
+from .compilation import settle_cublas
 from .config import EngineConfig
 from .models import FramePackModels, load_models
-from .pipeline import GenerationOptions
+from .outputs import OutputFrames, open_mp4
+from .pipeline import GenerationOptions, GenerationResult
+from .progress import ProgressReporter
+from .request import FileInputs, GenerationRequest, build_request
 from .weights import prepare_weights
 
 logger = logging.getLogger(__name__)
@@ -57,9 +69,91 @@ class Engine:
         if self.models.parallel is not None:
             self.models.parallel.close()
 
-    def generation_options(self) -> GenerationOptions:
-        """What every generation on this engine runs with (the configured LoRA downloads)."""
-        return GenerationOptions(lora_downloads=self.config.lora_downloads())
+    def generate(
+        self,
+        request: GenerationRequest,
+        output: Path,
+        progress: ProgressReporter | None = None,
+        options: GenerationOptions | None = None,
+    ) -> GenerationResult:
+        """Serve one validated request: its video goes to the MP4 at `output`, and its frames are returned.
+
+        Nothing is left at `output` if the generation fails or is cancelled (an exception from `progress` or an
+        `options` callback stops it), and the GPU memory it used is freed either way. `progress` reports and
+        times the stages (by default to the log); `options` adds the caller's hooks (previews, per-section
+        videos, a tensor dump) to the engine's settings.
+        """
+        models = self.models
+        options = dataclasses.replace(options or GenerationOptions(), lora_downloads=self.config.lora_downloads())
+        progress = progress or ProgressReporter(request.num_sections, request.steps)
+        logger.info(f"seed: {request.seed}")
+        started, graphs_before = time.monotonic(), _compiled_graphs(models)
+        # Cog predicts on threads of its own, and the compiled blocks' rounding follows each thread's cuBLAS state:
+        # settle it before anything runs a float32 matrix product (a LoRA merge does).
+        settle_cublas(models.device)
+        try:
+            # 1. Plan: the request carries its section schedule and input-video probe, made once at validation.
+            # 2. Place: the variant's transformer on the GPU (high VRAM), or its held blocks and the VAE's tiling
+            #    fitted to the request's size (low VRAM).
+            memory.make_resident(models, request.model_variant, self.plan, memory.request_size(request))
+            with (
+                open_mp4(request, output) as video,
+                pipeline.request_transformer(request, models, options) as transformer,
+            ):
+                # 3. Encode what the sections share: prompts, start image (or video), keyframes, end frame.
+                cond = pipeline.encode(request, models, progress, options.record)
+                # 4. Sample the sections; each is decoded as it finishes, and F1's final frames go to the
+                #    encoder while later sections sample.
+                frames = OutputFrames(request, video)
+                if options.encode_while_sampling:
+                    options = dataclasses.replace(options, on_frames=frames.write)
+                result = pipeline.sample_sections(request, models, cond, transformer, progress, options)
+                # 5. Write the frames not yet written, and close the MP4.
+                with progress.stage("mp4"):
+                    frames.write(result.frames[frames.generated :])
+                    video.close()
+        finally:
+            # 6. Clean up: free the GPU memory the request used, whether it finished, failed or was cancelled.
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        result.timings = {**progress.timings, "total": time.monotonic() - started}
+        _log_compilation(models, graphs_before)
+        logger.info("timings: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items()))
+        return result
+
+    def warm_up(self, variant: str) -> None:
+        """Serve a one-section, two-step request at the smallest bucket, so kernels are built before a request.
+
+        The blocks compile with dynamic shapes, so the graphs this builds serve every size and prompt length.
+        """
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory(prefix="framepack-warm-up-") as folder:
+            image = Path(folder) / "start.png"
+            Image.linear_gradient("L").convert("RGB").resize((128, 128)).save(image)
+            inputs = {**WARM_UP_INPUTS, "input_image": image, "model_variant": variant}
+            request = build_request(inputs, files=FileInputs())
+            progress = ProgressReporter(request.num_sections, request.steps, write=logger.debug)
+            self.generate(request, Path(folder) / "warm-up.mp4", progress)
+
+
+def _compiled_graphs(models: FramePackModels) -> tuple[int, int] | None:
+    """(graphs compiled, blocks that could not be) so far, when the blocks are compiled."""
+    record = models.compile_record
+    return (record.graphs, len(record.failures)) if record is not None else None
+
+
+def _log_compilation(models: FramePackModels, before: tuple[int, int] | None) -> None:
+    """How many block graphs a request compiled (0 once warm), and any that ran eagerly instead."""
+    record = models.compile_record
+    if record is None:
+        return
+    graphs, failures = record.graphs - before[0], len(record.failures) - before[1]
+    line = f"compiled blocks: {graphs} graphs compiled by this prediction ({record.graphs} in all)"
+    if failures:
+        line += f"; {failures} could not be compiled and ran eagerly ({record.failures[-1]})"
+    logger.info(line)
 
 
 @contextmanager
@@ -99,8 +193,9 @@ def load_engine(config: EngineConfig) -> Engine:
             models.parallel = workers
             heads = next(iter(models.transformers.values())).config.num_attention_heads
             logger.info(parallel.describe(world, heads, device))
+        engine = Engine(config, models, plan, accelerations, timings)
         if models.compile_record is not None:
-            _compile_ahead(models, config, accelerations, config.compile_cache_dir(), timings)
+            _compile_ahead(engine, config.compile_cache_dir())
     except BaseException:
         if workers is not None:
             workers.close()
@@ -109,7 +204,7 @@ def load_engine(config: EngineConfig) -> Engine:
         f"loaded {', '.join(config.variants)} from {config.weights_dir} on {device} ({dtype}); start-up: "
         + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in timings.items())
     )
-    return Engine(config, models, plan, accelerations, timings)
+    return engine
 
 
 def _load(config: EngineConfig, device, dtype, plan: memory.MemoryPlan, timings: dict) -> tuple:
@@ -141,42 +236,24 @@ def _load(config: EngineConfig, device, dtype, plan: memory.MemoryPlan, timings:
     return models, accelerations
 
 
-def _compile_ahead(models, config: EngineConfig, accelerations: dict, cache_dir: Path | None, timings) -> None:
-    """Load the compile cache, build the kernels with a warm-up generation, and save the cache if anything
-    was compiled from scratch or there was no file yet."""
+def _compile_ahead(engine: Engine, cache_dir: Path | None) -> None:
+    """Load the compile cache, build the kernels with a warm-up request, and save the cache if anything was
+    compiled from scratch or there was no file yet."""
     from .compile_cache import CompileCache, artifact_key, kernels_compiled
 
+    models, config, timings = engine.models, engine.config, engine.timings
     variant = config.variants[0]
     cache = None
     if cache_dir is not None:
-        attention = accelerations[variant].attention
+        attention = engine.accelerations[variant].attention
         cache = CompileCache(cache_dir, artifact_key(models.device, models.dtype, config.fp8, attention))
         with _timed(timings, "compile cache"):
             cache.load()
     with _timed(timings, "warm-up"):
-        warm_up(models, variant)
+        engine.warm_up(variant)
     logger.info(f"warm-up: {models.compile_record.summary()}")
     # Written when kernels were built here, and also when they came from another cache (a local inductor cache,
     # or Replicate's): PyTorch records those hits too, so the file is complete either way.
     if cache is not None and (kernels_compiled() or not cache.path.is_file()):
         with _timed(timings, "compile cache"):
             cache.save()
-
-
-def warm_up(models: FramePackModels, variant: str) -> None:
-    """Run a one-section, two-step generation at the smallest bucket, so kernels are built before a request.
-
-    The blocks compile with dynamic shapes, so the graphs this builds serve every size and prompt length.
-    """
-    from PIL import Image
-
-    from .pipeline import generate
-    from .progress import ProgressReporter
-    from .request import FileInputs, build_request
-
-    with tempfile.TemporaryDirectory(prefix="framepack-warm-up-") as folder:
-        image = Path(folder) / "start.png"
-        Image.linear_gradient("L").convert("RGB").resize((128, 128)).save(image)
-        request = build_request({**WARM_UP_INPUTS, "input_image": image, "model_variant": variant}, files=FileInputs())
-        progress = ProgressReporter(request.num_sections, request.steps, write=logger.debug)
-        generate(request, models, progress=progress)

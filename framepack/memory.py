@@ -21,6 +21,7 @@ import torch
 from . import residency, streaming
 from .config import ENV, MEMORY_MODES, EngineConfig, memory_budget_gib
 from .models import all_blocks
+from .planner import bucket_table
 
 logger = logging.getLogger(__name__)
 
@@ -268,8 +269,6 @@ def prepare_for_speed(models, plan: MemoryPlan, config: EngineConfig) -> dict:
 def request_size(request) -> tuple[int, int, int]:
     """(height, width, latent window) a request plans with: its own size, or its family's largest bucket (the
     bucket itself depends on the image's shape, known only once it is read)."""
-    from .conditioning import bucket_table
-
     if request.width and request.height:
         return request.height, request.width, request.latent_window_size
     height, width = max(bucket_table(request.resolution), key=lambda bucket: bucket[0] * bucket[1])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -12,9 +11,7 @@ import torch
 
 from . import continuation, planner
 from .conditioning import resize_and_center_crop
-from .models import FramePackModels
-from .pipeline import GenerationOptions, GenerationResult, TensorRecorder, generate
-from .progress import ProgressReporter
+from .pipeline import GenerationResult, TensorRecorder
 from .request import GenerationRequest
 from .video import RGB_FRAMES, YUV420P_FRAMES, Mp4Writer
 
@@ -41,7 +38,7 @@ def open_mp4(request: GenerationRequest, path: Path) -> Mp4Writer:
     metadata = {"request": request.to_json_dict(), "seed": request.seed, "frames": frames}
     pixel_format, color_args = RGB_FRAMES, []
     if request.input_video is not None:
-        probe = continuation.probe_video(request.input_video)
+        probe = request.video_probe
         metadata["input_video"] = probe.metadata()
         metadata["frames"] = frames - 1 + (probe.frames if request.include_input_video else 0)
         if request.include_input_video:
@@ -65,13 +62,13 @@ class OutputFrames:
         self.input_size: tuple[int, int] | None = None  # (width, height)
         self._input_to_copy: Path | None = None
         if request.input_video is not None and request.include_input_video:
-            probe = continuation.probe_video(request.input_video)
-            self.input_size, self.color = (probe.width, probe.height), probe.color
+            self.probe = request.video_probe
+            self.input_size, self.color = (self.probe.width, self.probe.height), self.probe.color
             self._input_to_copy = request.input_video
 
     def _copy_input(self) -> None:
         batch = []
-        for frame in continuation.yuv420p_frames(self._input_to_copy):
+        for frame in continuation.yuv420p_frames(self._input_to_copy, self.probe):
             batch.append(frame)
             if len(batch) == INPUT_FRAMES_PER_WRITE:
                 self.video.write(torch.from_numpy(np.stack(batch)))
@@ -95,33 +92,6 @@ class OutputFrames:
         ]
         if converted:
             self.video.write(torch.from_numpy(np.stack(converted)))
-
-
-def generate_video(
-    request: GenerationRequest,
-    models: FramePackModels,
-    mp4_path: Path,
-    progress: ProgressReporter | None = None,
-    record: TensorRecorder | None = None,
-    options: GenerationOptions = GenerationOptions(),
-    stream: bool = True,
-) -> GenerationResult:
-    """`generate`, and the MP4 encoded once; no file is left behind if anything fails or is cancelled.
-
-    With `stream`, F1's frames go to the encoder as soon as they are final, while later sections sample (the
-    original variant's frames are final only at the end). The "mp4" stage times what is left after sampling.
-    A continued video's own frames, when included, are written before the first generated ones.
-    """
-    progress = progress or ProgressReporter(request.num_sections, request.steps)
-    with open_mp4(request, mp4_path) as video:
-        output = OutputFrames(request, video)
-        if stream:
-            options = dataclasses.replace(options, on_frames=output.write)
-        result = generate(request, models, progress=progress, record=record, options=options)
-        with progress.stage("mp4"):
-            output.write(result.frames[output.generated :])
-            video.close()
-    return result
 
 
 def save_tensor_dump(result: GenerationResult, recorder: TensorRecorder, path: Path) -> None:

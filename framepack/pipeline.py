@@ -8,13 +8,13 @@ section's decode runs while the next section samples (`decoding.py`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
-from . import conditioning, controls, lora, planner
+from . import conditioning, lora, planner
 from .compilation import settle_cublas
 from .config import LoraDownloads
 from .decoding import SectionDecoder, UpcomingDecode, background_decode_plan
@@ -66,22 +66,26 @@ class GenerationOptions:
     on_frames: F1 only, which generates forwards: called with each run of final uint8 frames (T, H, W, 3), in
         video order, as soon as it is final (from the decode's thread), so the MP4 can be encoded while later
         sections sample. The frames after those handed over are final only when `generate` returns (the last
-        `overlap`; for the original variant, all).
+        `overlap`; for the original variant, all). `Engine.generate` sets it to its MP4 writer when
+        `encode_while_sampling`; False encodes every frame at the end, as the reference does.
     lora_downloads: where the request's LoRA URLs are cached and how large one may be (`EngineConfig`).
     on_step: called after every sampling step with (generation index of the section, step index, the step's
         x_0 prediction (1, 16, lws, h, w) float32 on the execution device); for previews. It runs in the
         sampling loop: keep it cheap (a copy to the host waits for the GPU). Raising stops the generation.
     on_section: called after each section with the frames so far (T, H, W, 3) uint8 in video order, the
         section's own included: with it the VAE decodes in line, after each section.
+    record: receives the intermediate tensors by name (the CLI's --dump-tensors).
     """
 
     runner: type[TransformerRunner] = PackedTransformer
     background_decode: bool | None = None
     reuse_decoded_tiles: bool = True
     on_frames: Callable[[torch.Tensor], None] | None = None
+    encode_while_sampling: bool = True
     lora_downloads: LoraDownloads = LoraDownloads()
     on_step: Callable[[int, int, torch.Tensor], None] | None = None
     on_section: Callable[[torch.Tensor], None] | None = None
+    record: TensorRecorder | None = None
 
 
 def section_inputs(
@@ -147,18 +151,29 @@ def generate(
     request: GenerationRequest,
     models: FramePackModels,
     progress: ProgressReporter | None = None,
-    record: TensorRecorder | None = None,
     options: GenerationOptions = GenerationOptions(),
 ) -> GenerationResult:
-    """Run the whole FramePack generation for a validated request and return the video's frames.
+    """The request's frames, without an MP4 or placement: encode, then sample and decode the sections.
 
-    `progress` reports and times the stages; `record` receives the intermediate tensors.
+    What the engine's one path (`engine.Engine.generate`) runs between placing the models and writing the video;
+    tests and benchmarks call it on models they placed themselves. `progress` reports and times the stages.
     """
-    record = record or TensorRecorder(False)
     progress = progress or ProgressReporter(request.num_sections, request.steps)
-    # In this thread, before anything else runs a float32 matrix product (a LoRA merge does): Cog predicts on
-    # threads of its own, and the compiled blocks' rounding follows each thread's cuBLAS state.
     settle_cublas(models.device)
+    with request_transformer(request, models, options) as transformer:
+        cond = encode(request, models, progress, options.record)
+        return sample_sections(request, models, cond, transformer, progress, options)
+
+
+@contextmanager
+def request_transformer(
+    request: GenerationRequest, models: FramePackModels, options: GenerationOptions
+) -> Iterator[TransformerRunner]:
+    """The request's variant with its LoRAs merged (on every worker too), as the runner its sections sample
+    with; the LoRAs are taken out again when the block exits.
+
+    Call `compilation.settle_cublas` on this thread first: a LoRA merge runs float32 matrix products.
+    """
     variant = request.model_variant
     model = models.transformers[variant]
     requested = [
@@ -169,15 +184,26 @@ def generate(
     with lora.merged_loras(model, loras, models.device), ExitStack() as on_workers:
         # The runner is built with the LoRAs merged: it keeps a float32 copy of the output head.
         if models.parallel is None:
-            transformer = options.runner(model, models.device, models.streamers.get(variant))
-        else:  # the blocks run on several GPUs (`parallel.py`); the workers merge the same LoRA files
-            if options.runner is not PackedTransformer:
-                raise ValueError(f"{options.runner.__name__} does not run on several GPUs")
-            on_workers.enter_context(
-                models.parallel.merged_loras(variant, lora.local_lora_files(requested, options.lora_downloads))
-            )
-            transformer = models.parallel.transformer(model, variant)
-        return _generate(request, models, progress, record, transformer, options)
+            yield options.runner(model, models.device, models.streamers.get(variant))
+            return
+        # The blocks run on several GPUs (`parallel.py`); the workers merge the same LoRA files.
+        if options.runner is not PackedTransformer:
+            raise ValueError(f"{options.runner.__name__} does not run on several GPUs")
+        on_workers.enter_context(
+            models.parallel.merged_loras(variant, lora.local_lora_files(requested, options.lora_downloads))
+        )
+        yield models.parallel.transformer(model, variant)
+
+
+def encode(
+    request: GenerationRequest, models: FramePackModels, progress: ProgressReporter, record: TensorRecorder | None
+) -> conditioning.Conditioning:
+    """Encode what every section shares (prompts, images, latents) once, and log the request's section plan."""
+    with progress.stage("encode"):
+        cond = conditioning.encode_conditioning(request, models, record or TensorRecorder(False), progress.write)
+    for line in [*request.schedule.notes, *request.schedule.describe()]:
+        progress.write(line)
+    return cond
 
 
 def _step_callback(progress: ProgressReporter, on_step, generation_index: int) -> Callable[[int, torch.Tensor], None]:
@@ -202,21 +228,19 @@ def _upcoming_decode(
     return UpcomingDecode(section.decode_latents, offset, variant.newest(newest, count))
 
 
-def _generate(
+def sample_sections(
     request: GenerationRequest,
     models: FramePackModels,
-    progress: ProgressReporter,
-    record: TensorRecorder,
+    cond: conditioning.Conditioning,
     transformer: TransformerRunner,
+    progress: ProgressReporter,
     options: GenerationOptions,
 ) -> GenerationResult:
-    """Conditioning, the section loop and frame assembly (LoRAs, if any, are already merged)."""
+    """The section loop: sample each section with `transformer`, join it to the history, and decode its frames
+    as it finishes (in the background where GPU memory allows, `decoding.py`); returns the video's frames."""
     variant, lws, num_sections = variant_named(request.model_variant), request.latent_window_size, request.num_sections
-    with progress.stage("encode"):
-        cond = conditioning.encode_conditioning(request, models, record, progress.write)
-    grid = request.section_grid
-    for line in controls.describe_grid(grid, cond.prompts, cond.keyframes, cond.blends):
-        progress.write(line)
+    record = options.record or TensorRecorder(False)
+    schedule = request.schedule
     start_latent = cond.start_latent
     _, _, _, latent_height, latent_width = start_latent.shape
 
@@ -251,7 +275,7 @@ def _generate(
             progress.section_started(section.generation_index, f"video section {section.video_index}")
             noise = torch.randn((1, LATENT_CHANNELS, lws, latent_height, latent_width), generator=generator)
             inputs = section_inputs(section, history, cond, variant)
-            blend = cond.blends[section.video_index]
+            blend = schedule.blends[section.video_index]
             texts = {"positive": cond.positive_text(section.video_index), "negative": cond.negative}
             plan.append(
                 {
@@ -260,7 +284,7 @@ def _generate(
                     "prompt": blend.target,
                     "blend_from": blend.source if blend.blended else None,
                     "blend_weight": blend.weight,
-                    "keyframe": cond.keyframes[section.video_index],
+                    "keyframe": schedule.keyframes[section.video_index],
                 }
             )
             on_step = _step_callback(progress, options.on_step, section.generation_index)

@@ -16,6 +16,49 @@ LATENT_FRAMES_TO_PIXELS = 4  # the VAE's temporal compression
 HISTORY_1X, HISTORY_2X, HISTORY_4X = 1, 2, 16
 HISTORY_FRAMES = HISTORY_1X + HISTORY_2X + HISTORY_4X
 
+# (height, width) buckets of the reference's 640 family.
+BUCKETS_640 = (
+    (416, 960),
+    (448, 864),
+    (480, 832),
+    (512, 768),
+    (544, 704),
+    (576, 672),
+    (608, 640),
+    (640, 608),
+    (672, 576),
+    (704, 544),
+    (768, 512),
+    (832, 480),
+    (864, 448),
+    (960, 416),
+)
+
+
+def bucket_table(resolution: int = 640) -> tuple[tuple[int, int], ...]:
+    """Buckets of a resolution family: the 640 table exactly, other families scaled to multiples of 16."""
+    if resolution == 640:
+        return BUCKETS_640
+    scale = resolution / 640
+    return tuple((max(16, round(h * scale / 16) * 16), max(16, round(w * scale / 16) * 16)) for h, w in BUCKETS_640)
+
+
+def nearest_bucket(height: int, width: int, resolution: int = 640) -> tuple[int, int]:
+    """The bucket minimising |H * bw - W * bh|; ties go to the later table entry, as in the reference."""
+    best, best_metric = None, float("inf")
+    for bucket_h, bucket_w in bucket_table(resolution):
+        metric = abs(height * bucket_w - width * bucket_h)
+        if metric <= best_metric:
+            best, best_metric = (bucket_h, bucket_w), metric
+    return best
+
+
+def output_size(image_height: int, image_width: int, resolution: int, width: int, height: int) -> tuple[int, int]:
+    """(height, width) of the video: explicit width/height when given, else the nearest bucket."""
+    if width and height:
+        return height, width
+    return nearest_bucket(image_height, image_width, resolution)
+
 
 def section_count(total_seconds: float, latent_window_size: int) -> int:
     """Number of sections: Python's round (banker's rounding: 2.5 -> 2), at least 1."""

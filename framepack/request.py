@@ -17,10 +17,11 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .continuation import MAX_INPUT_VIDEO_BYTES, MAX_INPUT_VIDEO_SECONDS, check_input_video
-from .controls import parse_keyframe_indices, plan_prompt_blends, plan_section_prompts, section_grid
+from .config import MODEL_VARIANTS, ModelVariant  # noqa: F401 (MODEL_VARIANTS: the API's choices)
+from .continuation import MAX_INPUT_VIDEO_BYTES, MAX_INPUT_VIDEO_SECONDS, VideoProbe, check_input_video, probe_video
+from .controls import SectionSchedule, plan_schedule
 from .downloads import public_url
 from .errors import InvalidInput
 from .planner import HISTORY_FRAMES, section_count
@@ -37,8 +38,6 @@ MAX_PROMPT_CHARS = 4000
 MAX_SECTION_PROMPTS_CHARS = 40000
 MAX_SOURCE_CHARS = 2048
 MAX_PROMPT_BLEND_SECTIONS = 4
-ModelVariant = Literal["original", "f1"]
-MODEL_VARIANTS: tuple[str, ...] = get_args(ModelVariant)
 
 
 class GenerationRequest(BaseModel):
@@ -49,6 +48,9 @@ class GenerationRequest(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # Planned once, at validation, and carried with the request to every stage that needs them.
+    _schedule: SectionSchedule | None = PrivateAttr(None)
+    _video_probe: VideoProbe | None = PrivateAttr(None)
 
     input_image: Path | None = Field(
         None,
@@ -227,9 +229,16 @@ class GenerationRequest(BaseModel):
             raise InvalidInput("video_context_frames", "given without input_video")
         if self.section_image_indices.strip() and not self.section_images:
             raise InvalidInput("section_image_indices", "given without section_images")
-        parse_keyframe_indices(self.section_image_indices, len(self.section_images), self.num_sections)
-        prompts = plan_section_prompts(self.section_prompts, self.prompt, self.section_grid).prompts
-        plan_prompt_blends(prompts, self.prompt_blend_sections)
+        self._schedule = plan_schedule(
+            self.num_sections,
+            self.latent_window_size,
+            prompt=self.prompt,
+            section_prompts=self.section_prompts,
+            prompt_blend_sections=self.prompt_blend_sections,
+            keyframe_indices=self.section_image_indices,
+            keyframe_count=len(self.section_images),
+            continues=self.input_video is not None,
+        )
         return self
 
     def _check_end_image(self) -> None:
@@ -248,9 +257,16 @@ class GenerationRequest(BaseModel):
         return section_count(self.total_video_length_seconds, self.latent_window_size)
 
     @property
-    def section_grid(self) -> list[tuple[float, float]]:
-        """(start, end) seconds of each video section: what section prompts' timestamps snap to."""
-        return section_grid(self.num_sections, self.latent_window_size, continues=self.input_video is not None)
+    def schedule(self) -> SectionSchedule:
+        """Each video section's time span, prompt, blend and keyframe (planned at validation)."""
+        return self._schedule
+
+    @property
+    def video_probe(self) -> VideoProbe | None:
+        """What input_video's container says (probed once, when the request's files were checked), or None."""
+        if self.input_video is not None and self._video_probe is None:  # built without checking its files
+            self._video_probe = probe_video(self.input_video)
+        return self._video_probe
 
     def to_json_dict(self) -> dict[str, Any]:
         """The request as JSON-serialisable values (image files by their names only)."""
@@ -478,7 +494,9 @@ def build_request(
         if request.input_image is not None:
             check_image_file("input_image", request.input_image)
         if request.input_video is not None:
-            check_input_video(request.input_video, request.video_context_frames, request.include_input_video)
+            request._video_probe = check_input_video(
+                request.input_video, request.video_context_frames, request.include_input_video
+            )
         for image in request.section_images:
             check_image_file("section_images", image)
         if request.end_image is not None:

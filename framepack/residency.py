@@ -46,12 +46,21 @@ PLANNING_FRAME = (416, 960)  # the widest bucket of the 640 family: setup plans 
 def decode_bytes(tiling: tuple[int, int] | None, height: int, width: int) -> int:
     """GPU bytes a VAE decode of `height` x `width` frames with `tiling` needs beyond its input: a whole-frame
     decode grows with the area (and, at large sizes, with the mid-block's dense mask); a tile's does not."""
-    from .decoding import mid_block_mask_bytes
-
     peak = DECODE_PEAK_GIB_640[tiling] * GIB
     if tiling is None:
         peak = max(peak * height * width / _PIXELS_640, mid_block_mask_bytes(height, width))
     return int(peak * DECODE_MARGIN)
+
+
+def mid_block_mask_bytes(height: int, width: int) -> int:
+    """Peak bytes of the dense causal mask diffusers builds for the decoder's mid-block attention.
+
+    It covers one 5-latent tile's L = 5 * (height / 8) * (width / 8) tokens, and a bool, a float32 and a float16
+    (L, L) copy exist at once (read from diffusers' code). Below 3.5x the 640 bucket's area the convolutions'
+    activations need more.
+    """
+    tokens = 5 * (height // 8) * (width // 8)
+    return (1 + 4 + 2) * tokens**2
 
 
 def decode_tiling(room: int, height: int, width: int) -> tuple[int, int] | None:

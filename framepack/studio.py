@@ -14,8 +14,6 @@ Gradio is imported only here, when the studio starts, so the API and the engine 
 from __future__ import annotations
 
 import atexit
-import dataclasses
-import gc
 import inspect
 import logging
 import queue
@@ -32,10 +30,10 @@ from typing import Any
 
 import torch
 
-from . import controls, memory, planner
+from . import controls, planner
 from .engine import Engine
 from .errors import InvalidInput
-from .outputs import generate_video
+from .pipeline import GenerationOptions
 from .presets import SETTINGS, PresetStore, settings_from_video
 from .previews import ThrottledPreview
 from .progress import ProgressReporter
@@ -92,31 +90,27 @@ def timeline_rows(
     """One row per section in video order: [section, from s, to s, prompt, keyframe file or ""].
 
     The spans follow the section grid (`controls.section_grid`; from the first new frame when the video
-    `continues` an input video); bad section prompts or keyframe indices show the prompt and no keyframe here,
-    and the run names the problem.
+    `continues` an input video), planned as the request will be (`controls.plan_schedule`); bad section prompts
+    or keyframe indices show the prompt and no keyframe here, and the run names the problem.
     """
     num_sections = planner.section_count(length_seconds, window)
-    grid = controls.section_grid(num_sections, window, continues)
-    try:
-        prompts = controls.plan_section_prompts(section_prompts, prompt, grid).prompts
-    except InvalidInput:
-        prompts = [prompt] * num_sections
-    try:
-        keyframes = controls.plan_keyframes(
-            controls.parse_keyframe_indices(indices, len(keyframe_names), num_sections), num_sections
-        )
-    except InvalidInput:
-        keyframes = [None] * num_sections
+    prompts = {"section_prompts": section_prompts}
+    keyframes = {"keyframe_indices": indices, "keyframe_count": len(keyframe_names)}
+    schedule = None
+    for planned in ({**prompts, **keyframes}, prompts, keyframes, {}):  # what plans, the bad parts left out
+        try:
+            schedule = controls.plan_schedule(num_sections, window, prompt, continues=continues, **planned)
+            break
+        except InvalidInput:
+            continue
     return [
-        [
-            index,
-            round(start, 2),
-            round(end, 2),
-            prompts[index],
-            keyframe_names[keyframes[index]] if keyframes[index] is not None else "",
-        ]
-        for index, (start, end) in enumerate(grid)
+        [index, round(start, 2), round(end, 2), schedule.prompts[index], _keyframe_name(keyframe_names, keyframe)]
+        for index, ((start, end), keyframe) in enumerate(zip(schedule.grid, schedule.keyframes))
     ]
+
+
+def _keyframe_name(names: list[str], keyframe: int | None) -> str:
+    return names[keyframe] if keyframe is not None else ""
 
 
 def api_inputs(values: dict[str, Any]) -> dict[str, Any]:
@@ -258,15 +252,10 @@ class Studio:
             request.steps,
             write=lambda line: job.events.put(RunEvent("progress", line)) if PROGRESS_LINE.match(line) else None,
         )
-        options = dataclasses.replace(self.engine.generation_options(), on_step=on_step, on_section=on_section)
+        options = GenerationOptions(on_step=on_step, on_section=on_section, record=preview.record)
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            memory.make_resident(
-                self.engine.models, request.model_variant, self.engine.plan, memory.request_size(request)
-            )
-            result = generate_video(
-                request, self.engine.models, output, progress=progress, record=preview.record, options=options
-            )
+            result = self.engine.generate(request, output, progress, options)
             so_far.close()
             timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
             job.events.put(RunEvent("done", f"seed {request.seed}; {timings}", path=output))
@@ -277,10 +266,6 @@ class Studio:
             so_far.close()
             logger.exception("generation failed")
             job.events.put(RunEvent("failed", str(error)))
-        finally:
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
 
 
 def _component(gr, spec: InputSpec):

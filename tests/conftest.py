@@ -154,6 +154,15 @@ def assert_matches_golden(actual: dict[str, torch.Tensor], expected: dict[str, t
 
 
 @pytest.fixture(scope="session")
+def tiny_engine():
+    """The engine as every entry point starts it, on the tiny weights: both variants, float32 on the CPU, eager."""
+    from framepack.config import EngineConfig
+    from framepack.engine import load_engine
+
+    return load_engine(EngineConfig(weights_dir=TINY_WEIGHTS, device="cpu", dtype="float32", compile="off"))
+
+
+@pytest.fixture(scope="session")
 def tiny_models():
     """Both variants' components from the tiny weights, float32 on the CPU (loaded once per session)."""
     from framepack.models import load_models

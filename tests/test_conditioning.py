@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import START_IMAGE, png_header
 
-from framepack import conditioning
+from framepack import conditioning, planner
 from framepack.conditioning import load_rgb_image
 from framepack.errors import InvalidInput
 from framepack.request import check_image_file
@@ -23,18 +23,18 @@ from framepack.request import check_image_file
 )
 def test_nearest_bucket(height, width, bucket):
     # Square inputs tie between 608x640 and 640x608; the later entry wins.
-    assert conditioning.nearest_bucket(height, width) == bucket
+    assert planner.nearest_bucket(height, width) == bucket
 
 
 def test_bucket_table_640_is_the_reference_table():
-    table = conditioning.bucket_table(640)
+    table = planner.bucket_table(640)
     assert len(table) == 14 and table[0] == (416, 960) and table[-1] == (960, 416)
-    assert all(h % 16 == 0 and w % 16 == 0 for h, w in conditioning.bucket_table(480))
+    assert all(h % 16 == 0 and w % 16 == 0 for h, w in planner.bucket_table(480))
 
 
 def test_explicit_size_overrides_bucket():
-    assert conditioning.output_size(100, 140, 640, 96, 64) == (64, 96)
-    assert conditioning.output_size(100, 140, 640, 0, 0) == (512, 768)
+    assert planner.output_size(100, 140, 640, 96, 64) == (64, 96)
+    assert planner.output_size(100, 140, 640, 0, 0) == (512, 768)
 
 
 def test_resize_and_center_crop():

@@ -15,8 +15,7 @@ from conftest import START_IMAGE, predict_args, write_test_video
 
 from framepack import conditioning, continuation
 from framepack.errors import InvalidInput
-from framepack.outputs import generate_video
-from framepack.pipeline import TensorRecorder
+from framepack.pipeline import GenerationOptions, TensorRecorder
 from framepack.progress import ProgressReporter
 from framepack.request import build_request
 from framepack.video import read_mp4_frames, read_mp4_metadata
@@ -42,12 +41,12 @@ def clip(tmp_path_factory):
     return write_test_video(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=CLIP_FRAMES)
 
 
-def continue_clip(tiny_models, clip, output, **inputs):
-    """Generate a continuation of `clip` into `output`; returns the result and the recorded tensors."""
+def continue_clip(engine, clip, output, **inputs):
+    """Generate a continuation of `clip` into `output` on `engine`; returns the result and the recorded tensors."""
     request = build_request({**SMALL, "input_video": clip, **inputs})
     recorder = TensorRecorder(True)
     progress = ProgressReporter(request.num_sections, request.steps, write=lambda line: None)
-    result = generate_video(request, tiny_models, output, progress=progress, record=recorder)
+    result = engine.generate(request, output, progress, GenerationOptions(record=recorder))
     return result, recorder.tensors
 
 
@@ -84,17 +83,19 @@ def test_a_rotated_video_is_read_upright(clip, tmp_path):
         capture_output=True,
     ).stdout
     expected = np.frombuffer(upright, np.uint8).reshape(CLIP_FRAMES, 120, 80, 3)
-    ours = continuation.read_last_frames(rotated, CLIP_FRAMES, lambda frame: frame)
+    ours = continuation.read_last_frames(rotated, probe, CLIP_FRAMES, lambda frame: frame)
     assert np.abs(ours.astype(int) - expected).max() <= 2  # the same samples; RGB conversions may round apart
-    planar = np.stack(list(continuation.yuv420p_frames(rotated)))
+    planar = np.stack(list(continuation.yuv420p_frames(rotated, probe)))
     assert planar.shape == (CLIP_FRAMES, 180, 80)
-    straight = np.stack(list(continuation.yuv420p_frames(clip)))
+    straight = np.stack(list(continuation.yuv420p_frames(clip, continuation.probe_video(clip))))
     assert np.array_equal(planar[:, :120], np.rot90(straight[:, :80], 1, axes=(1, 2)))  # the Y planes
 
 
-def test_f1_continues_the_videos_latents_and_the_output_starts_with_its_frames(tiny_models, clip, tmp_path):
+def test_f1_continues_the_videos_latents_and_the_output_starts_with_its_frames(
+    tiny_engine, tiny_models, clip, tmp_path
+):
     output = tmp_path / "continued.mp4"
-    result, tensors = continue_clip(tiny_models, clip, output, model_variant="f1", mp4_crf=0)
+    result, tensors = continue_clip(tiny_engine, clip, output, model_variant="f1", mp4_crf=0)
     context = encode_last_frames(clip, 6, tiny_models.vae)  # video_context_frames 0: all 6 the clip has
     assert torch.equal(tensors["input_video_latents"], context)
     # The first new section's history is the clip's latents, newest last, zeros before them (19 slots).
@@ -121,10 +122,10 @@ def test_f1_continues_the_videos_latents_and_the_output_starts_with_its_frames(t
     assert metadata["frames"] == CLIP_FRAMES + NEW_FRAMES and metadata["request"]["input_video"] == "clip.mp4"
 
 
-def test_the_continuation_alone_and_an_input_image_shown_instead(tiny_models, clip, tmp_path):
+def test_the_continuation_alone_and_an_input_image_shown_instead(tiny_engine, tiny_models, clip, tmp_path):
     output = tmp_path / "alone.mp4"
     inputs = {"model_variant": "f1", "include_input_video": False, "video_context_frames": 2}
-    result, tensors = continue_clip(tiny_models, clip, output, input_image=START_IMAGE, **inputs)
+    result, tensors = continue_clip(tiny_engine, clip, output, input_image=START_IMAGE, **inputs)
     assert read_mp4_frames(output)[0].shape == (NEW_FRAMES, 64, 96, 3) and result.frames.shape[0] == NEW_FRAMES
     image = conditioning.resize_and_center_crop(conditioning.load_rgb_image(START_IMAGE), 96, 64)
     siglip = conditioning.encode_image_siglip(image, tiny_models.feature_extractor, tiny_models.image_encoder)
@@ -141,9 +142,11 @@ def test_the_continuation_alone_and_an_input_image_shown_instead(tiny_models, cl
 
 
 @pytest.mark.parametrize(("asked", "used"), [(0, 1), (3, 3)])
-def test_the_original_variant_starts_from_the_videos_last_latents(tiny_models, clip, tmp_path, asked, used):
+def test_the_original_variant_starts_from_the_videos_last_latents(
+    tiny_engine, tiny_models, clip, tmp_path, asked, used
+):
     output = tmp_path / "original.mp4"
-    result, tensors = continue_clip(tiny_models, clip, output, model_variant="original", video_context_frames=asked)
+    result, tensors = continue_clip(tiny_engine, clip, output, model_variant="original", video_context_frames=asked)
     context = encode_last_frames(clip, used, tiny_models.vae)
     # The start slot is the clip's last frame encoded alone, as a start image is (with one latent of context
     # that is the context itself); the earlier latents go before it.
@@ -243,7 +246,7 @@ def test_a_continuation_renders_again_from_its_video(run_cli, clip, tmp_path):
     assert missing.code == 2 and "Invalid input 'input_video': first.mp4 was made from clip.mp4" in missing.stderr
 
 
-def test_a_bt709_video_and_its_continuation_share_one_colour_matrix(tiny_models, clip, tmp_path):
+def test_a_bt709_video_and_its_continuation_share_one_colour_matrix(tiny_engine, tiny_models, clip, tmp_path):
     """HD videos are mostly BT.709: the generated frames are converted to YUV with the input's matrix and range,
     and the output is tagged with its colour description, or every colour would shift where the two meet."""
     import av
@@ -259,7 +262,7 @@ def test_a_bt709_video_and_its_continuation_share_one_colour_matrix(tiny_models,
     bt709 = continuation.ColorDescription(colorspace=1, color_range=1, primaries=1, transfer=1)
     assert continuation.probe_video(tagged).color == bt709
     output = tmp_path / "continued.mp4"
-    result, _ = continue_clip(tiny_models, tagged, output, model_variant="f1", mp4_crf=0)
+    result, _ = continue_clip(tiny_engine, tagged, output, model_variant="f1", mp4_crf=0)
     with av.open(str(output)) as container:
         context = container.streams.video[0].codec_context
         assert (context.colorspace, context.color_range, context.color_primaries, context.color_trc) == (1, 1, 1, 1)

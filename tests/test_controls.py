@@ -13,7 +13,7 @@ from transformers import LlamaModel
 
 from framepack import conditioning, controls
 from framepack.errors import InvalidInput
-from framepack.pipeline import TensorRecorder, generate
+from framepack.pipeline import GenerationOptions, TensorRecorder, generate
 from framepack.request import build_request
 
 SMALL_IMAGE = IMAGES / "start_90x60.png"
@@ -23,7 +23,7 @@ BASE = tiny_request(prompt="base prompt", seed=5)
 
 def run(tiny_models, **overrides):
     recorder = TensorRecorder(True)
-    result = generate(build_request({**BASE, **overrides}), tiny_models, record=recorder)
+    result = generate(build_request({**BASE, **overrides}), tiny_models, options=GenerationOptions(record=recorder))
     return result, recorder.tensors
 
 

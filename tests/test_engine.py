@@ -20,7 +20,7 @@ def test_load_engine_logs_its_decisions_and_carries_the_lora_settings(tmp_path, 
     )
     engine = load_engine(config)
     assert set(engine.models.transformers) == {"f1"} and engine.models.device == torch.device("cpu")
-    assert engine.generation_options().lora_downloads == LoraDownloads(tmp_path / "loras", 1234)
+    assert engine.config.lora_downloads() == LoraDownloads(tmp_path / "loras", 1234)
     logged = capsys.readouterr().err
     assert "memory mode: cpu" in logged and "f1 transformer: 148 tensors match its config" in logged
     assert f"loaded f1 from {TINY_WEIGHTS} on cpu (torch.float32)" in logged

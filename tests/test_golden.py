@@ -22,10 +22,10 @@ def block_stack_runs(monkeypatch):
     The compiled engine's start-up warm-up generation is not part of the case, so its runs are forgotten.
     """
     runs: list[int] = []
-    original_warm_up = engine.warm_up
+    original_warm_up = engine.Engine.warm_up
 
-    def warm_up(*args):
-        original_warm_up(*args)
+    def warm_up(self, *args):
+        original_warm_up(self, *args)
         runs.clear()
 
     original_section_started = ProgressReporter.section_started
@@ -41,7 +41,7 @@ def block_stack_runs(monkeypatch):
 
     monkeypatch.setattr(ProgressReporter, "section_started", section_started)
     monkeypatch.setattr(PackedTransformer, "_run_blocks", run_blocks)
-    monkeypatch.setattr(engine, "warm_up", warm_up)
+    monkeypatch.setattr(engine.Engine, "warm_up", warm_up)
     return runs
 
 

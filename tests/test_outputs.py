@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_request
 
-from framepack.outputs import generate_video, open_mp4
+from framepack.outputs import open_mp4
 from framepack.pipeline import GenerationOptions, generate
 from framepack.progress import ProgressReporter
 from framepack.request import build_request
@@ -47,10 +47,10 @@ def test_original_frames_are_final_only_at_the_end(tiny_models):
 
 
 @pytest.mark.parametrize("variant", ["f1", "original"])
-def test_streamed_mp4_is_the_file_written_at_the_end(tiny_models, tmp_path, variant):
+def test_streamed_mp4_is_the_file_written_at_the_end(tiny_engine, tmp_path, variant):
     request = build_request({**REQUEST, "model_variant": variant})
     progress = _quiet()
-    result = generate_video(request, tiny_models, tmp_path / "streamed.mp4", progress=progress)
+    result = tiny_engine.generate(request, tmp_path / "streamed.mp4", progress)
     with open_mp4(request, tmp_path / "at_the_end.mp4") as video:
         video.write(result.frames)
     assert (tmp_path / "streamed.mp4").read_bytes() == (tmp_path / "at_the_end.mp4").read_bytes()
@@ -60,7 +60,7 @@ def test_streamed_mp4_is_the_file_written_at_the_end(tiny_models, tmp_path, vari
     assert "mp4" in progress.timings
 
 
-def test_a_failed_generation_leaves_no_mp4(tiny_models, tmp_path):
+def test_a_failed_generation_leaves_no_mp4(tiny_engine, tmp_path):
     class Cancelled(BaseException):
         pass
 
@@ -70,7 +70,5 @@ def test_a_failed_generation_leaves_no_mp4(tiny_models, tmp_path):
 
     request = build_request({**REQUEST, "model_variant": "f1"})
     with pytest.raises(Cancelled):
-        generate_video(
-            request, tiny_models, tmp_path / "video.mp4", progress=ProgressReporter(4, 2, write=cancel_in_third_section)
-        )
+        tiny_engine.generate(request, tmp_path / "video.mp4", ProgressReporter(4, 2, write=cancel_in_third_section))
     assert list(tmp_path.iterdir()) == []

@@ -112,7 +112,7 @@ def test_golden_case(engine, case_name):
     case = load_golden_case(case_name)
     request = build_request(parse_inputs(input_args(case["input"])[1::2]))
     recorder = TensorRecorder(True)
-    generate(request, engine.models, record=recorder)
+    generate(request, engine.models, options=GenerationOptions(record=recorder))
     assert_matches_golden(recorder.tensors, load_file(GOLDEN / case_name / "expected.safetensors"))
 
 
