@@ -33,15 +33,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from framepack.acceleration import accelerate
-from framepack.compilation import CompileRecord
 from framepack.config import ATTENTION_CHOICES, EngineConfig
-from framepack.engine import Engine
-from framepack.float8 import quantize_transformer_blocks
 from framepack.logs import configure_logging
-from framepack.memory import MemoryPlan, place_models
-from framepack.transformer import PackedTransformer
-from framepack.vae_acceleration import accelerate_vae
+from framepack.models.float8 import quantize_transformer_blocks
+from framepack.runtime.acceleration import accelerate
+from framepack.runtime.compilation import CompileRecord
+from framepack.runtime.memory import MemoryPlan, place_models
+from framepack.runtime.transformer import PackedTransformer
+from framepack.runtime.vae_acceleration import accelerate_vae
+from framepack.serving.engine import Engine
 
 from . import cold_start, forward, parallel
 from .end_to_end import EndToEndRuns, preview_cost

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from framepack.pipeline import GenerationOptions
-from framepack.progress import ProgressReporter
-from framepack.request import build_request
+from framepack.core.progress import ProgressReporter
+from framepack.core.request import build_request
+from framepack.runtime.pipeline import GenerationOptions
 
 from .measure import peak_memory, relative_l2
 
@@ -154,9 +154,9 @@ def preview_cost(runs: EndToEndRuns, rounds: int = 2) -> dict:
     The two alternate, `rounds` times each, so drift of the GPU's clock falls on both; reports the medians,
     their ratio and how many previews were made.
     """
-    from framepack.previews import ThrottledPreview
-    from framepack.studio import PREVIEW_INTERVAL_S
-    from framepack.transformer import PackedTransformer
+    from framepack.runtime.transformer import PackedTransformer
+    from framepack.serving.previews import ThrottledPreview
+    from framepack.serving.studio import PREVIEW_INTERVAL_S
 
     def sampling_seconds(**hooks) -> float:  # our loop, our decode, TeaCache off
         return end_to_end(

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-from framepack.acceleration import attention_unavailable, set_block_attention
-from framepack.compilation import CompileRecord, compile_blocks
-from framepack.decoding import vae_decode
-from framepack.frames import to_uint8_frames
-from framepack.transformer import PackedTransformer, PreparedSection, SectionInputs, TextInputs
-from framepack.vae_acceleration import accelerate_vae
+from framepack.core.frames import to_uint8_frames
+from framepack.runtime.acceleration import attention_unavailable, set_block_attention
+from framepack.runtime.compilation import CompileRecord, compile_blocks
+from framepack.runtime.decoding import vae_decode
+from framepack.runtime.transformer import PackedTransformer, PreparedSection, SectionInputs, TextInputs
+from framepack.runtime.vae_acceleration import accelerate_vae
 
 from .measure import GpuClocks, kernel_time_split, median_seconds, relative_l2
 from .reference import StockTransformer, random_section

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from framepack import memory, residency, streaming
 from framepack.config import EngineConfig
-from framepack.engine import load_engine
-from framepack.memory import RESERVED_GIB
-from framepack.transformer import PackedTransformer
+from framepack.runtime import memory, residency, streaming
+from framepack.runtime.memory import RESERVED_GIB
+from framepack.runtime.transformer import PackedTransformer
+from framepack.serving.engine import load_engine
 
 from .end_to_end import end_to_end
 from .measure import current_rss_gib, peak_rss_gib, relative_l2

@@ -1,4 +1,5 @@
-"""One GPU against N GPUs (Ulysses sequence parallelism, `framepack/parallel.py`), each started from weights on disk.
+"""One GPU against N GPUs (Ulysses sequence parallelism, `framepack/serving/parallel.py`), each started from weights
+on disk.
 
 In one run, first on an engine with `gpus=1`, then on one with `gpus=N` (on the CPU: N processes over gloo):
 - seconds per transformer forward (window 9 at the bucket, as forward.py), and the relative L2 of the N-GPU
@@ -24,9 +25,9 @@ import torch
 import torch.distributed as dist
 
 from framepack.config import EngineConfig
-from framepack.engine import load_engine
-from framepack.transformer import PackedTransformer
-from framepack.weights import find_missing, required_components
+from framepack.core.weights import find_missing, required_components
+from framepack.runtime.transformer import PackedTransformer
+from framepack.serving.engine import load_engine
 
 from . import forward
 from .end_to_end import end_to_end

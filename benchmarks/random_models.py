@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from framepack.core.weights import ENCODER_COMPONENTS, transformer_component
 from framepack.models import FramePackModels, encoder_dtype
-from framepack.weights import ENCODER_COMPONENTS, transformer_component
 
 TINY_WEIGHTS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tiny-weights"
 HUNYUAN = "hunyuanvideo-community/HunyuanVideo"

@@ -10,8 +10,8 @@ import contextlib
 
 import torch
 
-from framepack import planner
-from framepack.transformer import SectionInputs, TextInputs
+from framepack.core import planner
+from framepack.runtime.transformer import SectionInputs, TextInputs
 
 
 class StockTransformer:

@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.random_models import save_random_weights  # noqa: E402
-from framepack.float8 import quantize_transformer_blocks  # noqa: E402
-from framepack.service import FramePackService  # noqa: E402
-from framepack.weights import transformer_component  # noqa: E402
+from framepack.core.weights import transformer_component  # noqa: E402
+from framepack.models.float8 import quantize_transformer_blocks  # noqa: E402
+from framepack.serving.service import FramePackService  # noqa: E402
 
 IMAGES = ROOT / "tests" / "fixtures" / "images"
 TINY_WEIGHTS = ROOT / "tests" / "fixtures" / "tiny-weights"

@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.random_models import random_models  # noqa: E402
-from framepack import memory  # noqa: E402
 from framepack.config import EngineConfig  # noqa: E402
-from framepack.engine import Engine  # noqa: E402
-from framepack.presets import PresetStore  # noqa: E402
-from framepack.studio import Studio  # noqa: E402
+from framepack.runtime import memory  # noqa: E402
+from framepack.serving.engine import Engine  # noqa: E402
+from framepack.serving.presets import PresetStore  # noqa: E402
+from framepack.serving.studio import Studio  # noqa: E402
 
 
 def run(studio: Studio, inputs: dict, stop_after_sections: int | None = None) -> dict:

@@ -64,7 +64,7 @@ def tiny_request(**overrides) -> dict:
 
 def write_test_video(path: Path, frames: int = 21, width: int = 120, height: int = 80, crf: int = 16) -> Path:
     """A real H.264 MP4 of a bar crossing colour ramps (30 fps, no metadata): an input video to continue."""
-    from framepack.video import write_mp4
+    from framepack.core.video import write_mp4
 
     video = torch.zeros(frames, height, width, 3, dtype=torch.uint8)
     video[:, :, :, 2] = torch.linspace(0, 255, width).to(torch.uint8)
@@ -85,7 +85,7 @@ class CliRun:
 @pytest.fixture
 def run_cli(capsys):
     """Run `python -m framepack ...` in-process; returns exit code and captured output."""
-    from framepack.cli import main
+    from framepack.serving.cli import main
 
     def run(*args: str) -> CliRun:
         code = main(list(args))
@@ -157,7 +157,7 @@ def assert_matches_golden(actual: dict[str, torch.Tensor], expected: dict[str, t
 def tiny_engine():
     """The engine as every entry point starts it, on the tiny weights: both variants, float32 on the CPU, eager."""
     from framepack.config import EngineConfig
-    from framepack.engine import load_engine
+    from framepack.serving.engine import load_engine
 
     return load_engine(EngineConfig(weights_dir=TINY_WEIGHTS, device="cpu", dtype="float32", compile="off"))
 

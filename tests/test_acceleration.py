@@ -2,7 +2,9 @@
 
 import torch
 
-from framepack.acceleration import (
+from framepack.config import ATTENTION_CHOICES
+from framepack.models.attention import JointAttnProcessor, sage_attention
+from framepack.runtime.acceleration import (
     ATTENTION_PREFERENCE,
     SAGE_ATTENTION,
     Acceleration,
@@ -12,8 +14,6 @@ from framepack.acceleration import (
     block_attention_modules,
     set_block_attention,
 )
-from framepack.attention import JointAttnProcessor, sage_attention
-from framepack.config import ATTENTION_CHOICES
 
 
 def test_acceleration_off_cuda_keeps_the_default_attention_and_compiles_only_when_asked(tiny_models):

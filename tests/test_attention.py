@@ -8,16 +8,21 @@ from conftest import section_and_text
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from framepack.acceleration import (
+from framepack.models import all_blocks
+from framepack.models.attention import (
+    JointAttnProcessor,
+    flash_attention4,
+    flash_attention4_unavailable,
+    sdpa_attention,
+)
+from framepack.runtime.acceleration import (
     FLASH_ATTENTION_4,
     Acceleration,
     attention_unavailable,
     block_attention_modules,
     set_block_attention,
 )
-from framepack.attention import JointAttnProcessor, flash_attention4, flash_attention4_unavailable, sdpa_attention
-from framepack.models import all_blocks
-from framepack.transformer import PackedTransformer
+from framepack.runtime.transformer import PackedTransformer
 
 
 def _velocity(model, seed: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import START_IMAGE, TINY_INPUTS, TINY_WEIGHTS, input_args, predict_args
 
-from framepack.video import read_mp4_frames, read_mp4_metadata, write_mp4
+from framepack.core.video import read_mp4_frames, read_mp4_metadata, write_mp4
 
 
 @pytest.mark.parametrize(

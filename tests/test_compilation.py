@@ -8,9 +8,9 @@ import types
 import pytest
 import torch
 
-from framepack.acceleration import accelerate
-from framepack.compilation import CompileRecord, capture_problem, compile_decision
 from framepack.models import all_blocks
+from framepack.runtime.acceleration import accelerate
+from framepack.runtime.compilation import CompileRecord, capture_problem, compile_decision
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from conftest import START_IMAGE, TINY_WEIGHTS
 
-from framepack import compile_cache
-from framepack.compile_cache import CompileCache, artifact_key
+from framepack.runtime import compile_cache
+from framepack.runtime.compile_cache import CompileCache, artifact_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SECOND_START = f"""
 import json, logging
 from pathlib import Path
-from framepack.compilation import compiled_graphs
-from framepack.compile_cache import kernels_compiled
+from framepack.runtime.compilation import compiled_graphs
+from framepack.runtime.compile_cache import kernels_compiled
 from framepack.config import EngineConfig
-from framepack.engine import load_engine
+from framepack.serving.engine import load_engine
 from framepack.logs import configure_logging
-from framepack.pipeline import generate
-from framepack.request import build_request
+from framepack.runtime.pipeline import generate
+from framepack.core.request import build_request
 
 configure_logging("stderr")
 engine = load_engine(EngineConfig.from_env(variants=("original", "f1"), device="cpu", dtype="float32"))

@@ -13,8 +13,8 @@ from conftest import END_IMAGE, TINY_WEIGHTS, musubi_lora, peft_lora, relative_l
 from safetensors.torch import save_file
 
 from framepack.models import all_blocks
-from framepack.pipeline import TensorRecorder
-from framepack.service import FramePackService
+from framepack.runtime.pipeline import TensorRecorder
+from framepack.serving.service import FramePackService
 
 # float32 on the CPU: compiled kernels reassociate sums, so results agree to rounding, not bit for bit.
 MAX_RELATIVE_L2 = 1e-5

@@ -5,10 +5,11 @@ import pytest
 import torch
 from conftest import START_IMAGE, png_header
 
-from framepack import conditioning, planner
-from framepack.conditioning import load_rgb_image
+from framepack.core import planner
+from framepack.core.request import check_image_file
 from framepack.errors import InvalidInput
-from framepack.request import check_image_file
+from framepack.runtime import conditioning
+from framepack.runtime.conditioning import load_rgb_image
 
 
 @pytest.mark.parametrize(

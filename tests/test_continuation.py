@@ -13,12 +13,13 @@ import pytest
 import torch
 from conftest import START_IMAGE, predict_args, write_test_video
 
-from framepack import conditioning, continuation
+from framepack.core import continuation
+from framepack.core.progress import ProgressReporter
+from framepack.core.request import build_request
+from framepack.core.video import read_mp4_frames, read_mp4_metadata
 from framepack.errors import InvalidInput
-from framepack.pipeline import GenerationOptions, TensorRecorder
-from framepack.progress import ProgressReporter
-from framepack.request import build_request
-from framepack.video import read_mp4_frames, read_mp4_metadata
+from framepack.runtime import conditioning
+from framepack.runtime.pipeline import GenerationOptions, TensorRecorder
 
 CLIP_FRAMES = 21  # at most 6 latents of context: 1 + (21 - 1) / 4
 # 3 sections of 3 latents at 96x64, 2 steps: 12 new frames per section.

@@ -11,10 +11,11 @@ from conftest import END_IMAGE, IMAGES, TINY_INPUTS, predict_args, tiny_request
 from safetensors import safe_open
 from transformers import LlamaModel
 
-from framepack import conditioning, controls
+from framepack.core import controls
+from framepack.core.request import build_request
 from framepack.errors import InvalidInput
-from framepack.pipeline import GenerationOptions, TensorRecorder, generate
-from framepack.request import build_request
+from framepack.runtime import conditioning
+from framepack.runtime.pipeline import GenerationOptions, TensorRecorder, generate
 
 SMALL_IMAGE = IMAGES / "start_90x60.png"
 # 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.

@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import tiny_request
 
-from framepack import decoding
-from framepack.decoding import background_decode_bytes, background_decode_fits, background_decode_plan
-from framepack.pipeline import GenerationOptions, generate
-from framepack.progress import ProgressReporter
-from framepack.request import build_request
-from framepack.residency import mid_block_mask_bytes
+from framepack.core.progress import ProgressReporter
+from framepack.core.request import build_request
+from framepack.runtime import decoding
+from framepack.runtime.decoding import background_decode_bytes, background_decode_fits, background_decode_plan
+from framepack.runtime.pipeline import GenerationOptions, generate
+from framepack.runtime.residency import mid_block_mask_bytes
 
 # 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.
 REQUEST = tiny_request()

@@ -15,11 +15,11 @@ import pytest
 from conftest import HostileRoutes, peft_lora
 from safetensors.torch import save
 
-from framepack import downloads
 from framepack.config import LoraDownloads
-from framepack.downloads import download, evict_least_recently_used, public_url, refused_address
+from framepack.core import downloads
+from framepack.core.downloads import download, evict_least_recently_used, public_url, refused_address
 from framepack.errors import InvalidInput
-from framepack.lora import lora_layers
+from framepack.models.lora import lora_layers
 
 
 @pytest.fixture

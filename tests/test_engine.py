@@ -4,8 +4,8 @@ import torch
 from conftest import TINY_WEIGHTS
 
 from framepack.config import EngineConfig, LoraDownloads
-from framepack.engine import load_engine
 from framepack.logs import configure_logging
+from framepack.serving.engine import load_engine
 
 
 def test_load_engine_logs_its_decisions_and_carries_the_lora_settings(tmp_path, capsys):

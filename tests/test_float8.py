@@ -8,9 +8,8 @@ import pytest
 import torch
 from conftest import peft_lora, relative_l2, section_and_text
 
-from framepack import lora
-from framepack.acceleration import accelerate
-from framepack.float8 import (
+from framepack.models import all_blocks, lora
+from framepack.models.float8 import (
     FP8_DTYPE,
     FP8_MAX,
     Float8Linear,
@@ -18,8 +17,8 @@ from framepack.float8 import (
     quantize_rows,
     quantize_transformer_blocks,
 )
-from framepack.models import all_blocks
-from framepack.transformer import PackedTransformer
+from framepack.runtime.acceleration import accelerate
+from framepack.runtime.transformer import PackedTransformer
 
 
 def test_quantize_rows_scales_each_row_to_the_e4m3_range():

@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import TINY_INPUTS, predict_args
 
-from framepack.frames import FrameAssembler, soft_append, to_uint8_frames
-from framepack.video import YUV420P_FRAMES, Mp4Writer, read_mp4_frames, read_mp4_metadata, write_mp4
+from framepack.core.frames import FrameAssembler, soft_append, to_uint8_frames
+from framepack.core.video import YUV420P_FRAMES, Mp4Writer, read_mp4_frames, read_mp4_metadata, write_mp4
 
 
 def test_soft_append_blends_linearly():

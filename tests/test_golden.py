@@ -7,10 +7,12 @@ import pytest
 from conftest import GOLDEN, assert_matches_golden, golden_case_names, load_golden_case, predict_args
 from safetensors.torch import load_file
 
-from framepack import conditioning, engine, planner
-from framepack.progress import ProgressReporter
-from framepack.transformer import PackedTransformer
-from framepack.video import read_mp4_frames
+from framepack.core import planner
+from framepack.core.progress import ProgressReporter
+from framepack.core.video import read_mp4_frames
+from framepack.runtime import conditioning
+from framepack.runtime.transformer import PackedTransformer
+from framepack.serving import engine
 
 
 @pytest.fixture

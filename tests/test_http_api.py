@@ -18,8 +18,8 @@ import pytest
 import requests
 from conftest import START_IMAGE, TINY_WEIGHTS, png_header, write_test_video
 
-from framepack.request import INPUT_SPECS
-from framepack.video import read_mp4_frames, read_mp4_metadata
+from framepack.core.request import INPUT_SPECS
+from framepack.core.video import read_mp4_frames, read_mp4_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT = 180

@@ -8,7 +8,7 @@ from framepack.logs import configure_logging
 
 
 def test_lines_follow_the_configured_stream_once(capsys):
-    line = logging.getLogger("framepack.pipeline")
+    line = logging.getLogger("framepack.runtime.pipeline")
     configure_logging("stdout")
     configure_logging("stdout")  # a second start-up in one process must not double the lines
     line.info("to stdout")

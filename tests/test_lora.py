@@ -13,12 +13,12 @@ from conftest import musubi_lora, original_lora, peft_lora, section_and_text, ti
 from safetensors.torch import save as save_file_bytes
 from safetensors.torch import save_file
 
-from framepack import lora
 from framepack.config import LoraDownloads
+from framepack.core.request import build_request
 from framepack.errors import InvalidInput
-from framepack.pipeline import generate
-from framepack.request import build_request
-from framepack.transformer import PackedTransformer
+from framepack.models import lora
+from framepack.runtime.pipeline import generate
+from framepack.runtime.transformer import PackedTransformer
 
 BASE = tiny_request(prompt="a dancer", seed=9, total_video_length_seconds=0.8)
 FORMATS = {"musubi": musubi_lora, "peft": peft_lora, "original": original_lora}

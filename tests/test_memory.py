@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from framepack.memory import RESERVED_GIB, choose_memory_plan
+from framepack.runtime.memory import RESERVED_GIB, choose_memory_plan
 
 CUDA = torch.device("cuda")
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import tiny_request
 
-from framepack.outputs import open_mp4
-from framepack.pipeline import GenerationOptions, generate
-from framepack.progress import ProgressReporter
-from framepack.request import build_request
-from framepack.video import read_mp4_frames, read_mp4_metadata
+from framepack.core.progress import ProgressReporter
+from framepack.core.request import build_request
+from framepack.core.video import read_mp4_frames, read_mp4_metadata
+from framepack.runtime.outputs import open_mp4
+from framepack.runtime.pipeline import GenerationOptions, generate
 
 # 4 sections of 3 latents at 96x64, 2 steps.
 REQUEST = tiny_request()

@@ -22,15 +22,15 @@ from conftest import (
 )
 from safetensors.torch import load_file, save_file
 
-from framepack.cli import build_parser, engine_config, parse_inputs
 from framepack.config import EngineConfig
-from framepack.engine import load_engine
+from framepack.core.request import build_request
 from framepack.errors import InvalidInput
-from framepack.parallel import describe
-from framepack.pipeline import GenerationOptions, TensorRecorder, generate
-from framepack.request import build_request
-from framepack.sequence_parallel import UlyssesAttnProcessor
-from framepack.transformer import PackedTransformer
+from framepack.runtime.pipeline import GenerationOptions, TensorRecorder, generate
+from framepack.runtime.sequence_parallel import UlyssesAttnProcessor
+from framepack.runtime.transformer import PackedTransformer
+from framepack.serving.cli import build_parser, engine_config, parse_inputs
+from framepack.serving.engine import load_engine
+from framepack.serving.parallel import describe
 
 # float32 on the CPU: the same arithmetic per token and per head, so results agree to rounding (here: exactly).
 MAX_RELATIVE_L2 = 1e-5
@@ -159,7 +159,7 @@ def test_the_gpus_flag_reaches_the_engine_over_the_variable(monkeypatch, capsys)
 
 
 def test_more_than_one_gpu_needs_high_vram_mode():
-    from framepack.parallel import process_count
+    from framepack.serving.parallel import process_count
 
     config = EngineConfig(gpus="2", memory_mode="low")
     with pytest.raises(ValueError, match="FRAMEPACK_GPUS=2 needs high-VRAM mode"):

@@ -12,9 +12,9 @@ import pytest
 from conftest import relative_l2
 from test_parallel import MAX_RELATIVE_L2, latents, parallel_config
 
-from framepack.engine import load_engine
 from framepack.models import all_blocks
-from framepack.parallel import ParallelError
+from framepack.serving.engine import load_engine
+from framepack.serving.parallel import ParallelError
 
 
 def test_compiled_blocks_on_two_processes_match_one_eager_process(tiny_models):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import tiny_request
 
-from framepack.pipeline import GenerationOptions, generate
-from framepack.request import build_request
+from framepack.core.request import build_request
+from framepack.runtime.pipeline import GenerationOptions, generate
 
 
 def test_hooks_see_every_step_and_section_and_a_raise_stops_the_run(tiny_models):

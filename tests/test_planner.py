@@ -2,7 +2,7 @@
 
 import pytest
 
-from framepack import planner
+from framepack.core import planner
 
 
 @pytest.mark.parametrize(

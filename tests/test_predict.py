@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import write_cog_files
 
-from framepack.request import INPUT_SPECS
+from framepack.core.request import INPUT_SPECS
 
 ROOT = Path(__file__).resolve().parent.parent
 # Cog's static schema parser (what `cog build` runs) lives beside the repository, in CI too. This module is the

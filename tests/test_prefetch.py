@@ -3,8 +3,8 @@
 import pytest
 from conftest import TINY_WEIGHTS
 
-from framepack import prefetch
-from framepack.weights import required_components
+from framepack.core.weights import required_components
+from framepack.runtime import prefetch
 
 
 def test_weight_files_are_every_checkpoint_in_loading_order():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from framepack.core.video import write_mp4
 from framepack.errors import InvalidInput
-from framepack.presets import FILE_INPUTS, PresetStore, default_presets_file, settings_from_video
-from framepack.video import write_mp4
+from framepack.serving.presets import FILE_INPUTS, PresetStore, default_presets_file, settings_from_video
 
 
 def test_presets_are_saved_loaded_and_deleted_without_files(tmp_path):

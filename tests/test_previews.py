@@ -2,7 +2,7 @@
 
 import torch
 
-from framepack.previews import fit_latent_to_rgb, latent_preview
+from framepack.serving.previews import fit_latent_to_rgb, latent_preview
 
 
 def test_the_fitted_map_recovers_a_linear_relation_and_tiles_the_frames():

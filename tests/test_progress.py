@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from framepack.progress import ProgressReporter, format_interval, tqdm_bar
+from framepack.core.progress import ProgressReporter, format_interval, tqdm_bar
 
 # Replicate's JavaScript client (parseProgressFromLogs) reads the last log line that matches this.
 REPLICATE_PROGRESS = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from framepack import conditioning
+from framepack.runtime import conditioning
 
 LLAMA_MODELS = "llama-models==0.3.0"
 OPEN_CLIP = "open-clip-torch==3.3.0"

@@ -9,8 +9,8 @@ from conftest import START_IMAGE
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
+from framepack.core.request import INPUT_SPECS, MAX_SEED, GenerationRequest, build_request
 from framepack.errors import InvalidInput
-from framepack.request import INPUT_SPECS, MAX_SEED, GenerationRequest, build_request
 
 
 def test_defaults_follow_the_api_table():
@@ -162,7 +162,7 @@ def test_metadata_keeps_no_secrets_and_no_server_paths(tmp_path):
 
 
 def test_served_images_must_lie_in_the_upload_folder(tmp_path):
-    from framepack.request import FileInputs
+    from framepack.core.request import FileInputs
 
     uploads = tmp_path / "uploads"
     uploads.mkdir()

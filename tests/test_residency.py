@@ -2,7 +2,7 @@
 
 import pytest
 
-from framepack.residency import (
+from framepack.runtime.residency import (
     DECODE_PEAK_GIB_640,
     GIB,
     PLANNING_FRAME,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from framepack import sampler
+from framepack.core import sampler
 
 REFERENCE_SIGMAS_25 = [
     1.0,

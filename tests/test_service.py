@@ -11,7 +11,7 @@ from conftest import TINY_WEIGHTS, tiny_request
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = """
 import json, sys
-from framepack.service import FramePackService
+from framepack.serving.service import FramePackService
 service = FramePackService.setup()
 output = service.predict({**json.loads(sys.argv[1]), "input_image": __import__("pathlib").Path(sys.argv[2])})
 print("OUTPUT", output, flush=True)

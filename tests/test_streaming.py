@@ -13,12 +13,12 @@ import pytest
 import torch
 from conftest import peft_lora, section_and_text, tiny_request
 
-from framepack import memory, streaming
-from framepack.memory import MemoryPlan
-from framepack.pipeline import generate
-from framepack.request import build_request
-from framepack.teacache import TeaCacheState
-from framepack.transformer import PackedTransformer
+from framepack.core.request import build_request
+from framepack.core.teacache import TeaCacheState
+from framepack.runtime import memory, streaming
+from framepack.runtime.memory import MemoryPlan
+from framepack.runtime.pipeline import generate
+from framepack.runtime.transformer import PackedTransformer
 
 CPU = torch.device("cpu")
 REQUEST = tiny_request(prompt="a dancer", seed=5, total_video_length_seconds=1.2, steps=3, use_teacache=True)
@@ -134,8 +134,8 @@ def test_a_streamed_vae_decodes_each_section_in_one_visit_and_reuses_shared_tile
     """The VAE's weights come to the device once per section decode (not per call), so tiles two sections share
     are decoded once, as with a resident VAE, and the frames equal the reference's whole-section decode. In the
     background the tiles decoded ahead for the next section use the same visit."""
-    from framepack.pipeline import GenerationOptions
-    from framepack.progress import ProgressReporter
+    from framepack.core.progress import ProgressReporter
+    from framepack.runtime.pipeline import GenerationOptions
 
     # A window of 9 (the default): a multiple of the VAE's tile stride, so whole tiles recur.
     request = build_request(
@@ -238,7 +238,7 @@ def _velocities(runners, inputs, text, latents, steps: int = 3) -> list[list[tor
 def test_compiled_blocks_stream_without_recompiling(tiny_models):
     """Compiled blocks take their weights as graph inputs: streamed or held, they give the compiled resident
     result, and re-pointing the weights (each block, each step, a new number held) builds no new graph."""
-    from framepack.compilation import CompileRecord, compile_blocks
+    from framepack.runtime.compilation import CompileRecord, compile_blocks
 
     record = CompileRecord()
     model = _packed(tiny_models.transformers["original"])
@@ -260,7 +260,7 @@ def test_compiled_blocks_stream_without_recompiling(tiny_models):
 
 def test_float8_blocks_stream_as_they_run_resident(tiny_models):
     """FP8 layers keep their weights in buffers, which stream like parameters (half the bytes per block)."""
-    from framepack.float8 import quantize_transformer_blocks
+    from framepack.models.float8 import quantize_transformer_blocks
 
     quantized = copy.deepcopy(tiny_models.transformers["original"])
     quantize_transformer_blocks(quantized, via=CPU)
@@ -278,7 +278,7 @@ def test_float8_blocks_stream_as_they_run_resident(tiny_models):
 def test_held_blocks_fit_each_request_size(tiny_models):
     """With a budget, a request of a larger size holds fewer blocks and a smaller one more, within the budget;
     the video is the resident one either way."""
-    from framepack.residency import plan_residency, working_set_bytes
+    from framepack.runtime.residency import plan_residency, working_set_bytes
 
     model, streamer = _streamed(tiny_models.transformers["original"], resident_blocks=1)
     models = dataclasses.replace(tiny_models, transformers={"original": model}, streamers={"original": streamer})
@@ -338,7 +338,7 @@ def test_encoders_that_visit_whole_give_the_resident_video(tiny_models):
 
 def test_the_vae_decodes_whole_frames_where_the_budget_holds_them(tiny_models):
     """Per request, the VAE gets the fastest spatial tiling whose decode fits beside what stays on the GPU."""
-    from framepack.residency import GIB, plan_residency
+    from framepack.runtime.residency import GIB, plan_residency
 
     model, streamer = _streamed(tiny_models.transformers["original"], resident_blocks=1)
     vae = copy.deepcopy(tiny_models.vae)

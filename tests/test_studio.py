@@ -16,11 +16,11 @@ import requests
 import torch
 from conftest import END_IMAGE, START_IMAGE, TINY_WEIGHTS
 
-from framepack import planner
-from framepack.outputs import open_mp4
-from framepack.presets import settings_from_video
-from framepack.request import build_request
-from framepack.video import read_mp4_frames
+from framepack.core import planner
+from framepack.core.request import build_request
+from framepack.core.video import read_mp4_frames
+from framepack.runtime.outputs import open_mp4
+from framepack.serving.presets import settings_from_video
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -247,7 +247,7 @@ def test_the_api_beside_the_page_generates_and_a_reused_seed_repeats_the_video(s
 
 
 def test_the_timeline_follows_the_sections_prompts_and_keyframes():
-    from framepack.studio import timeline_rows
+    from framepack.serving.studio import timeline_rows
 
     rows = timeline_rows(1.2, 3, "a cat", "\nrain", ["k.png"], "2")
     assert rows == [[0, 0.0, 0.43, "a cat", ""], [1, 0.43, 0.83, "rain", ""], [2, 0.83, 1.23, "rain", "k.png"]]

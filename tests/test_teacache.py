@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from framepack.teacache import RESCALE_COEFFICIENTS, TeaCacheState, rescale_distance
+from framepack.core.teacache import RESCALE_COEFFICIENTS, TeaCacheState, rescale_distance
 
 
 @pytest.mark.parametrize("r", [0.0, 0.01, 0.05, 0.1, 0.3])

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from framepack.tiled_decode import TemporalTiling, TileDecoder, cross_fade, tile_spans
+from framepack.runtime.tiled_decode import TemporalTiling, TileDecoder, cross_fade, tile_spans
 
 DEFAULT_TILING = TemporalTiling(tile_latents=5, stride_latents=3, blend_frames=4, stride_frames=12)
 

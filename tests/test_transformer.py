@@ -9,8 +9,8 @@ from diffusers import HunyuanVideoFramepackTransformer3DModel
 
 from benchmarks.random_models import FULL_TRANSFORMER
 from benchmarks.reference import StockTransformer
-from framepack.teacache import TeaCacheState
-from framepack.transformer import PackedTransformer
+from framepack.core.teacache import TeaCacheState
+from framepack.runtime.transformer import PackedTransformer
 
 
 @pytest.mark.parametrize("variant", ["original", "f1"])

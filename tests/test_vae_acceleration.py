@@ -8,9 +8,14 @@ import torch.nn.functional as F
 from conftest import relative_l2
 from torch._dynamo.utils import counters
 
-from framepack import vae_acceleration
-from framepack.decoding import vae_decode
-from framepack.vae_acceleration import accelerate_vae, group_norm_scale_shift, replicate_pad, upsample_replicate_pad
+from framepack.runtime import vae_acceleration
+from framepack.runtime.decoding import vae_decode
+from framepack.runtime.vae_acceleration import (
+    accelerate_vae,
+    group_norm_scale_shift,
+    replicate_pad,
+    upsample_replicate_pad,
+)
 
 
 @pytest.mark.parametrize("pad", [(1, 1, 1, 1, 2, 0), (0, 0, 0, 0, 2, 0), (0, 0, 0, 0, 0, 0), (2, 1, 0, 3, 1, 1)])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from framepack.variants import VARIANTS, variant_named
+from framepack.core.variants import VARIANTS, variant_named
 
 ORIGINAL, F1 = VARIANTS["original"], VARIANTS["f1"]
 

@@ -8,7 +8,7 @@ import torch
 from conftest import TINY_WEIGHTS
 from safetensors.torch import load_file, save_file
 
-from framepack.weights import (
+from framepack.core.weights import (
     CheckpointMismatch,
     MissingWeights,
     download_patterns,

@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .config import LoraDownloads
-from .downloads import cache_path, cached_download
-from .errors import InvalidInput
+from ..config import LoraDownloads
+from ..core.downloads import cache_path, cached_download
+from ..core.weights import CheckpointMismatch, safetensors_shapes
+from ..errors import InvalidInput
 from .float8 import Float8Linear, quantize_rows
-from .weights import CheckpointMismatch, safetensors_shapes
 
 logger = logging.getLogger(__name__)
 

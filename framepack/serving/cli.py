@@ -23,11 +23,11 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ATTENTION_CHOICES, COMPILE_MODES, DTYPES, MODEL_VARIANTS, EngineConfig
-from .errors import InvalidInput
-from .logs import configure_logging
-from .request import INPUT_SPECS, GenerationRequest, build_request, parse_text_value
-from .weights import CheckpointMismatch, MissingWeights, check_weights
+from ..config import ATTENTION_CHOICES, COMPILE_MODES, DTYPES, MODEL_VARIANTS, EngineConfig
+from ..core.request import INPUT_SPECS, GenerationRequest, build_request, parse_text_value
+from ..core.weights import CheckpointMismatch, MissingWeights, check_weights
+from ..errors import InvalidInput
+from ..logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +180,9 @@ def inputs_from_video(path: Path, overrides: dict[str, object]) -> dict[str, obj
     other than the one recorded (by its SHA-256) is named in a warning.
     """
     # PyAV and torch: imported only for --from.
-    from .continuation import file_sha256
+    from ..core.continuation import file_sha256
+    from ..core.video import read_mp4_metadata
     from .presets import FILE_INPUTS, settings_from_video, stored_request
-    from .video import read_mp4_metadata
 
     inputs = {**settings_from_video(path, "--from"), **overrides}
     stored = stored_request(path, "--from")
@@ -238,9 +238,9 @@ def run_predict(args: argparse.Namespace) -> Path:
     config = engine_config(args, (request.model_variant,))
     check_weights(config.weights_dir, config.variants)
 
+    from ..runtime.outputs import save_tensor_dump
+    from ..runtime.pipeline import GenerationOptions, TensorRecorder
     from .engine import load_engine
-    from .outputs import save_tensor_dump
-    from .pipeline import GenerationOptions, TensorRecorder
 
     engine = load_engine(config)
     recorder = TensorRecorder(args.dump_tensors is not None)
@@ -255,7 +255,7 @@ def run_predict(args: argparse.Namespace) -> Path:
 
 def run_download(args: argparse.Namespace) -> Path:
     """Fetch whatever is missing for the chosen variants, then check the transformer checkpoints."""
-    from .weights import prepare_weights
+    from ..core.weights import prepare_weights
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     for variant in variants:

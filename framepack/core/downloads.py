@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urljoin, urlsplit
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 if TYPE_CHECKING:  # config imports the request, which imports public_url from here
-    from .config import LoraDownloads
+    from ..config import LoraDownloads
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .frames import FrameAssembler
-from .progress import ProgressReporter
+from ..core.frames import FrameAssembler
+from ..core.progress import ProgressReporter
 from .residency import mid_block_mask_bytes
 from .streaming import weights_on_device
 from .tiled_decode import TileDecoder

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 from .planner import LATENT_FRAMES_TO_PIXELS, VIDEO_FPS, pixel_frames
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .weights import ENCODER_COMPONENTS, check_weights, transformer_component
+from ..core.weights import ENCODER_COMPONENTS, check_weights, transformer_component
 
 logger = logging.getLogger(__name__)
 

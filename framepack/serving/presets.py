@@ -14,9 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInput
-from .request import INPUT_SPECS
-from .video import read_mp4_metadata, video_read_errors
+from ..core.request import INPUT_SPECS
+from ..core.video import read_mp4_metadata, video_read_errors
+from ..errors import InvalidInput
 
 FILE_INPUTS = tuple(name for name, spec in INPUT_SPECS.items() if spec.type in (Path, list))
 SETTINGS = tuple(name for name in INPUT_SPECS if name not in FILE_INPUTS)

@@ -30,15 +30,15 @@ from typing import Any
 
 import torch
 
-from . import controls, planner
+from ..core import controls, planner
+from ..core.progress import ProgressReporter
+from ..core.request import INPUT_SPECS, MAX_SEED, FileInputs, InputSpec, build_request
+from ..core.video import write_mp4
+from ..errors import InvalidInput
+from ..runtime.pipeline import GenerationOptions
 from .engine import Engine
-from .errors import InvalidInput
-from .pipeline import GenerationOptions
 from .presets import SETTINGS, PresetStore, settings_from_video
 from .previews import ThrottledPreview
-from .progress import ProgressReporter
-from .request import INPUT_SPECS, MAX_SEED, FileInputs, InputSpec, build_request
-from .video import write_mp4
 
 logger = logging.getLogger(__name__)
 

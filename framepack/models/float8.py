@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import all_blocks
+from .loading import all_blocks
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448

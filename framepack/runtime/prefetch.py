@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .weights import required_components
+from ..core.weights import required_components
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def start_from_env() -> Prefetch | None:
 
     A bad variable is left for the engine's start-up to report.
     """
-    from .config import EngineConfig
+    from ..config import EngineConfig
 
     # Broad on purpose: this only saves time, so nothing it meets (a bad variable, an unreadable folder) may stop
     # the import; the engine's start-up reports such problems properly.

@@ -28,15 +28,16 @@ from pathlib import Path
 
 import torch
 
-from . import memory, parallel, pipeline, prefetch
-from .compilation import settle_cublas
-from .config import EngineConfig
-from .models import FramePackModels, load_models
-from .outputs import OutputFrames, open_mp4
-from .pipeline import GenerationOptions, GenerationResult
-from .progress import ProgressReporter
-from .request import FileInputs, GenerationRequest, build_request
-from .weights import prepare_weights
+from ..config import EngineConfig
+from ..core.progress import ProgressReporter
+from ..core.request import FileInputs, GenerationRequest, build_request
+from ..core.weights import prepare_weights
+from ..models import FramePackModels, load_models
+from ..runtime import memory, pipeline, prefetch
+from ..runtime.compilation import settle_cublas
+from ..runtime.outputs import OutputFrames, open_mp4
+from ..runtime.pipeline import GenerationOptions, GenerationResult
+from . import parallel
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ def _load(config: EngineConfig, device, dtype, plan: memory.MemoryPlan, timings:
     reading = prefetch.start(config.weights_dir, config.variants)
     cache_dir = config.compile_cache_dir()
     if cache_dir is not None and device.type == "cuda":
-        from .compile_cache import use_flash_attention_cache
+        from ..runtime.compile_cache import use_flash_attention_cache
 
         use_flash_attention_cache(cache_dir)
     with _timed(timings, "reading"):
@@ -223,7 +224,7 @@ def _load(config: EngineConfig, device, dtype, plan: memory.MemoryPlan, timings:
         read_bytes, seconds = reading.wait()
         logger.info(f"weights prefetch: {read_bytes / 2**30:.1f} GiB read in {seconds:.1f} s")
     if device.type == "cuda" and config.attention in ("auto", "flash_attention_4"):
-        from .attention import flash_attention4_unavailable
+        from ..models.attention import flash_attention4_unavailable
 
         with _timed(timings, "FA4 import"):
             flash_attention4_unavailable(device)  # imports the CuTe DSL; the probe in "acceleration" reuses it
@@ -239,7 +240,7 @@ def _load(config: EngineConfig, device, dtype, plan: memory.MemoryPlan, timings:
 def _compile_ahead(engine: Engine, cache_dir: Path | None) -> None:
     """Load the compile cache, build the kernels with a warm-up request, and save the cache if anything was
     compiled from scratch or there was no file yet."""
-    from .compile_cache import CompileCache, artifact_key, kernels_compiled
+    from ..runtime.compile_cache import CompileCache, artifact_key, kernels_compiled
 
     models, config, timings = engine.models, engine.config, engine.timings
     variant = config.variants[0]

@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .attention import QKV, AttentionKernel, JointAttnProcessor
-from .models import all_blocks
+from ..models import all_blocks
+from ..models.attention import QKV, AttentionKernel, JointAttnProcessor
 
 
 @torch.library.custom_op("framepack::all_to_all", mutates_args=())

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import continuation, planner
+from ..core import continuation, planner
+from ..core.request import GenerationRequest
+from ..core.video import RGB_FRAMES, YUV420P_FRAMES, Mp4Writer
 from .conditioning import resize_and_center_crop
 from .pipeline import GenerationResult, TensorRecorder
-from .request import GenerationRequest
-from .video import RGB_FRAMES, YUV420P_FRAMES, Mp4Writer
 
 INPUT_FRAMES_PER_WRITE = 30  # an included input video goes to the encoder a second at a time
 

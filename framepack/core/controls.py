@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 from .planner import LATENT_FRAMES_TO_PIXELS, VIDEO_FPS
 
 T = TypeVar("T")

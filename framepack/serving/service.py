@@ -22,11 +22,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import EngineConfig
+from ..config import EngineConfig
+from ..core.request import FileInputs, build_request
+from ..logs import configure_logging
+from ..runtime.pipeline import GenerationOptions, TensorRecorder
 from .engine import Engine, load_engine
-from .logs import configure_logging
-from .pipeline import GenerationOptions, TensorRecorder
-from .request import FileInputs, build_request
 
 logger = logging.getLogger(__name__)
 

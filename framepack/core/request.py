@@ -19,11 +19,11 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .config import MODEL_VARIANTS, ModelVariant  # noqa: F401 (MODEL_VARIANTS: the API's choices)
+from ..config import MODEL_VARIANTS, ModelVariant  # noqa: F401 (MODEL_VARIANTS: the API's choices)
+from ..errors import InvalidInput
 from .continuation import MAX_INPUT_VIDEO_BYTES, MAX_INPUT_VIDEO_SECONDS, VideoProbe, check_input_video, probe_video
 from .controls import SectionSchedule, plan_schedule
 from .downloads import public_url
-from .errors import InvalidInput
 from .planner import HISTORY_FRAMES, section_count
 from .weights import CheckpointMismatch, safetensors_shapes
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import COMPILE_MODES
-from .models import all_blocks
+from ..config import COMPILE_MODES
+from ..models import all_blocks
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import ENV, MEMORY_MODES, EngineConfig, memory_budget_gib
+from ..core.planner import bucket_table
+from ..models import all_blocks
 from . import residency, streaming
-from .config import ENV, MEMORY_MODES, EngineConfig, memory_budget_gib
-from .models import all_blocks
-from .planner import bucket_table
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +188,8 @@ def set_decode_tiling(vae, tiling: tuple[int, int] | None) -> None:
 
 def _quantize_for_streaming(models, device: torch.device) -> None:
     """FP8 blocks for low-VRAM mode: quantised before the weights are packed for streaming (`float8.py`)."""
+    from ..models.float8 import quantize_transformer_blocks
     from .acceleration import float8_problem
-    from .float8 import quantize_transformer_blocks
 
     problem = float8_problem(device, models.dtype)
     if problem is not None:

@@ -14,19 +14,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import conditioning, lora, planner
+from ..config import LoraDownloads
+from ..core import planner
+from ..core.frames import FrameAssembler
+from ..core.progress import ProgressReporter
+from ..core.request import GenerationRequest
+from ..core.sampler import SamplingSettings, camera_roll, flow_x0, flux_mu, flux_sigmas, noisy_token_count, sample_unipc
+from ..core.teacache import TeaCacheState
+from ..core.variants import Variant, variant_named
+from ..models import FramePackModels, lora
+from . import conditioning
 from .compilation import settle_cublas
-from .config import LoraDownloads
 from .decoding import SectionDecoder, UpcomingDecode, background_decode_plan
-from .frames import FrameAssembler
-from .models import FramePackModels
-from .progress import ProgressReporter
-from .request import GenerationRequest
-from .sampler import SamplingSettings, camera_roll, flow_x0, flux_mu, flux_sigmas, noisy_token_count, sample_unipc
 from .streaming import streams_weights
-from .teacache import TeaCacheState
 from .transformer import PackedTransformer, SectionInputs, TextInputs, TransformerRunner
-from .variants import Variant, variant_named
 
 LATENT_CHANNELS = 16
 

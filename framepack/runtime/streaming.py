@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import all_blocks
+from ..models import all_blocks
 
 logger = logging.getLogger(__name__)
 

@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
-from .attention import (
+from ..models import all_blocks
+from ..models.attention import (
     JointAttnProcessor,
     flash_attention4,
     flash_attention4_unavailable,
     sage_attention,
     sage_attention_unavailable,
 )
+from ..models.float8 import Float8Linear, float8_layer_count, float8_unsupported_reason, quantize_transformer_blocks
 from .compilation import CompileRecord, capture_problem, compile_blocks, compiler_missing
-from .float8 import Float8Linear, float8_layer_count, float8_unsupported_reason, quantize_transformer_blocks
-from .models import all_blocks
 
 FLASH_ATTENTION_4 = "flash_attention_4"
 SAGE_ATTENTION = "sage"

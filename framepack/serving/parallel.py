@@ -31,10 +31,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from . import lora
-from .config import ENV, LoraDownloads
-from .sequence_parallel import install_ulysses, split_tokens
-from .transformer import PackedTransformer
+from ..config import ENV, LoraDownloads
+from ..models import lora
+from ..runtime.sequence_parallel import install_ulysses, split_tokens
+from ..runtime.transformer import PackedTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ class SequenceParallelTransformer(PackedTransformer):
 
 def _worker_main(config, rank: int, world: int, port: int, connection) -> None:
     """A worker process: load, join, then serve rank 0's commands until told to stop or rank 0 goes away."""
-    from .logs import configure_logging
+    from ..logs import configure_logging
 
     configure_logging("stderr")
     try:
@@ -353,7 +353,7 @@ class _Worker:
     """Rank `rank`'s transformers and the command loop (the methods named like the commands)."""
 
     def __init__(self, config, rank: int, world: int, port: int, connection):
-        from .models import load_transformer
+        from ..models import load_transformer
 
         torch.set_grad_enabled(False)
         self.config, self.rank, self.world, self.connection = config, rank, world, connection
@@ -385,8 +385,8 @@ class _Worker:
             getattr(self, command)(*args)
 
     def join(self, decisions: dict, float8: bool) -> None:
-        from .acceleration import accelerate
-        from .compilation import CompileRecord
+        from ..runtime.acceleration import accelerate
+        from ..runtime.compilation import CompileRecord
 
         timeout = timedelta(seconds=self.config.parallel_timeout)
         store = dist.TCPStore(HOST, self.port, self.world, is_master=False, timeout=timeout)

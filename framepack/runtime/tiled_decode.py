@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .planner import pixel_frames
+from ..core.planner import pixel_frames
 
 
 @dataclass(frozen=True)

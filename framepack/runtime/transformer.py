@@ -19,9 +19,9 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .models import all_blocks
+from ..core.teacache import TeaCacheState
+from ..models import all_blocks
 from .streaming import BlockStreamer
-from .teacache import TeaCacheState
 
 _RESIDENT = nullcontext()  # reusable: entering it does nothing
 

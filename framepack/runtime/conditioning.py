@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import continuation, controls
-from .errors import InvalidInput
-from .models import FramePackModels
-from .planner import output_size, pixel_frames
-from .request import GenerationRequest
+from ..core import continuation, controls
+from ..core.planner import output_size, pixel_frames
+from ..core.request import GenerationRequest
+from ..core.variants import StartSlots, variant_named
+from ..errors import InvalidInput
+from ..models import FramePackModels
 from .streaming import weights_on_device
 from .transformer import TextInputs
-from .variants import StartSlots, variant_named
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # framepack/
 FLASH_ATTENTION_SUBFOLDER = "flash-attention-4"
 
 
@@ -59,8 +59,8 @@ def artifact_key(device: torch.device, dtype: torch.dtype, float8: bool, attenti
         f"{dtype} fp8 {float8} attention {attention}",
     ]
     digest.update("\n".join(parts).encode())
-    for source in sorted(_PACKAGE.glob("*.py")):
-        digest.update(source.name.encode() + source.read_bytes())
+    for source in sorted(_PACKAGE.rglob("*.py")):
+        digest.update(source.relative_to(_PACKAGE).as_posix().encode() + source.read_bytes())
     return digest.hexdigest()[:20]
 
 
