@@ -1,14 +1,14 @@
 """Low-VRAM mode under GPU memory caps against high-VRAM mode, each started from weights on disk as the service is.
 
 Low-VRAM runs first, so the host's peak resident memory covers loading and streaming; then the same requests in
-high-VRAM mode (compiled), and each capped run's time and latents against them. By default every capped run uses
-one engine that streams every block (`FRAMEPACK_MEMORY_MODE=low`) and decodes as the reference does. With
-`adaptive`, each cap gets the placement a GPU of that size gets (a budget of the cap less `memory.RESERVED_GIB`,
-`residency.py`) and both modes run the service's own decode (in the background where memory allows). Caps run
-smallest first: a cap whose VAE and encoders sit where the loaded engine put them reuses it with more blocks
-held (`memory.make_resident`), as a request of another size would; otherwise an engine is loaded afresh. (Going
-down instead, the memory the allocator cached under the larger cap stays in segments it cannot release.)
-`low_fp8` runs the capped engines with FP8 blocks (the high-VRAM baseline stays bf16).
+high-VRAM mode (compiled), and each capped run's time and latents against them. By default every capped run uses one
+engine that streams every block (`FRAMEPACK_MEMORY_MODE=low`) and decodes as the reference does. With `adaptive`,
+each cap gets the placement a GPU of that size gets (a budget of the cap less the reserve,
+`memory_costs.COSTS.reserved_gib`; `residency.py`) and both modes run the service's own decode (in the background
+where memory allows). Caps run smallest first: a cap whose VAE and encoders sit where the loaded engine put them
+reuses it with more blocks held (`memory.make_resident`), as a request of another size would; otherwise an engine is
+loaded afresh. (Going down instead, the memory the allocator cached under the larger cap stays in segments it cannot
+release.) `low_fp8` runs the capped engines with FP8 blocks (the high-VRAM baseline stays bf16).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from framepack.config import EngineConfig
 from framepack.runtime import memory, residency, streaming
-from framepack.runtime.memory import RESERVED_GIB
+from framepack.runtime.memory_costs import COSTS, GIB
 from framepack.runtime.transformer import PackedTransformer
 from framepack.serving.engine import load_engine
 
@@ -63,9 +63,9 @@ class AdaptiveEngines:
     def for_cap(self, cap: float, size: tuple[int, int, int]):
         """The engine placed for a GPU of `cap` GiB, its blocks fitted to a request of `size`. A reused engine is
         re-fitted under the cap; a fresh one loads without it (the caller sets it for the run)."""
-        budget = max(cap - RESERVED_GIB, 0.0)
+        budget = max(cap - COSTS.reserved_gib, 0.0)
         if self.engine is not None and self.engine.plan.mode == "low":
-            setup = residency.plan_residency(int(budget * residency.GIB), memory.model_sizes(self.engine.models))
+            setup = residency.plan_residency(int(budget * GIB), memory.model_sizes(self.engine.models))
             placed = self.engine.models.residency
             if _placement(setup) == _placement(placed):
                 # This cap, not the smaller one before it, bounds the blocks now copied in (on the H200 the 12 GiB
@@ -211,14 +211,14 @@ def _alloc_retries(device: torch.device) -> int:
 @torch.no_grad()
 def vae_decode_peaks(vae, size: tuple[int, int], device: torch.device) -> dict:
     """GPU memory one 5-latent tile (17 frames) of a `size` decode needs beyond its input, and its time, for each
-    spatial tiling the low-VRAM placement chooses from (`residency.DECODE_PEAK_GIB_640`, whose numbers this
+    spatial tiling the low-VRAM placement chooses from (`memory_costs.COSTS.decode_peak_544x704_gib`, whose numbers this
     measures). The VAE must be resident on `device`; its tiling settings are restored."""
     height, width = size
     latents = torch.randn(1, 16, 5, height // 8, width // 8, device=device, dtype=vae.dtype)
     saved = {name: getattr(vae, name) for name in _TILING_ATTRIBUTES}
     peaks = {}
     try:
-        for tiling in residency.DECODE_PEAK_GIB_640:
+        for tiling in COSTS.decode_peak_544x704_gib:
             memory.set_decode_tiling(vae, tiling)
 
             def decode(tiled=tiling is not None):

@@ -12,9 +12,8 @@ from conftest import tiny_request
 from framepack.core.progress import ProgressReporter
 from framepack.core.request import build_request
 from framepack.runtime import decoding
-from framepack.runtime.decoding import background_decode_bytes, background_decode_fits, background_decode_plan
+from framepack.runtime.decoding import background_decode_plan
 from framepack.runtime.pipeline import GenerationOptions, generate
-from framepack.runtime.residency import mid_block_mask_bytes
 
 # 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.
 REQUEST = tiny_request()
@@ -33,25 +32,6 @@ def _progress(lines: list[str] | None = None, on_write=None) -> ProgressReporter
 
 def _decode_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("framepack-decode")]
-
-
-def test_background_decode_needs_room_for_the_decode_and_the_sampling():
-    needed = background_decode_bytes(544, 704)
-    assert needed == int((decoding.DECODE_GIB_640 + decoding.SAMPLING_GIB_640) * 2**30 * 1.15)
-    assert background_decode_bytes(272, 352) == pytest.approx(needed / 4, rel=1e-6)  # scales with the area
-    assert background_decode_fits(needed, 544, 704)
-    assert not background_decode_fits(needed - 1, 544, 704)
-    # An 80 GB H100 in high-VRAM mode has about 37 GiB left beside the models; 1080p-sized frames do not fit.
-    assert background_decode_fits(37 * 2**30, 544, 704)
-    assert not background_decode_fits(37 * 2**30, 1088, 1920)
-    # At large sizes the mid-block's dense mask, quadratic in the tokens, outgrows the activations.
-    assert mid_block_mask_bytes(544, 704) < decoding.DECODE_GIB_640 * 2**30
-    area = 1536 * 1536 / (544 * 704)
-    linear = (decoding.DECODE_GIB_640 + decoding.SAMPLING_GIB_640) * 2**30 * area * 1.15
-    assert background_decode_bytes(1536, 1536) > linear
-    assert background_decode_bytes(1536, 1536) == int(
-        (mid_block_mask_bytes(1536, 1536) + decoding.SAMPLING_GIB_640 * 2**30 * area) * 1.15
-    )
 
 
 def test_a_vae_off_the_gpu_decodes_in_line(tiny_models):

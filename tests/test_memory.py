@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from framepack.runtime.memory import RESERVED_GIB, choose_memory_plan
+from framepack.runtime.memory import choose_memory_plan
+from framepack.runtime.memory_costs import COSTS
 
 CUDA = torch.device("cuda")
 
@@ -56,7 +57,7 @@ def test_budget(total_gib, override, mode, budget):
 
 def test_automatic_budget_counts_the_free_memory_at_setup():
     plan = choose_memory_plan(CUDA, 23.6, "auto", free_gib=20.0)
-    assert plan.budget_gib == pytest.approx(20.0 - RESERVED_GIB)
+    assert plan.budget_gib == pytest.approx(20.0 - COSTS.reserved_gib)
     assert "20.0 GiB free" in plan.reason
     assert choose_memory_plan(CUDA, 5.8, "auto", free_gib=1.0).budget_gib == 0.0  # too little: everything streams
 

@@ -2,19 +2,8 @@
 
 import pytest
 
-from framepack.runtime.residency import (
-    DECODE_PEAK_GIB_640,
-    GIB,
-    PLANNING_FRAME,
-    WORKING_SET_640_BYTES,
-    ModelSizes,
-    blocks_for_working_set,
-    decode_bytes,
-    decode_room,
-    decode_tiling,
-    plan_residency,
-    working_set_bytes,
-)
+from framepack.runtime.memory_costs import GIB, WIDEST_640, decode_bytes, decode_tiling
+from framepack.runtime.residency import ModelSizes, blocks_for_working_set, decode_room, plan_residency
 
 # The real model's proportions, in GiB: 20 dual-stream blocks of 0.56, 40 single-stream blocks of 0.36, 0.8 of
 # other transformer modules, a 0.46 VAE and 16.6 of encoders (15.2 of them the Llama and CLIP).
@@ -57,7 +46,7 @@ def test_when_every_block_fits_the_vae_then_whole_frame_decodes_then_the_encoder
     assert only_blocks.all_blocks_resident and not only_blocks.vae_resident
     with_vae = plan_residency(blocks + SIZES.vae, SIZES, WORKING)
     assert with_vae.vae_resident and not with_vae.encoders_resident
-    whole_frames = decode_bytes(None, *PLANNING_FRAME) - WORKING
+    whole_frames = decode_bytes(None, *WIDEST_640) - WORKING
     # Room for the encoders but not also for whole-frame decodes: the decodes come first (once per section).
     no_room_left = plan_residency(blocks + SIZES.vae + SIZES.encoders, SIZES, WORKING)
     assert not no_room_left.encoders_resident and no_room_left.encoders_visit
@@ -74,33 +63,6 @@ def test_encoders_visit_whole_where_the_largest_fits_beside_the_held_blocks(budg
     held = sum(SIZES.blocks[: plan.resident_blocks]) + (SIZES.vae if plan.vae_resident else 0)
     assert plan.encoders_visit == visit == (SIZES.encoders_at_once <= plan.budget - held)
     assert ("on the GPU whole while called" in plan.describe()) == visit
-
-
-def test_decode_memory_by_tiling():
-    # The measured peaks with the margin; tiles do not grow with the frame, whole frames grow with its area.
-    assert decode_bytes((256, 192), 544, 704) == int(2.84 * GIB * 1.15) == decode_bytes((256, 192), 832, 1920)
-    assert decode_bytes(None, 544, 704) == int(16.3 * GIB * 1.15)
-    assert decode_bytes(None, 272, 352) == pytest.approx(decode_bytes(None, 544, 704) / 4, rel=1e-6)
-    peaks = [decode_bytes(tiling, 544, 704) for tiling in DECODE_PEAK_GIB_640]
-    assert peaks == sorted(peaks, reverse=True)  # fastest first, each smaller than the one before
-
-
-@pytest.mark.parametrize(
-    ("room_gib", "size", "tiling"),
-    [
-        (40, (544, 704), None),  # 48 GiB GPU: whole frames
-        (19, (544, 704), None),
-        (18, (544, 704), (256, 192)),  # just short of a whole-frame decode
-        (5.9, (544, 704), (256, 192)),  # 12 and 24 GiB GPUs
-        (4.0, (544, 704), (256, 192)),  # 6 GiB
-        (2.0, (544, 704), (192, 144)),  # 4 GiB
-        (1.0, (544, 704), (128, 96)),
-        (0.1, (544, 704), (128, 96)),  # nothing fits: the least the decode runs in
-        (6.0, (208, 480), None),  # a small request's whole frames fit where a 640 one's do not
-    ],
-)
-def test_the_decode_takes_the_fastest_tiling_that_fits(room_gib, size, tiling):
-    assert decode_tiling(int(room_gib * GIB), *size) == tiling
 
 
 def test_the_decode_has_the_budget_less_what_stays_on_the_gpu():
@@ -122,15 +84,6 @@ def test_the_decision_is_logged_in_numbers(gib):
     line = plan_residency(gib * GIB, SIZES, WORKING).describe()
     assert f"budget {gib:.1f} GiB" in line and "/60 transformer blocks resident" in line
     assert "GiB streamed per forward" in line
-
-
-def test_the_working_set_scales_with_the_request_size():
-    widest_640 = working_set_bytes(416, 960, 9)
-    assert widest_640 == WORKING_SET_640_BYTES
-    assert working_set_bytes(544, 704, 9) < widest_640  # a narrower bucket of the same family
-    assert WORKING_SET_640_BYTES / 2 < working_set_bytes(208, 480, 9) < widest_640  # the fixed part stays
-    assert working_set_bytes(832, 1920, 9) > 2.5 * widest_640  # four times the tokens
-    assert working_set_bytes(416, 960, 18) > widest_640
 
 
 def test_a_request_keeps_the_setup_placement_of_the_vae_and_encoders():

@@ -23,19 +23,9 @@ import torch
 
 from ..core.frames import FrameAssembler
 from ..core.progress import ProgressReporter
-from .residency import mid_block_mask_bytes
+from .memory_costs import background_decode_bytes
 from .streaming import weights_on_device
 from .tiled_decode import TileDecoder
-
-# Extra GPU memory while a high-VRAM section decode and the next section's sampling run together, per output
-# pixel of the frame. diffusers decodes 5 latents at a time, so the decode's peak does not depend on the section
-# length: 20.8 GiB at 544x704 for 9 to 19 latents (H100 probe). Sampling beside it added 1.3 GiB to the peak
-# (H100, end-to-end benchmark); 4 GiB leaves room for longer prompts. Both scale with the pixel area, and a
-# 15% margin covers the allocator's fragmentation.
-DECODE_GIB_640 = 20.8
-SAMPLING_GIB_640 = 4.0
-_PIXELS_640 = 544 * 704
-_MARGIN = 1.15
 
 
 @torch.no_grad()
@@ -52,13 +42,6 @@ def vae_decode(latents: torch.Tensor, vae, tiles: TileDecoder | None = None) -> 
     if pixels.device.type != "cuda":
         return pixels.cpu()
     return torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True).copy_(pixels)
-
-
-def background_decode_bytes(height: int, width: int) -> int:
-    """GPU bytes a background decode at `height` x `width` pixels needs beyond what is allocated before sampling."""
-    area = height * width / _PIXELS_640
-    decode = max(DECODE_GIB_640 * 2**30 * area, mid_block_mask_bytes(height, width))
-    return int((decode + SAMPLING_GIB_640 * 2**30 * area) * _MARGIN)
 
 
 def background_decode_fits(available_bytes: int, height: int, width: int) -> bool:

@@ -6,8 +6,8 @@ weights stay in one page-locked host copy and visit the GPU only while used: the
 blocks stream with the next block prefetched on a side CUDA stream, so transfers overlap compute
 (`streaming.py`, diffusers group offloading). Within a memory budget as many transformer blocks as fit stay on
 the GPU, then the VAE and the encoders (`residency.py`). `auto` below 60 GiB budgets the GPU's free memory at
-setup less `RESERVED_GIB`; `low` streams everything, the least memory the engine runs in. Before each request
-the held blocks are fitted to its size (`make_resident`).
+setup less a reserve (`memory_costs.py` holds the thresholds); `low` streams everything, the least memory the
+engine runs in. Before each request the held blocks are fitted to its size (`make_resident`).
 """
 
 from __future__ import annotations
@@ -22,17 +22,12 @@ from ..config import ENV, MEMORY_MODES, EngineConfig, memory_budget_gib
 from ..core.planner import bucket_table
 from ..models import all_blocks
 from . import residency, streaming
+from .memory_costs import COSTS, GIB, decode_tiling, working_set_bytes
 
 logger = logging.getLogger(__name__)
 
 MEMORY_MODE_ENV = ENV["memory_mode"]
-# bf16 transformer (25.7 GB) + fp16 encoders and VAE (about 17 GB) + activations of a 640 section.
-HIGH_VRAM_MIN_GIB = 60.0
-# Room to keep a second transformer variant resident as well.
-BOTH_VARIANTS_MIN_GIB = 100.0
 ALLOCATOR_CONF_ENV = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
-# Left out of an automatic budget: the CUDA context, cuBLAS workspaces and allocator fragmentation.
-RESERVED_GIB = 1.5
 
 
 @dataclass(frozen=True)
@@ -58,10 +53,12 @@ def choose_memory_plan(
         )
     if device.type != "cuda":
         return MemoryPlan("cpu", "no GPU: everything runs on the CPU", resident_variants=2)
-    both = 2 if total_gib is not None and total_gib >= BOTH_VARIANTS_MIN_GIB else 1
+    both = 2 if total_gib is not None and total_gib >= COSTS.both_variants_min_gib else 1
     if budget is not None:
-        if budget >= HIGH_VRAM_MIN_GIB:
-            return MemoryPlan("high", f"budget {budget:g} GiB >= {HIGH_VRAM_MIN_GIB:.0f} GiB: all models resident")
+        if budget >= COSTS.high_vram_min_gib:
+            return MemoryPlan(
+                "high", f"budget {budget:g} GiB >= {COSTS.high_vram_min_gib:.0f} GiB: all models resident"
+            )
         return MemoryPlan("low", f"budget {budget:g} GiB from {MEMORY_MODE_ENV}", budget_gib=budget)
     if override != "auto":
         return MemoryPlan(
@@ -69,16 +66,16 @@ def choose_memory_plan(
             f"forced by {MEMORY_MODE_ENV}={override} (GPU has {total_gib:.0f} GiB)",
             both if override == "high" else 1,
         )
-    if total_gib >= HIGH_VRAM_MIN_GIB:
+    if total_gib >= COSTS.high_vram_min_gib:
         return MemoryPlan(
-            "high", f"GPU has {total_gib:.0f} GiB >= {HIGH_VRAM_MIN_GIB:.0f} GiB: all models resident", both
+            "high", f"GPU has {total_gib:.0f} GiB >= {COSTS.high_vram_min_gib:.0f} GiB: all models resident", both
         )
     free = total_gib if free_gib is None else min(free_gib, total_gib)
-    budget = max(free - RESERVED_GIB, 0.0)
+    budget = max(free - COSTS.reserved_gib, 0.0)
     return MemoryPlan(
         "low",
-        f"GPU has {total_gib:.0f} GiB < {HIGH_VRAM_MIN_GIB:.0f} GiB: budget {budget:.1f} GiB "
-        f"({free:.1f} GiB free less {RESERVED_GIB} GiB reserved), the rest streams",
+        f"GPU has {total_gib:.0f} GiB < {COSTS.high_vram_min_gib:.0f} GiB: budget {budget:.1f} GiB "
+        f"({free:.1f} GiB free less {COSTS.reserved_gib} GiB reserved), the rest streams",
         budget_gib=budget,
     )
 
@@ -139,7 +136,7 @@ def apply_low_vram(
     if float8:
         _quantize_for_streaming(models, device)
     sizes = model_sizes(models)
-    budget = int(budget_gib * residency.GIB) if budget_gib is not None else 0
+    budget = int(budget_gib * GIB) if budget_gib is not None else 0
     plan = residency.plan_residency(budget, sizes)
     models.residency = plan
     if budget_gib is None:
@@ -287,9 +284,9 @@ def make_resident(models, variant: str, plan: MemoryPlan, size: tuple[int, int, 
         setup = models.residency
         if size is not None and setup is not None and plan.budget_gib is not None:
             sizes = model_sizes(models)
-            fitted = residency.blocks_for_working_set(setup, sizes, residency.working_set_bytes(*size))
+            fitted = residency.blocks_for_working_set(setup, sizes, working_set_bytes(*size))
             held = min(fitted, len(streamer.blocks) - 1)  # one block streams, so the streamer has a slot
-            tiling = residency.decode_tiling(residency.decode_room(setup, sizes, held), size[0], size[1])
+            tiling = decode_tiling(residency.decode_room(setup, sizes, held), size[0], size[1])
             if (held, tiling) != (streamer.resident_blocks, models.decode_tiling):
                 tiles = "whole frames" if tiling is None else f"{tiling[0]}-pixel tiles"
                 logger.info(f"{size[0]}x{size[1]} request (window {size[2]}): {held} blocks held, VAE decodes {tiles}")

@@ -8,9 +8,10 @@ resident blocks' compute. `plan_residency` fills the budget in order of use per 
    (activations at the request's size and a tiled VAE decode's peak) and the two streaming slots;
 2. transformer blocks, the first ones first (used 2 * steps * sections times per request);
 3. the VAE (used once per section) when all blocks fit; then room for decoding whole frames (1.7x faster than
-   in tiles, `decode_tiling`); then the text and image encoders (used once per request). Encoders that are not
-   resident visit the GPU in one copy for their calls where the budget holds them beside the held blocks (the
-   Llama and CLIP together, then SigLIP: `Residency.encoders_visit`), and otherwise stream layer by layer.
+   in tiles, `memory_costs.decode_tiling`); then the text and image encoders (used once per request). Encoders
+   that are not resident visit the GPU in one copy for their calls where the budget holds them beside the held
+   blocks (the Llama and CLIP together, then SigLIP: `Residency.encoders_visit`), and otherwise stream layer by
+   layer.
 If every block fits, the slots are not needed and that room goes to the next items.
 
 Sizes are bytes. Shapes of nothing: this module does no tensor work.
@@ -20,73 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GIB = 2**30
-# Activations of a 640-bucket section and its tiled VAE decode in low-VRAM mode: a 6 GiB cap ran a 5-second
-# video at 5.94 GiB peak reserved (H200, BENCHMARKS.md "Low-VRAM mode"), of which 2 slots and the non-block
-# modules were about 2 GiB. Of that, the part that grows with the sequence (the blocks' activations) is taken
-# to be 2.5 GiB; the rest (tiled VAE decode, encoder blocks, allocator slack) does not grow with the request.
-WORKING_SET_640_BYTES = 4 * GIB
-_SEQUENCE_PART_640 = int(2.5 * GIB)
-# The widest bucket of the 640 family (416x960) with the trained window of 9 latent frames.
-REFERENCE_SIZE = (416, 960, 9)
+from .memory_costs import GIB, WIDEST_640, decode_bytes, working_set_bytes
 
-
-# GPU memory one 5-latent window's VAE decode (17 frames at 544x704) needs beyond its input, by spatial tiling
-# (tile, stride) in pixels, None for whole frames; fastest first. H200, `vae_decode_peaks` in the low-VRAM
-# benchmark (BENCHMARKS.md "Memory budgets"), where a window took 0.36 s whole, 0.61 s in 256-pixel tiles (the
-# reference's low-VRAM tiling, diffusers' default), 0.65 s in 192 and 0.9 to 1.1 s in 128. (decoding.DECODE_GIB_640,
-# 20.8 GiB, is another quantity: what a background decode added to the peak beside sampling, on an H100.)
-DECODE_PEAK_GIB_640 = {None: 16.3, (256, 192): 2.84, (192, 144): 1.62, (128, 96): 0.76}
-_PIXELS_640 = 544 * 704
-# Allocator fragmentation and longer windows' bookkeeping (the same margin as the background-decode plan).
-DECODE_MARGIN = 1.15
-PLANNING_FRAME = (416, 960)  # the widest bucket of the 640 family: setup plans for it
-
-
-def decode_bytes(tiling: tuple[int, int] | None, height: int, width: int) -> int:
-    """GPU bytes a VAE decode of `height` x `width` frames with `tiling` needs beyond its input: a whole-frame
-    decode grows with the area (and, at large sizes, with the mid-block's dense mask); a tile's does not."""
-    peak = DECODE_PEAK_GIB_640[tiling] * GIB
-    if tiling is None:
-        peak = max(peak * height * width / _PIXELS_640, mid_block_mask_bytes(height, width))
-    return int(peak * DECODE_MARGIN)
-
-
-def mid_block_mask_bytes(height: int, width: int) -> int:
-    """Peak bytes of the dense causal mask diffusers builds for the decoder's mid-block attention.
-
-    It covers one 5-latent tile's L = 5 * (height / 8) * (width / 8) tokens, and a bool, a float32 and a float16
-    (L, L) copy exist at once (read from diffusers' code). Below 3.5x the 640 bucket's area the convolutions'
-    activations need more.
-    """
-    tokens = 5 * (height // 8) * (width // 8)
-    return (1 + 4 + 2) * tokens**2
-
-
-def decode_tiling(room: int, height: int, width: int) -> tuple[int, int] | None:
-    """The fastest spatial tiling (None: whole frames) whose decode fits in `room` bytes; the smallest tile if
-    none fits, the least memory the decode runs in."""
-    for tiling in DECODE_PEAK_GIB_640:
-        if decode_bytes(tiling, height, width) <= room:
-            return tiling
-    return list(DECODE_PEAK_GIB_640)[-1]
-
-
-def sequence_tokens(height: int, width: int, window: int) -> int:
-    """Tokens the blocks attend over for a (height, width) pixel section with `window` latent frames.
-
-    The latent is (height/8, width/8); 1x2x2 patches give h*w/4 tokens per latent frame for the window and the
-    two clean frames, and the 2x and 4x history (2 and 16 frames, kernels 2x4x4 and 4x8x8) add a quarter of a
-    frame each: h*w/4 * (window + 2.5).
-    """
-    return (height // 8) * (width // 8) * (4 * window + 10) // 16
-
-
-def working_set_bytes(height: int, width: int, window: int) -> int:
-    """GPU memory a request of this size needs beside the weights: the 640 measurement, its sequence part
-    scaled by the token count (never below the fixed part)."""
-    fixed = WORKING_SET_640_BYTES - _SEQUENCE_PART_640
-    return fixed + _SEQUENCE_PART_640 * sequence_tokens(height, width, window) // sequence_tokens(*REFERENCE_SIZE)
+# The working set a setup plans for before a request's size is known: the widest 640 bucket, the trained window.
+SETUP_WORKING_SET = working_set_bytes(*WIDEST_640, 9)
 
 
 @dataclass(frozen=True)
@@ -138,7 +76,7 @@ class Residency:
         return "on the GPU whole while called" if self.encoders_visit else "streamed layer by layer"
 
 
-def plan_residency(budget: int, sizes: ModelSizes, working_set: int = WORKING_SET_640_BYTES) -> Residency:
+def plan_residency(budget: int, sizes: ModelSizes, working_set: int = SETUP_WORKING_SET) -> Residency:
     """The most that fits in `budget` bytes of GPU memory, in the order of the module docstring.
 
     A budget below the minimum (other modules, working set, two slots) still streams every block: that is the
@@ -157,7 +95,7 @@ def plan_residency(budget: int, sizes: ModelSizes, working_set: int = WORKING_SE
     all_resident = resident == len(sizes.blocks)
     vae_resident = all_resident and sizes.vae <= room
     room -= sizes.vae if vae_resident else 0
-    whole_frames = max(decode_bytes(None, *PLANNING_FRAME) - working_set, 0)  # beyond the working set's tiles
+    whole_frames = max(decode_bytes(None, *WIDEST_640) - working_set, 0)  # beyond the working set's tiles
     encoders_resident = vae_resident and sizes.encoders + whole_frames <= room
     # While the encoders run, the held blocks and the VAE are all there is on the GPU.
     beside_encoders = budget - sum(sizes.blocks[:resident]) - (sizes.vae if vae_resident else 0)
@@ -182,7 +120,7 @@ def decode_room(plan: Residency, sizes: ModelSizes, held_blocks: int) -> int:
 
 
 def blocks_for_working_set(setup: Residency, sizes: ModelSizes, working_set: int) -> int:
-    """How many blocks fit in `setup`'s budget beside `working_set` (a request's, `working_set_bytes`), with the
-    VAE and the encoders staying where `setup` placed them."""
+    """How many blocks fit in `setup`'s budget beside `working_set` (a request's,
+    `memory_costs.working_set_bytes`), with the VAE and the encoders staying where `setup` placed them."""
     placed = (sizes.vae if setup.vae_resident else 0) + (sizes.encoders if setup.encoders_resident else 0)
     return plan_residency(setup.budget - placed, sizes, working_set).resident_blocks
