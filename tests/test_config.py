@@ -1,10 +1,12 @@
 """The engine configuration: FRAMEPACK_* variables read once, flags over them, bad values named."""
 
+import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from framepack.config import EngineConfig, LoraDownloads
+from framepack.config import SETTINGS, EngineConfig, LoraDownloads, add_flags, flag_values, settings_table
 
 
 def test_defaults_without_variables():
@@ -69,6 +71,11 @@ def test_flags_take_precedence_and_none_leaves_the_variable():
         ({"FRAMEPACK_ATTENTION": "xformers"}, "FRAMEPACK_ATTENTION must be one of auto, flash_attention_4, "),
         ({"FRAMEPACK_LORA_MAX_BYTES": "4GB"}, "FRAMEPACK_LORA_MAX_BYTES must be a whole number of bytes, got '4GB'"),
         ({"FRAMEPACK_LORA_MAX_BYTES": "0"}, "FRAMEPACK_LORA_MAX_BYTES must be a positive number of bytes, got 0"),
+        ({"FRAMEPACK_GPUS": "0"}, "FRAMEPACK_GPUS must be auto or a number of GPUs"),
+        ({"FRAMEPACK_PARALLEL_TIMEOUT": "soon"}, "FRAMEPACK_PARALLEL_TIMEOUT must be a number of seconds, got 'soon'"),
+        ({"FRAMEPACK_PARALLEL_TIMEOUT": "0"}, "FRAMEPACK_PARALLEL_TIMEOUT must be a number of seconds above 0"),
+        ({"FRAMEPACK_MEMORY_MODE": "-3"}, "FRAMEPACK_MEMORY_MODE must be one of auto, high, low or a budget"),
+        ({"FRAMEPACK_ALLOW_PRIVATE_URLS": "sometimes"}, "FRAMEPACK_ALLOW_PRIVATE_URLS must be 1 or 0"),
     ],
 )
 def test_bad_values_name_the_variable(environ, message):
@@ -94,3 +101,36 @@ def test_bad_fields_are_refused():
 )
 def test_compile_cache_folder(environ, expected):
     assert EngineConfig.from_env(environ).compile_cache_dir() == expected
+
+
+def test_the_readme_table_is_the_declared_settings():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert settings_table() in readme, "README.md's settings table is out of date: paste config.settings_table()"
+
+
+def test_every_field_but_the_variants_is_a_declared_setting():
+    declared = {setting.name for setting in SETTINGS}
+    assert declared == {field.name for field in dataclasses.fields(EngineConfig)} - {"variants"}
+    assert all(setting.variable is None or setting.variable.startswith("FRAMEPACK_") for setting in SETTINGS)
+
+
+def test_flags_come_from_the_declarations_and_are_checked_by_them():
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    args = parser.parse_args(["--weights", "/w", "--compile", "ON", "--fp8", "--gpus", "2", "--device", "cpu"])
+    assert flag_values(args) == {
+        "weights_dir": Path("/w"),
+        "device": "cpu",
+        "dtype": None,
+        "compile": "on",
+        "fp8": True,
+        "attention": None,
+        "gpus": "2",
+    }
+    assert EngineConfig.from_env({"FRAMEPACK_COMPILE": "off"}, **flag_values(args)).compile == "on"
+    for bad in (["--gpus", "0"], ["--compile", "always"], ["--device", "tpu"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    only_weights = argparse.ArgumentParser()
+    add_flags(only_weights, names=("weights_dir",))
+    assert vars(only_weights.parse_args([])) == {"weights_dir": None}

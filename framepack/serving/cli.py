@@ -23,7 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..config import ATTENTION_CHOICES, COMPILE_MODES, DTYPES, MODEL_VARIANTS, EngineConfig
+from ..config import MODEL_VARIANTS, EngineConfig, add_flags, flag_values
 from ..core.request import INPUT_SPECS, GenerationRequest, build_request, parse_text_value
 from ..core.weights import CheckpointMismatch, MissingWeights, check_weights
 from ..errors import InvalidInput
@@ -32,58 +32,6 @@ from ..logs import configure_logging
 logger = logging.getLogger(__name__)
 
 EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
-
-
-def add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    """The engine's settings as flags, over the FRAMEPACK_* variables (`config.EngineConfig`)."""
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        help="weights folder in the hub layout (default: $FRAMEPACK_WEIGHTS or weights/)",
-    )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    parser.add_argument(
-        "--dtype", choices=DTYPES, default=None, help="transformer dtype (default: bfloat16 on cuda, float32 on cpu)"
-    )
-    parser.add_argument(
-        "--fp8",
-        action="store_true",
-        default=None,
-        help="run the transformer blocks' Linear layers in FP8 (faster on Ada/Hopper GPUs, "
-        "output differs by a few percent; in low-VRAM mode half the bytes are held or streamed)",
-    )
-    parser.add_argument(
-        "--compile",
-        choices=COMPILE_MODES,
-        default=None,
-        help="compile the transformer blocks: auto (resident weights on a GPU), on (also on "
-        "the CPU), off (default: $FRAMEPACK_COMPILE or auto)",
-    )
-    parser.add_argument(
-        "--attention",
-        choices=ATTENTION_CHOICES,
-        default=None,
-        help="the transformer blocks' attention kernel: auto (the fastest that passes its probe on this GPU) or "
-        "one by name; sage (SageAttention) is for GPUs without FlashAttention 4 and is only used when asked for "
-        "(default: $FRAMEPACK_ATTENTION or auto)",
-    )
-    parser.add_argument(
-        "--gpus",
-        type=gpus_flag,
-        default=None,
-        metavar="auto|N",
-        help="GPUs that generate each video together (sequence parallel; high-VRAM mode only): auto (every visible "
-        "GPU) or a number; with --device cpu, that many CPU processes (default: $FRAMEPACK_GPUS or auto)",
-    )
-
-
-def gpus_flag(text: str) -> str:
-    """--gpus: auto or a whole number of at least 1."""
-    text = text.strip().lower()
-    if text != "auto" and not (text.isdigit() and int(text) >= 1):
-        raise argparse.ArgumentTypeError(f"expected auto or a number of GPUs (1 or more), got {text!r}")
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from the request and seed stored in an MP4 this project made (its files given again with -i); "
         "-i inputs override them",
     )
-    add_engine_flags(predict)
+    add_flags(predict)
     predict.add_argument("-o", "--output", type=Path, default=Path("output.mp4"), help="MP4 to write")
     predict.add_argument(
         "--dump-tensors",
@@ -124,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch the weights into the hub layout (for baking)",
         description="Download only the subfolders FramePack needs; resumable.",
     )
-    download.add_argument(
-        "--weights", type=Path, default=None, help="target folder (default: $FRAMEPACK_WEIGHTS or weights/)"
-    )
+    add_flags(download, names=("weights_dir",))
     download.add_argument("--variants", default="original,f1", help="comma-separated model variants")
     warm = commands.add_parser(
         "warm-cache",
@@ -134,13 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the engine as the service does, which compiles the blocks and writes the compile cache "
         "(FRAMEPACK_COMPILE_CACHE, default <weights>/compile-cache); prints the cache folder.",
     )
-    add_engine_flags(warm)
+    add_flags(warm)
     ui = commands.add_parser(
         "ui",
         help="the web studio (Gradio) on this machine",
         description="Start the web studio over the engine. Binds to 127.0.0.1 unless told otherwise.",
     )
-    add_engine_flags(ui)
+    add_flags(ui)
     ui.add_argument("--server", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     ui.add_argument(
@@ -212,16 +158,7 @@ def _check_output(path: Path, option: str) -> None:
 def engine_config(args: argparse.Namespace, variants: tuple[str, ...]) -> EngineConfig:
     """The FRAMEPACK_* settings, with the flags given on the command line taking precedence."""
     try:
-        return EngineConfig.from_env(
-            weights_dir=args.weights,
-            variants=variants,
-            device=args.device,
-            dtype=args.dtype,
-            fp8=args.fp8,
-            attention=args.attention,
-            compile=args.compile,
-            gpus=args.gpus,
-        )
+        return EngineConfig.from_env(variants=variants, **flag_values(args))
     except ValueError as error:
         raise InvalidInput("environment", str(error)) from None
 
@@ -261,7 +198,7 @@ def run_download(args: argparse.Namespace) -> Path:
     for variant in variants:
         if variant not in MODEL_VARIANTS:
             raise InvalidInput("--variants", f"{variant!r} is not one of {', '.join(MODEL_VARIANTS)}")
-    weights_dir = EngineConfig.from_env(weights_dir=args.weights).weights_dir
+    weights_dir = EngineConfig.from_env(weights_dir=args.weights_dir).weights_dir
     prepare_weights(weights_dir, variants)
     return weights_dir
 
