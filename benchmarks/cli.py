@@ -38,7 +38,8 @@ from framepack.logs import configure_logging
 from framepack.models.float8 import quantize_transformer_blocks
 from framepack.runtime.acceleration import accelerate
 from framepack.runtime.compilation import CompileRecord
-from framepack.runtime.memory import MemoryPlan, place_models
+from framepack.runtime.memory import MemoryPlan
+from framepack.runtime.placement import place_models
 from framepack.runtime.transformer import PackedTransformer
 from framepack.runtime.vae_acceleration import accelerate_vae
 from framepack.serving.engine import Engine
@@ -235,15 +236,15 @@ def compare_paths(args, device: torch.device, dtype: torch.dtype, size: tuple[in
     started = time.perf_counter()
     models = random_models(args.size, device, dtype, device)
     mode = "high" if device.type == "cuda" else "cpu"
-    place_models(models, MemoryPlan(mode, "benchmark"))
+    # Both variants are the same model here, so the engine keeps both resident and never moves one for the other.
+    placement = place_models(models, MemoryPlan(mode, "benchmark", resident_variants=2))
     report["build_seconds"] = time.perf_counter() - started
     if device.type == "cuda":
         report["models_allocated_gib"] = torch.cuda.memory_allocated(device) / 2**30
     model = models.transformers["original"]
     models.transformers["f1"] = model  # the same architecture: F1 differs only in its trained weights
     case = forward.ForwardCase.random(model, device, dtype, *size)
-    # Both variants are the same model here, so the engine keeps both resident and never moves one for the other.
-    engine = Engine(EngineConfig(device=device.type, compile="off"), models, MemoryPlan(mode, "benchmark", 2), {})
+    engine = Engine(EngineConfig(device=device.type, compile="off"), models, placement)
     e2e = EndToEndRuns(engine, image, size, device, args.e2e_seconds, args.steps, args.variant, report, args.out)
     teacache_off, teacache_on = not args.teacache_runs_only, not args.no_teacache_runs
 

@@ -6,7 +6,7 @@ engine that streams every block (`FRAMEPACK_MEMORY_MODE=low`) and decodes as the
 each cap gets the placement a GPU of that size gets (a budget of the cap less the reserve,
 `memory_costs.COSTS.reserved_gib`; `residency.py`) and both modes run the service's own decode (in the background
 where memory allows). Caps run smallest first: a cap whose VAE and encoders sit where the loaded engine put them
-reuses it with more blocks held (`memory.make_resident`), as a request of another size would; otherwise an engine is
+reuses it with more blocks held (`placement.make_resident`), as a request of another size would; otherwise an engine is
 loaded afresh. (Going down instead, the memory the allocator cached under the larger cap stays in segments it cannot
 release.) `low_fp8` runs the capped engines with FP8 blocks (the high-VRAM baseline stays bf16).
 """
@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 
 from framepack.config import EngineConfig
-from framepack.runtime import memory, residency, streaming
+from framepack.runtime import residency, streaming
+from framepack.runtime.memory import MemoryPlan
 from framepack.runtime.memory_costs import COSTS, GIB
+from framepack.runtime.placement import make_resident, model_sizes, set_decode_tiling
 from framepack.runtime.transformer import PackedTransformer
 from framepack.serving.engine import load_engine
 
@@ -65,23 +67,23 @@ class AdaptiveEngines:
         re-fitted under the cap; a fresh one loads without it (the caller sets it for the run)."""
         budget = max(cap - COSTS.reserved_gib, 0.0)
         if self.engine is not None and self.engine.plan.mode == "low":
-            setup = residency.plan_residency(int(budget * GIB), memory.model_sizes(self.engine.models))
-            placed = self.engine.models.residency
+            setup = residency.plan_residency(int(budget * GIB), model_sizes(self.engine.models))
+            placed = self.engine.placement.residency
             if _placement(setup) == _placement(placed):
                 # This cap, not the smaller one before it, bounds the blocks now copied in (on the H200 the 12 GiB
                 # cap's 4.4 GiB of held blocks failed under the 4 GiB cap still set).
                 _limit_gpu_memory(self.device, cap)
-                self.engine.models.residency = setup
-                plan = memory.MemoryPlan("low", f"cap {cap:g} GiB", budget_gib=budget)
-                self.engine = dataclasses.replace(self.engine, plan=plan)
-                memory.make_resident(self.engine.models, "original", plan, size)
+                placement = self.engine.placement
+                placement.residency = setup
+                placement.plan = MemoryPlan("low", f"cap {cap:g} GiB", budget_gib=budget)
+                make_resident(self.engine.models, placement, "original", size)
                 return self.engine
         self.engine = None  # nothing else may hold the models: their GPU memory is freed before the next load
         gc.collect()
         _limit_gpu_memory(self.device, None)
         config = engine_config(self.weights, self.device, self.dtype, f"{budget:g}", self.fp8)
         self.engine = load_engine(config)
-        memory.make_resident(self.engine.models, "original", self.engine.plan, size)
+        make_resident(self.engine.models, self.engine.placement, "original", size)
         return self.engine
 
 
@@ -143,7 +145,7 @@ def low_vram(
         results.setdefault("weights_gib", _weights_gib(models))
         results.setdefault("host_peak_rss_after_loading_gib", peak_rss_gib())
         _limit_gpu_memory(device, cap)
-        timings = _collect_stream_timings(models)
+        timings = _collect_stream_timings(engine.placement)
         retries = _alloc_retries(device)
         try:
             low = end_to_end(engine, image, size, PackedTransformer, False, seconds, steps, device, adaptive)
@@ -156,7 +158,7 @@ def low_vram(
             run["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
             run["alloc_retries"] = _alloc_retries(device) - retries
         run["host_peak_rss_gib"] = peak_rss_gib()
-        run.update(_streaming_facts(models, results["host_to_device_gb_s"]))
+        run.update(_streaming_facts(engine.placement, results["host_to_device_gb_s"]))
         if timings is not None:
             run["stream_timings"] = dataclasses.asdict(timings)
         results[key] = run
@@ -194,9 +196,9 @@ def low_vram(
     return results
 
 
-def _collect_stream_timings(models) -> streaming.StreamTimings | None:
+def _collect_stream_timings(placement) -> streaming.StreamTimings | None:
     """Start collecting how long sampling waits for streamed blocks (None in high-VRAM mode)."""
-    streamer = models.streamers.get("original")
+    streamer = placement.streamers.get("original")
     if streamer is None:
         return None
     streamer.timings = streaming.StreamTimings()
@@ -219,7 +221,7 @@ def vae_decode_peaks(vae, size: tuple[int, int], device: torch.device) -> dict:
     peaks = {}
     try:
         for tiling in COSTS.decode_peak_544x704_gib:
-            memory.set_decode_tiling(vae, tiling)
+            set_decode_tiling(vae, tiling)
 
             def decode(tiled=tiling is not None):
                 return vae.tiled_decode(latents).sample if tiled else vae.decoder(vae.post_quant_conv(latents))
@@ -284,10 +286,10 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _streaming_facts(models, bandwidth_gb_s: float | None) -> dict:
+def _streaming_facts(placement, bandwidth_gb_s: float | None) -> dict:
     """Blocks held and bytes streamed per forward, and what copying them takes on this host link and on a
     PCIe 4.0 x16 consumer GPU (about 25 GB/s)."""
-    streamer = models.streamers.get("original")
+    streamer = placement.streamers.get("original")
     if streamer is None:
         return {}
     streamed = streamer.streamed_bytes

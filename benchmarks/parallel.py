@@ -110,7 +110,7 @@ def measure(engine, gpus: int, device, dtype, size, image: Path, args, case: for
     """Forward and end-to-end runs on one engine; returns the results and, under "_outputs", the tensors."""
     models = engine.models
     model = models.transformers["original"]
-    group = models.parallel
+    group = engine.placement.parallel
     result: dict = {"gpus": gpus, "startup_s": dict(engine.timings)}
     outputs: dict = {}
     if group is not None:

@@ -23,7 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.random_models import random_models  # noqa: E402
 from framepack.config import EngineConfig  # noqa: E402
-from framepack.runtime import memory  # noqa: E402
+from framepack.runtime.acceleration import accelerate_models  # noqa: E402
+from framepack.runtime.memory import MemoryPlan  # noqa: E402
+from framepack.runtime.placement import place_models  # noqa: E402
 from framepack.serving.engine import Engine  # noqa: E402
 from framepack.serving.presets import PresetStore  # noqa: E402
 from framepack.serving.studio import Studio  # noqa: E402
@@ -56,11 +58,11 @@ def main() -> int:
     device, dtype = torch.device("cuda" if cuda else "cpu"), torch.bfloat16 if cuda else torch.float32
     models = random_models(args.size, device, dtype, device)
     models.transformers["f1"] = models.transformers["original"]
-    plan = memory.MemoryPlan("high" if cuda else "cpu", "check")
+    plan = MemoryPlan("high" if cuda else "cpu", "check")
     config = EngineConfig(weights_dir=args.out, device=device.type, dtype=str(dtype).removeprefix("torch."))
-    memory.place_models(models, plan)
-    accelerations = memory.prepare_for_speed(models, plan, config)
-    studio = Studio(Engine(config, models, plan, accelerations), args.out / "outputs", PresetStore(args.out / "p.json"))
+    placement = place_models(models, plan)
+    accelerate_models(models, placement, config)
+    studio = Studio(Engine(config, models, placement), args.out / "outputs", PresetStore(args.out / "p.json"))
     image = args.out / "start.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (544, 704, 3), dtype=np.uint8)).save(image)
     base = {

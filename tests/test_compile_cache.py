@@ -41,7 +41,7 @@ requests = [
 ]
 for inputs in requests:
     inputs = {{"input_image": Path({str(START_IMAGE)!r}), "seed": 1, "steps": 2, **inputs}}
-    generate(build_request(inputs), engine.models)
+    generate(build_request(inputs), engine.models, placement=engine.placement)
 print(json.dumps({{"after_start": after_start, "kernels": kernels_compiled(), "graphs": compiled_graphs(),
                   "timings": engine.timings}}))
 """

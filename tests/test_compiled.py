@@ -74,20 +74,21 @@ def weights(service: FramePackService) -> dict[str, torch.Tensor]:
 
 
 def test_setup_says_truthfully_what_is_compiled(services, capsys):
-    compiled, eager = services["on"].models, services["off"].models
-    assert eager.compile_record is None
-    assert compiled.compile_record is not None
-    for model in compiled.transformers.values():
+    compiled, eager = services["on"].engine, services["off"].engine
+    assert eager.placement.compile_record is None
+    record = compiled.placement.compile_record
+    assert record is not None
+    for model in compiled.models.transformers.values():
         assert all(block._compiled_call_impl is not None for block in all_blocks(model))
     predict(services["on"])
     # Inductor really built the graphs (none fell back to eager), and says so in the prediction's log.
-    assert compiled.compile_record.graphs >= 2 and compiled.compile_record.failures == []
+    assert record.graphs >= 2 and record.failures == []
     assert "compiled blocks: " in capsys.readouterr().out
 
 
 def test_lora_sequence_equals_eager_and_leaves_the_base_weights_bit_identical(services, lora_files):
     base = weights(services["on"])
-    record = services["on"].models.compile_record
+    record = services["on"].engine.placement.compile_record
     predict(services["on"])  # compile for this request's shapes first
     graphs = record.graphs
     sequence = [

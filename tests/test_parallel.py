@@ -29,7 +29,7 @@ from framepack.runtime.pipeline import GenerationOptions, TensorRecorder, genera
 from framepack.runtime.sequence_parallel import UlyssesAttnProcessor
 from framepack.runtime.transformer import PackedTransformer
 from framepack.serving.cli import build_parser, engine_config, parse_inputs
-from framepack.serving.engine import load_engine
+from framepack.serving.engine import Engine, load_engine
 from framepack.serving.parallel import describe
 
 # float32 on the CPU: the same arithmetic per token and per head, so results agree to rounding (here: exactly).
@@ -49,12 +49,15 @@ def engine(request):
     started.close()
 
 
-def latents(models, options: GenerationOptions = GenerationOptions(), **overrides) -> torch.Tensor:
-    return generate(build_request(tiny_request(**overrides)), models, options=options).video_latents
+def latents(source, options: GenerationOptions = GenerationOptions(), **overrides) -> torch.Tensor:
+    """A tiny request's video latents on `source`: an engine (its models as it placed them) or loaded models."""
+    models, placement = (source.models, source.placement) if isinstance(source, Engine) else (source, None)
+    request = build_request(tiny_request(**overrides))
+    return generate(request, models, options=options, placement=placement).video_latents
 
 
 def test_the_engine_runs_workers_with_ulysses_attention(engine):
-    group = engine.models.parallel
+    group = engine.placement.parallel
     assert group is not None and all(process.is_alive() for process in group.processes)
     assert len(group.processes) == group.world - 1
     for model in engine.models.transformers.values():
@@ -73,14 +76,14 @@ def test_one_forward_matches_one_process(engine, tiny_models, variant):
         return runner.velocity(noisy, torch.tensor([700.0]), torch.tensor([10000.0]), text, prepared)
 
     expected = velocity(PackedTransformer(tiny_models.transformers[variant]))
-    actual = velocity(engine.models.parallel.transformer(engine.models.transformers[variant], variant))
+    actual = velocity(engine.placement.parallel.transformer(engine.models.transformers[variant], variant))
     assert relative_l2(actual, expected) < MAX_RELATIVE_L2
 
 
 @pytest.mark.parametrize("use_teacache", [False, True], ids=["teacache-off", "teacache-on"])
 def test_a_generation_matches_one_process(engine, tiny_models, use_teacache):
     overrides = {"use_teacache": use_teacache, "steps": 6 if use_teacache else 2}
-    assert relative_l2(latents(engine.models, **overrides), latents(tiny_models, **overrides)) < MAX_RELATIVE_L2
+    assert relative_l2(latents(engine, **overrides), latents(tiny_models, **overrides)) < MAX_RELATIVE_L2
 
 
 def test_a_lora_is_merged_on_every_process_and_taken_out_after(engine, tiny_models, tmp_path):
@@ -88,9 +91,9 @@ def test_a_lora_is_merged_on_every_process_and_taken_out_after(engine, tiny_mode
     save_file(musubi_lora(tiny_models.transformers["original"]), str(path))
     with_lora = {"lora_weights": str(path), "lora_scale": 0.8}
     expected = latents(tiny_models, **with_lora)
-    assert relative_l2(latents(engine.models, **with_lora), expected) < MAX_RELATIVE_L2
+    assert relative_l2(latents(engine, **with_lora), expected) < MAX_RELATIVE_L2
     assert relative_l2(expected, latents(tiny_models)) > 1e-3  # the LoRA changes the video
-    assert relative_l2(latents(engine.models), latents(tiny_models)) < MAX_RELATIVE_L2
+    assert relative_l2(latents(engine), latents(tiny_models)) < MAX_RELATIVE_L2
 
 
 class Cancelled(BaseException):
@@ -103,8 +106,8 @@ def test_after_a_cancel_the_next_generation_matches(engine, tiny_models):
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        latents(engine.models, GenerationOptions(on_step=cancel))
-    assert relative_l2(latents(engine.models), latents(tiny_models)) < MAX_RELATIVE_L2
+        latents(engine, GenerationOptions(on_step=cancel))
+    assert relative_l2(latents(engine), latents(tiny_models)) < MAX_RELATIVE_L2
 
 
 @pytest.mark.parametrize("case_name", golden_case_names())
@@ -112,7 +115,7 @@ def test_golden_case(engine, case_name):
     case = load_golden_case(case_name)
     request = build_request(parse_inputs(input_args(case["input"])[1::2]))
     recorder = TensorRecorder(True)
-    generate(request, engine.models, options=GenerationOptions(record=recorder))
+    generate(request, engine.models, options=GenerationOptions(record=recorder), placement=engine.placement)
     assert_matches_golden(recorder.tensors, load_file(GOLDEN / case_name / "expected.safetensors"))
 
 

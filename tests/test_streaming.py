@@ -15,12 +15,22 @@ from conftest import peft_lora, section_and_text, tiny_request
 
 from framepack.core.request import build_request
 from framepack.core.teacache import TeaCacheState
-from framepack.runtime import memory, streaming
+from framepack.runtime import streaming
 from framepack.runtime.memory import MemoryPlan
+from framepack.runtime.memory_costs import GIB, working_set_bytes
 from framepack.runtime.pipeline import generate
+from framepack.runtime.placement import Placement, make_resident, model_sizes
+from framepack.runtime.residency import plan_residency
 from framepack.runtime.transformer import PackedTransformer
 
 CPU = torch.device("cpu")
+
+
+def _low_vram(streamers: dict, budget_gib: float | None = 1.0) -> Placement:
+    """A low-VRAM placement of already streamed blocks (the CPU stands in for the GPU)."""
+    return Placement(MemoryPlan("low", "test", budget_gib=budget_gib), streamers=streamers)
+
+
 REQUEST = tiny_request(prompt="a dancer", seed=5, total_video_length_seconds=1.2, steps=3, use_teacache=True)
 
 
@@ -116,17 +126,16 @@ def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path, re
     vae = copy.deepcopy(tiny_models.vae)
     streaming.OnDeviceWhileCalled(vae, CPU, ("encode", "decode"), pin=False)
     streamed_model, streamer = _streamed(tiny_models.transformers["original"], resident_blocks)
-    models = dataclasses.replace(
-        tiny_models, vae=vae, transformers={"original": streamed_model}, streamers={"original": streamer}
-    )
-    streamed = generate(request, models)
+    models = dataclasses.replace(tiny_models, vae=vae, transformers={"original": streamed_model})
+    placement = _low_vram({"original": streamer})
+    streamed = generate(request, models, placement=placement)
     assert torch.equal(streamed.video_latents, resident.video_latents)
     assert torch.equal(streamed.frames, resident.frames)
-    without_lora = generate(build_request({**REQUEST, "use_teacache": True}), models)
+    without_lora = generate(build_request({**REQUEST, "use_teacache": True}), models, placement=placement)
     assert not torch.equal(without_lora.video_latents, streamed.video_latents)  # the LoRA acted when streamed
     # The LoRA merged into the held blocks' device copy and was taken out again: their host copy is untouched.
     streamer.drop()
-    assert torch.equal(generate(request, models).video_latents, streamed.video_latents)
+    assert torch.equal(generate(request, models, placement=placement).video_latents, streamed.video_latents)
 
 
 @pytest.mark.parametrize("background", [False, True])
@@ -208,17 +217,13 @@ def test_variants_take_turns_holding_their_blocks(tiny_models):
         for variant in ("original", "f1")
     }
     streamed = {variant: _streamed(tiny_models.transformers[variant], 2) for variant in ("original", "f1")}
-    models = dataclasses.replace(
-        tiny_models,
-        transformers={variant: pair[0] for variant, pair in streamed.items()},
-        streamers={variant: pair[1] for variant, pair in streamed.items()},
-    )
-    plan = MemoryPlan("low", "test", budget_gib=1.0)
+    models = dataclasses.replace(tiny_models, transformers={variant: pair[0] for variant, pair in streamed.items()})
+    placement = _low_vram({variant: pair[1] for variant, pair in streamed.items()})
     for variant in ("f1", "original", "f1"):
-        memory.make_resident(models, variant, plan)
-        held = {name for name, streamer in models.streamers.items() if streamer._held is not None}
+        make_resident(models, placement, variant)
+        held = {name for name, streamer in placement.streamers.items() if streamer._held is not None}
         assert held == {variant}
-        result = generate(build_request({**request, "model_variant": variant}), models)
+        result = generate(build_request({**request, "model_variant": variant}), models, placement=placement)
         assert torch.equal(result.video_latents, resident[variant].video_latents), variant
 
 
@@ -278,23 +283,22 @@ def test_float8_blocks_stream_as_they_run_resident(tiny_models):
 def test_held_blocks_fit_each_request_size(tiny_models):
     """With a budget, a request of a larger size holds fewer blocks and a smaller one more, within the budget;
     the video is the resident one either way."""
-    from framepack.runtime.residency import plan_residency, working_set_bytes
-
     model, streamer = _streamed(tiny_models.transformers["original"], resident_blocks=1)
-    models = dataclasses.replace(tiny_models, transformers={"original": model}, streamers={"original": streamer})
-    sizes = memory.model_sizes(models)
+    models = dataclasses.replace(tiny_models, transformers={"original": model})
+    sizes = model_sizes(models)
     large, small = (416, 960, 9), (208, 480, 9)  # the widest buckets of the 640 and 320 families
     # Room for the working set of the large size and the slots, not one block more.
     budget = working_set_bytes(*large) + sizes.transformer_other + 2 * max(sizes.blocks) + sizes.blocks[0] // 2
-    models.residency = plan_residency(budget, sizes, working_set_bytes(*large))
-    plan = MemoryPlan("low", "test", budget_gib=budget / 2**30)
+    placement = _low_vram({"original": streamer}, budget_gib=budget / GIB)
+    placement.residency = plan_residency(budget, sizes, working_set_bytes(*large))
     request = build_request({**REQUEST, "use_teacache": False})
     resident_model = _packed(tiny_models.transformers["original"])
     resident = generate(request, dataclasses.replace(tiny_models, transformers={"original": resident_model}))
     for size, held in ((small, 3), (large, 0), (small, 3)):  # the tiny model has 4 blocks; one always streams
-        memory.make_resident(models, "original", plan, size)
+        make_resident(models, placement, "original", size)
         assert streamer.resident_blocks == held and (streamer._held is not None) == (held > 0)
-        assert torch.equal(generate(request, models).video_latents, resident.video_latents), size
+        streamed = generate(request, models, placement=placement)
+        assert torch.equal(streamed.video_latents, resident.video_latents), size
 
 
 def _count_visits(module) -> list[int]:
@@ -338,18 +342,14 @@ def test_encoders_that_visit_whole_give_the_resident_video(tiny_models):
 
 def test_the_vae_decodes_whole_frames_where_the_budget_holds_them(tiny_models):
     """Per request, the VAE gets the fastest spatial tiling whose decode fits beside what stays on the GPU."""
-    from framepack.runtime.residency import GIB, plan_residency
-
     model, streamer = _streamed(tiny_models.transformers["original"], resident_blocks=1)
     vae = copy.deepcopy(tiny_models.vae)
-    models = dataclasses.replace(
-        tiny_models, vae=vae, transformers={"original": model}, streamers={"original": streamer}
-    )
+    models = dataclasses.replace(tiny_models, vae=vae, transformers={"original": model})
     budget = 10 * GIB  # whole frames of a 320-family request fit (4.9 GiB); a 640 one's (19.5 GiB) do not
-    models.residency = plan_residency(budget, memory.model_sizes(models))
-    plan = MemoryPlan("low", "test", budget_gib=10.0)
+    placement = _low_vram({"original": streamer}, budget_gib=10.0)
+    placement.residency = plan_residency(budget, model_sizes(models))
     for size, tiling in (((208, 480, 9), None), ((416, 960, 9), (256, 192)), ((208, 480, 9), None)):
-        memory.make_resident(models, "original", plan, size)
-        assert models.decode_tiling == tiling
+        make_resident(models, placement, "original", size)
+        assert placement.decode_tiling == tiling
         assert vae.use_tiling == (tiling is not None)
     assert (vae.tile_sample_min_height, vae.tile_sample_stride_width) == (256, 192)  # as the 640 request left it

@@ -13,9 +13,11 @@ from ..core.weights import ENCODER_COMPONENTS, check_weights, transformer_compon
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FramePackModels:
-    """Every component a generation needs. `transformers` maps a model variant to its packed transformer."""
+    """Every component a generation needs, as loaded. `transformers` maps a model variant to its packed
+    transformer; `device` is where they run and `dtype` the transformer's. Where they sit and how they run is
+    the engine's `runtime.placement.Placement`."""
 
     tokenizer: object
     tokenizer_2: object
@@ -27,11 +29,6 @@ class FramePackModels:
     transformers: dict[str, torch.nn.Module] = field(default_factory=dict)
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
-    compile_record: object | None = None  # compilation.CompileRecord when the blocks are compiled
-    streamers: dict = field(default_factory=dict)  # variant -> streaming.BlockStreamer in low-VRAM mode
-    residency: object | None = None  # residency.Residency: what low-VRAM placement kept on the GPU
-    decode_tiling: tuple[int, int] | None = None  # low-VRAM mode: the VAE's spatial tiles (None: whole frames)
-    parallel: object | None = None  # parallel.SequenceParallel when the blocks run on several GPUs
 
 
 def all_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
@@ -55,7 +52,7 @@ def load_models(
 ) -> FramePackModels:
     """Load tokenizers, encoders, VAE and the requested transformers.
 
-    `device` is where they will run (recorded in the bundle; `memory.place_models` moves or streams them
+    `device` is where they will run (recorded in the bundle; `placement.place_models` moves or streams them
     there). The transformer runs in `dtype`; encoders in `encoder_dtype`. Raises MissingWeights before
     loading anything if a component is absent.
 

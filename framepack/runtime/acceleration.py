@@ -14,12 +14,14 @@ falls back to eager PyTorch (and bf16) when a backend, the compiler or FP8 suppo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
-from ..models import all_blocks
+from ..config import EngineConfig
+from ..models import FramePackModels, all_blocks
 from ..models.attention import (
     JointAttnProcessor,
     flash_attention4,
@@ -28,7 +30,10 @@ from ..models.attention import (
     sage_attention_unavailable,
 )
 from ..models.float8 import Float8Linear, float8_layer_count, float8_unsupported_reason, quantize_transformer_blocks
-from .compilation import CompileRecord, capture_problem, compile_blocks, compiler_missing
+from .compilation import CompileRecord, capture_problem, compile_blocks, compile_decision, compiler_missing
+
+if TYPE_CHECKING:
+    from .placement import Placement
 
 FLASH_ATTENTION_4 = "flash_attention_4"
 SAGE_ATTENTION = "sage"
@@ -170,3 +175,34 @@ def _choose_attention(model, device: torch.device, attention: str, result: Accel
             break
         result.notes.append(f"attention {name} skipped: {reason}")
     set_block_attention(model, result.attention)
+
+
+def accelerate_models(models: FramePackModels, placement: Placement, config: EngineConfig) -> None:
+    """The configured attention for every transformer (by default the fastest); compiled blocks and VAE norms and
+    FP8 layers where `config` asks for them and they apply.
+
+    What was applied to each variant goes to `placement.accelerations` (an `Acceleration` per variant name).
+    Compilation follows `compilation.compile_decision` (by default: resident weights on a GPU); the variants share
+    one `CompileRecord`, `placement.compile_record`, for the per-prediction log.
+
+    In low-VRAM mode the streamed blocks compile too, and FP8 layers were put in at placement.
+    The VAE gets its exact padding everywhere and compiled GroupNorms when compiling (`vae_acceleration.py`).
+    """
+    from .vae_acceleration import accelerate_vae
+
+    compiling, reason = compile_decision(config.compile, placement.plan.mode)
+    accelerate_vae(models.vae, compile_norms=compiling)
+    placement.compile_record = CompileRecord() if compiling else None
+    placement.accelerations = {
+        variant: accelerate(
+            model,
+            models.device,
+            attention=config.attention,
+            compile_blocks_with=placement.compile_record,
+            float8=config.fp8,
+        )
+        for variant, model in models.transformers.items()
+    }
+    if not compiling:
+        for acceleration in placement.accelerations.values():
+            acceleration.notes.append(reason)

@@ -26,6 +26,7 @@ from ..models import FramePackModels, lora
 from . import conditioning
 from .compilation import settle_cublas
 from .decoding import SectionDecoder, UpcomingDecode, background_decode_plan
+from .placement import Placement
 from .streaming import streams_weights
 from .transformer import PackedTransformer, SectionInputs, TextInputs, TransformerRunner
 
@@ -153,25 +154,28 @@ def generate(
     models: FramePackModels,
     progress: ProgressReporter | None = None,
     options: GenerationOptions = GenerationOptions(),
+    placement: Placement | None = None,
 ) -> GenerationResult:
-    """The request's frames, without an MP4 or placement: encode, then sample and decode the sections.
+    """The request's frames, without an MP4: encode, then sample and decode the sections.
 
     What the engine's one path (`engine.Engine.generate`) runs between placing the models and writing the video;
-    tests and benchmarks call it on models they placed themselves. `progress` reports and times the stages.
+    tests and benchmarks call it on models they placed themselves (`placement`, by default none: the models run
+    where they are). `progress` reports and times the stages.
     """
     progress = progress or ProgressReporter(request.num_sections, request.steps)
     settle_cublas(models.device)
-    with request_transformer(request, models, options) as transformer:
+    with request_transformer(request, models, placement or Placement.on_cpu(), options) as transformer:
         cond = encode(request, models, progress, options.record)
         return sample_sections(request, models, cond, transformer, progress, options)
 
 
 @contextmanager
 def request_transformer(
-    request: GenerationRequest, models: FramePackModels, options: GenerationOptions
+    request: GenerationRequest, models: FramePackModels, placement: Placement, options: GenerationOptions
 ) -> Iterator[TransformerRunner]:
     """The request's variant with its LoRAs merged (on every worker too), as the runner its sections sample
-    with; the LoRAs are taken out again when the block exits.
+    with (its blocks streamed or on the workers, as `placement` has them); the LoRAs are taken out again when
+    the block exits.
 
     Call `compilation.settle_cublas` on this thread first: a LoRA merge runs float32 matrix products.
     """
@@ -184,16 +188,16 @@ def request_transformer(
     loras = lora.load_request_loras(model, requested, options.lora_downloads)
     with lora.merged_loras(model, loras, models.device), ExitStack() as on_workers:
         # The runner is built with the LoRAs merged: it keeps a float32 copy of the output head.
-        if models.parallel is None:
-            yield options.runner(model, models.device, models.streamers.get(variant))
+        if placement.parallel is None:
+            yield options.runner(model, models.device, placement.streamers.get(variant))
             return
         # The blocks run on several GPUs (`parallel.py`); the workers merge the same LoRA files.
         if options.runner is not PackedTransformer:
             raise ValueError(f"{options.runner.__name__} does not run on several GPUs")
         on_workers.enter_context(
-            models.parallel.merged_loras(variant, lora.local_lora_files(requested, options.lora_downloads))
+            placement.parallel.merged_loras(variant, lora.local_lora_files(requested, options.lora_downloads))
         )
-        yield models.parallel.transformer(model, variant)
+        yield placement.parallel.transformer(model, variant)
 
 
 def encode(

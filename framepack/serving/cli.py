@@ -213,7 +213,7 @@ def run_warm_cache(args: argparse.Namespace) -> Path:
 
     from .engine import load_engine
 
-    if load_engine(config).models.compile_record is None:
+    if load_engine(config).placement.compile_record is None:
         raise InvalidInput("--compile", "nothing was compiled with these settings, so there is nothing to cache")
     if not any(cache_dir.glob("torch-*.bin")):
         raise InvalidInput("FRAMEPACK_COMPILE_CACHE", f"no compiled kernels could be written to {cache_dir}")

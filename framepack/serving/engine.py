@@ -34,9 +34,11 @@ from ..core.request import FileInputs, GenerationRequest, build_request
 from ..core.weights import prepare_weights
 from ..models import FramePackModels, load_models
 from ..runtime import memory, pipeline, prefetch
+from ..runtime.acceleration import accelerate_models
 from ..runtime.compilation import settle_cublas
 from ..runtime.outputs import OutputFrames, open_mp4
 from ..runtime.pipeline import GenerationOptions, GenerationResult
+from ..runtime.placement import Placement, make_resident, place_models
 from . import parallel
 
 logger = logging.getLogger(__name__)
@@ -54,21 +56,29 @@ WARM_UP_INPUTS = {
 
 @dataclass
 class Engine:
-    """Loaded, placed and accelerated models; `accelerations` maps a variant to what was applied to it.
+    """Loaded models and where they run (`placement`: placed and accelerated, fitted to each request).
 
     `timings`: seconds per start-up phase, in order.
     """
 
     config: EngineConfig
     models: FramePackModels
-    plan: memory.MemoryPlan
-    accelerations: dict
+    placement: Placement
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def plan(self) -> memory.MemoryPlan:
+        return self.placement.plan
+
+    @property
+    def accelerations(self) -> dict:
+        """Variant -> what was applied to its transformer (`acceleration.Acceleration`)."""
+        return self.placement.accelerations
 
     def close(self) -> None:
         """Stop the worker processes, if the blocks run on several GPUs (they also stop at exit)."""
-        if self.models.parallel is not None:
-            self.models.parallel.close()
+        if self.placement.parallel is not None:
+            self.placement.parallel.close()
 
     def generate(
         self,
@@ -84,11 +94,11 @@ class Engine:
         times the stages (by default to the log); `options` adds the caller's hooks (previews, per-section
         videos, a tensor dump) to the engine's settings.
         """
-        models = self.models
+        models, placement = self.models, self.placement
         options = dataclasses.replace(options or GenerationOptions(), lora_downloads=self.config.lora_downloads())
         progress = progress or ProgressReporter(request.num_sections, request.steps)
         logger.info(f"seed: {request.seed}")
-        started, graphs_before = time.monotonic(), _compiled_graphs(models)
+        started, graphs_before = time.monotonic(), _compiled_graphs(placement)
         # Cog predicts on threads of its own, and the compiled blocks' rounding follows each thread's cuBLAS state:
         # settle it before anything runs a float32 matrix product (a LoRA merge does).
         settle_cublas(models.device)
@@ -96,10 +106,10 @@ class Engine:
             # 1. Plan: the request carries its section schedule and input-video probe, made once at validation.
             # 2. Place: the variant's transformer on the GPU (high VRAM), or its held blocks and the VAE's tiling
             #    fitted to the request's size (low VRAM).
-            memory.make_resident(models, request.model_variant, self.plan, memory.request_size(request))
+            make_resident(models, placement, request.model_variant, memory.request_size(request))
             with (
                 open_mp4(request, output) as video,
-                pipeline.request_transformer(request, models, options) as transformer,
+                pipeline.request_transformer(request, models, placement, options) as transformer,
             ):
                 # 3. Encode what the sections share: prompts, start image (or video), keyframes, end frame.
                 cond = pipeline.encode(request, models, progress, options.record)
@@ -119,7 +129,7 @@ class Engine:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         result.timings = {**progress.timings, "total": time.monotonic() - started}
-        _log_compilation(models, graphs_before)
+        _log_compilation(placement, graphs_before)
         logger.info("timings: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items()))
         return result
 
@@ -139,15 +149,15 @@ class Engine:
             self.generate(request, Path(folder) / "warm-up.mp4", progress)
 
 
-def _compiled_graphs(models: FramePackModels) -> tuple[int, int] | None:
+def _compiled_graphs(placement: Placement) -> tuple[int, int] | None:
     """(graphs compiled, blocks that could not be) so far, when the blocks are compiled."""
-    record = models.compile_record
+    record = placement.compile_record
     return (record.graphs, len(record.failures)) if record is not None else None
 
 
-def _log_compilation(models: FramePackModels, before: tuple[int, int] | None) -> None:
+def _log_compilation(placement: Placement, before: tuple[int, int] | None) -> None:
     """How many block graphs a request compiled (0 once warm), and any that ran eagerly instead."""
-    record = models.compile_record
+    record = placement.compile_record
     if record is None:
         return
     graphs, failures = record.graphs - before[0], len(record.failures) - before[1]
@@ -187,15 +197,15 @@ def load_engine(config: EngineConfig) -> Engine:
     # The workers load their transformers while this process loads everything.
     workers = parallel.SequenceParallel.start(config, world, device) if world > 1 else None
     try:
-        models, accelerations = _load(config, device, dtype, plan, timings)
+        models, placement = _load(config, device, dtype, plan, timings)
         if workers is not None:
             with _timed(timings, "workers"):
-                workers.join(accelerations, models.transformers, config.fp8)
-            models.parallel = workers
+                workers.join(placement.accelerations, models.transformers, config.fp8)
+            placement.parallel = workers
             heads = next(iter(models.transformers.values())).config.num_attention_heads
             logger.info(parallel.describe(world, heads, device))
-        engine = Engine(config, models, plan, accelerations, timings)
-        if models.compile_record is not None:
+        engine = Engine(config, models, placement, timings)
+        if placement.compile_record is not None:
             _compile_ahead(engine, config.compile_cache_dir())
     except BaseException:
         if workers is not None:
@@ -209,8 +219,8 @@ def load_engine(config: EngineConfig) -> Engine:
 
 
 def _load(config: EngineConfig, device, dtype, plan: memory.MemoryPlan, timings: dict) -> tuple:
-    """Read, place and accelerate the models (in the background, the weights prefetch); returns them and what
-    was applied to each transformer."""
+    """Read, place and accelerate the models (in the background, the weights prefetch); returns them and their
+    `Placement`."""
     reading = prefetch.start(config.weights_dir, config.variants)
     cache_dir = config.compile_cache_dir()
     if cache_dir is not None and device.type == "cuda":
@@ -229,12 +239,12 @@ def _load(config: EngineConfig, device, dtype, plan: memory.MemoryPlan, timings:
         with _timed(timings, "FA4 import"):
             flash_attention4_unavailable(device)  # imports the CuTe DSL; the probe in "acceleration" reuses it
     with _timed(timings, "placement"):
-        memory.place_models(models, plan, float8=config.fp8)
+        placement = place_models(models, plan, float8=config.fp8)
     with _timed(timings, "acceleration"):
-        accelerations = memory.prepare_for_speed(models, plan, config)
-    for variant, applied in accelerations.items():
+        accelerate_models(models, placement, config)
+    for variant, applied in placement.accelerations.items():
         logger.info(f"{variant} transformer: {applied.summary()}")
-    return models, accelerations
+    return models, placement
 
 
 def _compile_ahead(engine: Engine, cache_dir: Path | None) -> None:
@@ -242,7 +252,7 @@ def _compile_ahead(engine: Engine, cache_dir: Path | None) -> None:
     compiled from scratch or there was no file yet."""
     from ..runtime.compile_cache import CompileCache, artifact_key, kernels_compiled
 
-    models, config, timings = engine.models, engine.config, engine.timings
+    models, config, timings, record = engine.models, engine.config, engine.timings, engine.placement.compile_record
     variant = config.variants[0]
     cache = None
     if cache_dir is not None:
@@ -252,7 +262,7 @@ def _compile_ahead(engine: Engine, cache_dir: Path | None) -> None:
             cache.load()
     with _timed(timings, "warm-up"):
         engine.warm_up(variant)
-    logger.info(f"warm-up: {models.compile_record.summary()}")
+    logger.info(f"warm-up: {record.summary()}")
     # Written when kernels were built here, and also when they came from another cache (a local inductor cache,
     # or Replicate's): PyTorch records those hits too, so the file is complete either way.
     if cache is not None and (kernels_compiled() or not cache.path.is_file()):
