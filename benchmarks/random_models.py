@@ -7,6 +7,7 @@ tokenizers, and the tiny architecture, come from the test fixtures: the benchmar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -160,7 +161,7 @@ def save_random_weights(size: str, weights_dir: Path, device: torch.device, dtyp
     paths = {c.name: c.path(weights_dir) for c in ENCODER_COMPONENTS}
     for name in ("text_encoder", "text_encoder_2", "image_encoder", "vae"):
         getattr(models, name).to("cpu").save_pretrained(paths[name])
-        setattr(models, name, None)  # free host memory before the next component
+        models = dataclasses.replace(models, **{name: None})  # free host memory before the next component
     for name in ("tokenizer", "tokenizer_2", "feature_extractor"):
         getattr(models, name).save_pretrained(paths[name])
     models.transformers["original"].to("cpu").save_pretrained(transformer_component("original").path(weights_dir))

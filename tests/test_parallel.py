@@ -155,7 +155,7 @@ def test_the_gpus_flag_reaches_the_engine_over_the_variable(monkeypatch, capsys)
     assert engine_config(build_parser().parse_args(["ui"]), ("original",)).gpus == "4"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["predict", "--gpus", "0"])
-    assert "--gpus: expected auto or a number of GPUs" in capsys.readouterr().err
+    assert "argument --gpus: must be auto or a number of GPUs (1 or more), got '0'" in capsys.readouterr().err
     monkeypatch.setenv("FRAMEPACK_GPUS", "many")
     with pytest.raises(InvalidInput, match="FRAMEPACK_GPUS"):
         engine_config(build_parser().parse_args(["ui"]), ("original",))

@@ -28,6 +28,9 @@ import torch.nn.functional as F
 
 from ..models import all_blocks
 from ..models.attention import QKV, AttentionKernel, JointAttnProcessor
+from .transformer import PackedTransformer
+
+HOST = "127.0.0.1"  # where the processes' store and collectives rendezvous
 
 
 @torch.library.custom_op("framepack::all_to_all", mutates_args=())
@@ -169,3 +172,45 @@ def install_ulysses(model, rank: int, world: int) -> None:
     """Route every block's attention of `model` through Ulysses, keeping the kernel each block runs now."""
     for block in all_blocks(model):
         block.attn.processor = UlyssesAttnProcessor(block_kernel(block.attn.processor), rank, world)
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def rank_device(device: torch.device, rank: int) -> torch.device:
+    """Where rank `rank` runs: cuda:rank, or the CPU."""
+    return torch.device("cuda", rank) if device.type == "cuda" else device
+
+
+def tensor_spec(tensor: torch.Tensor) -> tuple[tuple[int, ...], str]:
+    """A tensor's shape and dtype name, for a worker to allocate the tensor it will receive."""
+    return tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")
+
+
+def empty_from_spec(spec: tuple[tuple[int, ...], str], device: torch.device) -> torch.Tensor:
+    shape, dtype = spec
+    return torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+
+
+class SequenceParallelTransformer(PackedTransformer):
+    """`PackedTransformer` whose block stack runs on every rank, each on a slice of the video tokens.
+
+    Everything else (embeddings, TeaCache's decision, the output head) runs on rank 0 alone, as on one GPU.
+    `group` is rank 0's handle on the workers (`serving.parallel.SequenceParallel`), which sends them the work.
+    """
+
+    def __init__(self, model, group, variant: str):
+        super().__init__(model)
+        self.group, self.variant = group, variant
+
+    def prepare_section(self, section, latent_height: int, latent_width: int):
+        prepared = super().prepare_section(section, latent_height, latent_width)
+        self.group.set_section(prepared.rotary_emb)
+        return prepared
+
+    def block_stack(self, hidden, context, temb, rotary_emb):
+        local = self.group.scatter_blocks(self.variant, hidden, context, temb)
+        with self.group.collectives():
+            local = super().block_stack(local, context, temb, rotary_emb)
+        return self.group.gather_tokens(local, hidden.shape[1])

@@ -1,20 +1,20 @@
 """One video on several GPUs: worker processes that run the transformer's blocks with rank 0 (Ulysses).
 
 Rank 0 is the process the service, the CLI or the studio runs in; it does everything as on one GPU (request,
-encoders, sampler, TeaCache, history, decode). Only the block stack is shared (`SequenceParallelTransformer`):
-rank 0 pads the video tokens (B, S, D) to a multiple of N, scatters one slice to each rank, broadcasts the context
-and the time embedding, runs its own slice through the 60 blocks (their attention exchanges tokens with the other
-ranks: `sequence_parallel.py`) and gathers the slices back. Workers only run blocks when rank 0 asks, so
-TeaCache's skips (decided on rank 0 before the stack) and a cancellation (an exception on rank 0 between steps)
-hold for every rank without further messages.
+encoders, sampler, TeaCache, history, decode). Only the block stack is shared (`SequenceParallelTransformer`,
+`sequence_parallel.py`): rank 0 pads the video tokens (B, S, D) to a multiple of N, scatters one slice to each
+rank, broadcasts the context and the time embedding, runs its own slice through the 60 blocks (their attention
+exchanges tokens with the other ranks: `sequence_parallel.py`) and gathers the slices back. Workers only run blocks
+when rank 0 asks, so TeaCache's skips (decided on rank 0 before the stack) and a cancellation (an exception on rank
+0 between steps) hold for every rank without further messages.
 
-Workers (`SequenceParallel.start`) are spawned processes, worker r on cuda:r (or the CPU, for tests: N processes
-with gloo in float32). Each loads only the transformer variants, with rank 0's dtype, attention kernel, FP8 and
-compilation decisions. Commands come over a pipe, so an idle worker waits without a timeout; tensors go through
-torch.distributed collectives (NCCL on CUDA, gloo on the CPU) that rendezvous on 127.0.0.1 and time out after
-`EngineConfig.parallel_timeout` seconds. A worker that died, or a collective that failed or stalled, raises
-`ParallelError` on rank 0; the engine then stays failed (every later call raises the same error at once) until
-the service restarts.
+Workers (`SequenceParallel.start`, `parallel_worker.py`) are spawned processes, worker r on cuda:r (or the CPU, for
+tests: N processes with gloo in float32). Each loads only the transformer variants, with rank 0's dtype, attention
+kernel, FP8 and compilation decisions. Commands come over a pipe, so an idle worker waits without a timeout;
+tensors go through torch.distributed collectives (NCCL on CUDA, gloo on the CPU) that rendezvous on 127.0.0.1 and
+time out after `EngineConfig.parallel_timeout` seconds. A worker that died, or a collective that failed or stalled,
+raises `ParallelError` on rank 0; the engine then stays failed (every later call raises the same error at once)
+until the service restarts.
 """
 
 from __future__ import annotations
@@ -23,47 +23,32 @@ import atexit
 import logging
 import multiprocessing
 import time
-import traceback
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from ..config import ENV, LoraDownloads
-from ..models import lora
-from ..runtime.sequence_parallel import install_ulysses, split_tokens
-from ..runtime.transformer import PackedTransformer
+from ..config import ENV
+from ..runtime.sequence_parallel import (
+    HOST,
+    SequenceParallelTransformer,
+    backend_for,
+    install_ulysses,
+    split_tokens,
+    tensor_spec,
+)
+from .parallel_worker import worker_main
 
 logger = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 STOP_SECONDS = 10.0  # how long a worker gets to stop before it is killed
 POLL_SECONDS = 0.2
 
 
 class ParallelError(RuntimeError):
     """A worker process died or a collective between the processes failed or stalled."""
-
-
-def backend_for(device: torch.device) -> str:
-    return "nccl" if device.type == "cuda" else "gloo"
-
-
-def rank_device(device: torch.device, rank: int) -> torch.device:
-    """Where rank `rank` runs: cuda:rank, or the CPU."""
-    return torch.device("cuda", rank) if device.type == "cuda" else device
-
-
-def _spec(tensor: torch.Tensor) -> tuple[tuple[int, ...], str]:
-    """A tensor's shape and dtype name, for a worker to allocate the tensor it will receive."""
-    return tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")
-
-
-def _empty(spec: tuple[tuple[int, ...], str], device: torch.device) -> torch.Tensor:
-    shape, dtype = spec
-    return torch.empty(shape, dtype=getattr(torch, dtype), device=device)
 
 
 def describe(world: int, heads: int, device: torch.device) -> str:
@@ -126,7 +111,7 @@ class SequenceParallel:
         for rank in range(1, world):
             ours, theirs = context.Pipe()
             process = context.Process(
-                target=_worker_main,
+                target=worker_main,
                 args=(config, rank, world, store.port, theirs),
                 name=f"framepack-worker-{rank}",
             )
@@ -173,7 +158,7 @@ class SequenceParallel:
 
     def set_section(self, rotary: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Send the section's RoPE tables (S, head_dim) each to every rank, once per section."""
-        self._send("section", _spec(rotary[0]), _spec(rotary[1]))
+        self._send("section", tensor_spec(rotary[0]), tensor_spec(rotary[1]))
         with self.collectives():
             for table in rotary:
                 dist.broadcast(table.contiguous(), src=0)
@@ -181,7 +166,7 @@ class SequenceParallel:
     def scatter_blocks(self, variant: str, hidden: torch.Tensor, context: torch.Tensor, temb: torch.Tensor):
         """Start the block stack on every rank; returns rank 0's slice (B, s, D) of the padded tokens (B, S, D)."""
         slices = split_tokens(hidden, self.world)
-        self._send("blocks", variant, _spec(slices[0]), _spec(context), _spec(temb))
+        self._send("blocks", variant, tensor_spec(slices[0]), tensor_spec(context), tensor_spec(temb))
         with self.collectives():
             dist.broadcast(context.contiguous(), src=0)
             dist.broadcast(temb.contiguous(), src=0)
@@ -309,135 +294,3 @@ class SequenceParallel:
         if kind != expected:
             raise self._fail(f"worker {rank}: {payload}")
         return payload
-
-
-class SequenceParallelTransformer(PackedTransformer):
-    """`PackedTransformer` whose block stack runs on every rank, each on a slice of the video tokens.
-
-    Everything else (embeddings, TeaCache's decision, the output head) runs on rank 0 alone, as on one GPU.
-    """
-
-    def __init__(self, model, group: SequenceParallel, variant: str):
-        super().__init__(model)
-        self.group, self.variant = group, variant
-
-    def prepare_section(self, section, latent_height: int, latent_width: int):
-        prepared = super().prepare_section(section, latent_height, latent_width)
-        self.group.set_section(prepared.rotary_emb)
-        return prepared
-
-    def block_stack(self, hidden, context, temb, rotary_emb):
-        local = self.group.scatter_blocks(self.variant, hidden, context, temb)
-        with self.group.collectives():
-            local = super().block_stack(local, context, temb, rotary_emb)
-        return self.group.gather_tokens(local, hidden.shape[1])
-
-
-def _worker_main(config, rank: int, world: int, port: int, connection) -> None:
-    """A worker process: load, join, then serve rank 0's commands until told to stop or rank 0 goes away."""
-    from ..logs import configure_logging
-
-    configure_logging("stderr")
-    try:
-        _Worker(config, rank, world, port, connection).serve()
-    except Exception as error:  # noqa: BLE001  (reported to rank 0, which is waiting for a reply or a collective)
-        logger.error(f"worker {rank}: {traceback.format_exc()}")
-        try:
-            connection.send(("error", f"{type(error).__name__}: {error}"))
-        except OSError:
-            pass
-        raise SystemExit(1) from None
-
-
-class _Worker:
-    """Rank `rank`'s transformers and the command loop (the methods named like the commands)."""
-
-    def __init__(self, config, rank: int, world: int, port: int, connection):
-        from ..models import load_transformer
-
-        torch.set_grad_enabled(False)
-        self.config, self.rank, self.world, self.connection = config, rank, world, connection
-        self.device = rank_device(config.resolved_device(), rank)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        else:  # CPU processes (tests): one thread each, or OpenMP threads spinning in wait starve the other ranks
-            torch.set_num_threads(1)
-        dtype = config.resolved_dtype()
-        self.models = {
-            variant: load_transformer(config.weights_dir, variant, dtype, self.device) for variant in config.variants
-        }
-        self.port = port
-        self.rotary: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.loras = ExitStack()
-        connection.send(("loaded", None))
-
-    def serve(self) -> None:
-        while True:
-            try:
-                command, *args = self.connection.recv()
-            except EOFError:  # rank 0 is gone
-                return
-            if command == "stop":
-                self.loras.close()
-                if dist.is_initialized():
-                    dist.destroy_process_group()
-                return
-            getattr(self, command)(*args)
-
-    def join(self, decisions: dict, float8: bool) -> None:
-        from ..runtime.acceleration import accelerate
-        from ..runtime.compilation import CompileRecord
-
-        timeout = timedelta(seconds=self.config.parallel_timeout)
-        store = dist.TCPStore(HOST, self.port, self.world, is_master=False, timeout=timeout)
-        dist.init_process_group(
-            backend_for(self.device), store=store, rank=self.rank, world_size=self.world, timeout=timeout
-        )
-        record = CompileRecord() if any(compiled for _, compiled in decisions.values()) else None
-        applied = {}
-        for variant, model in self.models.items():
-            attention, compiled = decisions[variant]
-            result = accelerate(
-                model, self.device, attention, compile_blocks_with=record if compiled else None, float8=float8
-            )
-            applied[variant] = (result.attention, result.compiled)
-            install_ulysses(model, self.rank, self.world)
-        self.runners = {variant: PackedTransformer(model, self.device) for variant, model in self.models.items()}
-        self.connection.send(("ready", applied))
-
-    def section(self, cos_spec, sin_spec) -> None:
-        cos, sin = _empty(cos_spec, self.device), _empty(sin_spec, self.device)
-        dist.broadcast(cos, src=0)
-        dist.broadcast(sin, src=0)
-        self.rotary = (cos, sin)
-
-    def blocks(self, variant: str, local_spec, context_spec, temb_spec) -> None:
-        context, temb = _empty(context_spec, self.device), _empty(temb_spec, self.device)
-        dist.broadcast(context, src=0)
-        dist.broadcast(temb, src=0)
-        local = _empty(local_spec, self.device)
-        dist.scatter(local, None, src=0)
-        local = self.runners[variant].block_stack(local, context, temb, self.rotary)
-        dist.gather(local.contiguous(), None, dst=0)
-
-    def merge_loras(self, variant: str, files: list[tuple[str, str, float]]) -> None:
-        model = self.models[variant]
-        loras = lora.load_request_loras(model, files, LoraDownloads())
-        self.loras.enter_context(lora.merged_loras(model, loras, self.device))
-        self.connection.send(("merged", None))
-
-    def unmerge_loras(self) -> None:
-        self.loras.close()
-
-    def peak_memory(self) -> None:
-        if self.device.type == "cuda":
-            peaks = {
-                "peak_allocated_gib": torch.cuda.max_memory_allocated(self.device) / 2**30,
-                "peak_reserved_gib": torch.cuda.max_memory_reserved(self.device) / 2**30,
-            }
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            import resource
-
-            peaks = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-        self.connection.send(("peak_memory", peaks))
