@@ -111,7 +111,9 @@ def test_the_key_changes_with_what_kernels_depend_on(tmp_path, monkeypatch):
         others.add(artifact_key(cpu, torch.bfloat16, False, "auto"))
     edited = tmp_path / "framepack"  # this package with one line of one module changed
     shutil.copytree(compile_cache._PACKAGE, edited)
-    (edited / "transformer.py").write_text((edited / "transformer.py").read_text() + "\n# edited\n")
+    (edited / "runtime" / "transformer.py").write_text(
+        (edited / "runtime" / "transformer.py").read_text() + "\n# edited\n"
+    )
     monkeypatch.setattr(compile_cache, "_PACKAGE", edited)
     others.add(artifact_key(cpu, torch.bfloat16, False, "auto"))
     assert key not in others and len(others) == 5
