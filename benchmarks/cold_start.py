@@ -221,7 +221,8 @@ def cold_start(
 def compare_outputs(scratch: Path) -> dict:
     """Relative L2 of each prediction's frames, this tree against the older one (same request and seed), for
     the runs whose videos are in `scratch` (possibly from an earlier invocation)."""
-    from framepack.core.video import read_mp4_frames
+
+    from .measure import read_mp4_frames
 
     try:
         import av  # noqa: F401  (read_mp4_frames decodes with PyAV, which the GPU stack need not have)

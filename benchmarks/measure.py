@@ -143,3 +143,14 @@ def kernel_time_split(fn, device: torch.device) -> dict:
         )
         split[kind] += event.self_device_time_total / 1e6
     return split
+
+
+def read_mp4_frames(path: Path) -> tuple[torch.Tensor, float]:
+    """Decode an MP4 back to (T, H, W, 3) uint8 RGB frames and its frame rate (to compare outputs)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate)
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    return torch.from_numpy(np.stack(frames)), rate

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-from conftest import section_and_text
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+from helpers.models import sdpa_attention, section_and_text
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from framepack.models import all_blocks
@@ -13,7 +13,6 @@ from framepack.models.attention import (
     JointAttnProcessor,
     flash_attention4,
     flash_attention4_unavailable,
-    sdpa_attention,
 )
 from framepack.runtime.acceleration import (
     FLASH_ATTENTION_4,

@@ -5,9 +5,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_WEIGHTS
+from helpers.paths import TINY_WEIGHTS
 
 from benchmarks import cli
+
+pytestmark = pytest.mark.e2e  # the GPU benchmark harness, in processes of its own
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,9 +5,11 @@ import sys
 
 import pytest
 import torch
-from conftest import START_IMAGE, TINY_INPUTS, TINY_WEIGHTS, input_args, predict_args
+from helpers.paths import START_IMAGE, TINY_WEIGHTS
+from helpers.requests import CLI_REQUEST, input_args, predict_args
 
-from framepack.core.video import read_mp4_frames, read_mp4_metadata, write_mp4
+from benchmarks.measure import read_mp4_frames
+from framepack.core.video import read_mp4_metadata, write_mp4
 
 
 @pytest.mark.parametrize(
@@ -23,7 +25,7 @@ from framepack.core.video import read_mp4_frames, read_mp4_metadata, write_mp4
 )
 def test_bad_input_exits_non_zero_before_loading(run_cli, tmp_path, override, message):
     output = tmp_path / "out.mp4"
-    result = run_cli(*predict_args({**TINY_INPUTS, **override}, output))
+    result = run_cli(*predict_args({**CLI_REQUEST, **override}, output))
     assert result.code == 2
     assert message in result.stderr
     assert "loading" not in result.stderr
@@ -33,7 +35,7 @@ def test_bad_input_exits_non_zero_before_loading(run_cli, tmp_path, override, me
 def test_non_image_file(run_cli, tmp_path):
     fake = tmp_path / "photo.jpg"
     fake.write_bytes(b"%PDF-1.4 definitely not a jpeg")
-    result = run_cli(*predict_args({**TINY_INPUTS, "input_image": f"@{fake}"}, tmp_path / "out.mp4"))
+    result = run_cli(*predict_args({**CLI_REQUEST, "input_image": f"@{fake}"}, tmp_path / "out.mp4"))
     assert result.code == 2 and "could not read photo.jpg as an image" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["photo.jpg"]
 
@@ -41,7 +43,7 @@ def test_non_image_file(run_cli, tmp_path):
 def test_missing_weights_lists_the_paths_looked_at(run_cli, tmp_path):
     empty = tmp_path / "weights"
     empty.mkdir()
-    args = ["predict", *input_args(TINY_INPUTS), "--weights", str(empty), "-o", str(tmp_path / "out.mp4")]
+    args = ["predict", *input_args(CLI_REQUEST), "--weights", str(empty), "-o", str(tmp_path / "out.mp4")]
     result = run_cli(*args)
     assert result.code == 2
     assert f"Weights missing in {empty}" in result.stderr
@@ -52,14 +54,14 @@ def test_missing_weights_lists_the_paths_looked_at(run_cli, tmp_path):
 
 
 def test_missing_output_folder(run_cli, tmp_path):
-    result = run_cli(*predict_args(TINY_INPUTS, tmp_path / "no" / "such" / "out.mp4"))
+    result = run_cli(*predict_args(CLI_REQUEST, tmp_path / "no" / "such" / "out.mp4"))
     assert result.code == 2 and "--output" in result.stderr
 
 
 def test_module_entry_point_runs_as_a_process(tmp_path):
     output = tmp_path / "video.mp4"
     process = subprocess.run(
-        [sys.executable, "-m", "framepack", *predict_args({**TINY_INPUTS, "steps": "1"}, output)],
+        [sys.executable, "-m", "framepack", *predict_args({**CLI_REQUEST, "steps": "1"}, output)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -77,7 +79,7 @@ def test_module_entry_point_runs_as_a_process(tmp_path):
 
 def test_an_attention_kernel_asked_for_reaches_the_engine(run_cli, tmp_path):
     output = tmp_path / "out.mp4"
-    result = run_cli(*predict_args({**TINY_INPUTS, "total_video_length_seconds": "0.4"}, output, "--attention", "sage"))
+    result = run_cli(*predict_args({**CLI_REQUEST, "total_video_length_seconds": "0.4"}, output, "--attention", "sage"))
     assert result.code == 0, result.stderr
     assert "original transformer: attention native, compiled False, FP8 layers 0; " in result.stderr
     assert "not on CUDA: default attention (sage needs a CUDA GPU)" in result.stderr
@@ -86,7 +88,7 @@ def test_an_attention_kernel_asked_for_reaches_the_engine(run_cli, tmp_path):
 
 def test_an_unknown_attention_kernel_is_refused(run_cli, tmp_path):
     with pytest.raises(SystemExit):  # argparse: exit code 2 with the choices
-        run_cli(*predict_args(TINY_INPUTS, tmp_path / "out.mp4", "--attention", "xformers"))
+        run_cli(*predict_args(CLI_REQUEST, tmp_path / "out.mp4", "--attention", "xformers"))
 
 
 def test_the_studio_refuses_a_malformed_login_before_loading(run_cli):
@@ -97,7 +99,7 @@ def test_the_studio_refuses_a_malformed_login_before_loading(run_cli):
 
 def test_from_a_video_renders_it_again_bit_for_bit(run_cli, tmp_path):
     first, again = tmp_path / "first.mp4", tmp_path / "again.mp4"
-    made = run_cli(*predict_args({**TINY_INPUTS, "seed": "-1", "section_prompts": "a cat\n\na dog"}, first))
+    made = run_cli(*predict_args({**CLI_REQUEST, "seed": "-1", "section_prompts": "a cat\n\na dog"}, first))
     assert made.code == 0, made.stderr
     redo = run_cli(*predict_args({"input_image": f"@{START_IMAGE}"}, again, "--from", str(first)))
     assert redo.code == 0, redo.stderr

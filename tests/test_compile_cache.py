@@ -12,11 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import START_IMAGE, TINY_WEIGHTS
+from helpers.paths import START_IMAGE, TINY_WEIGHTS
 
 from framepack.runtime import compile_cache
 from framepack.runtime.compile_cache import CompileCache, artifact_key
+
+pytestmark = pytest.mark.e2e  # fresh processes compiling with inductor
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import END_IMAGE, TINY_WEIGHTS, musubi_lora, peft_lora, relative_l2, tiny_request
+from helpers.models import musubi_lora, peft_lora
+from helpers.paths import END_IMAGE, TINY_WEIGHTS
+from helpers.requests import tiny_request
 from safetensors.torch import save_file
 
+from benchmarks.measure import relative_l2
 from framepack.models import all_blocks
 from framepack.runtime.pipeline import TensorRecorder
 from framepack.serving.service import FramePackService
 
 # float32 on the CPU: compiled kernels reassociate sums, so results agree to rounding, not bit for bit.
 MAX_RELATIVE_L2 = 1e-5
+pytestmark = pytest.mark.e2e  # the service compiled with inductor
+
 BASE = tiny_request(prompt="a dancer on a stage", total_video_length_seconds=1.2)
 
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import START_IMAGE, png_header
+from helpers.media import png_header
+from helpers.paths import START_IMAGE
 
 from framepack.core import planner
 from framepack.core.request import check_image_file

@@ -11,28 +11,23 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
-from conftest import START_IMAGE, predict_args, write_test_video
+from helpers.media import write_test_video
+from helpers.paths import START_IMAGE
+from helpers.requests import predict_args, tiny_request
 
+from benchmarks.measure import read_mp4_frames
 from framepack.core import continuation
 from framepack.core.progress import ProgressReporter
 from framepack.core.request import build_request
-from framepack.core.video import read_mp4_frames, read_mp4_metadata
+from framepack.core.video import read_mp4_metadata
 from framepack.errors import InvalidInput
 from framepack.runtime import conditioning
 from framepack.runtime.pipeline import GenerationOptions, TensorRecorder
 
 CLIP_FRAMES = 21  # at most 6 latents of context: 1 + (21 - 1) / 4
 # 3 sections of 3 latents at 96x64, 2 steps: 12 new frames per section.
-SMALL = {
-    "prompt": "a cat",
-    "seed": 4,
-    "total_video_length_seconds": 1.2,
-    "latent_window_size": 3,
-    "steps": 2,
-    "width": 96,
-    "height": 64,
-    "use_teacache": False,
-}
+# A continuation's request: no start image (the video gives it), 3 sections.
+SMALL = {k: v for k, v in tiny_request(seed=4, total_video_length_seconds=1.2).items() if k != "input_image"}
 NEW_FRAMES = 3 * 12
 
 

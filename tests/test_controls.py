@@ -7,7 +7,8 @@ import re
 
 import pytest
 import torch
-from conftest import END_IMAGE, IMAGES, TINY_INPUTS, predict_args, tiny_request
+from helpers.paths import END_IMAGE, IMAGES
+from helpers.requests import CLI_REQUEST, predict_args, tiny_request
 from safetensors import safe_open
 from transformers import LlamaModel
 
@@ -198,7 +199,8 @@ def test_camera_movement_changes_output_deterministically(tiny_models):
 
 
 def test_camera_zero_keeps_a_golden_case(run_cli, tmp_path):
-    from conftest import GOLDEN, assert_matches_golden, load_golden_case
+    from helpers.golden import assert_matches_golden, load_golden_case
+    from helpers.paths import GOLDEN
     from safetensors.torch import load_file
 
     case = load_golden_case("inverted-basic")
@@ -220,7 +222,7 @@ def test_section_grid_and_plan_in_the_log_and_dump(run_cli, tmp_path):
     dump = tmp_path / "dump.safetensors"
     result = run_cli(
         *predict_args(
-            {**TINY_INPUTS, "section_prompts": "a\nb\nc\nd\ne"}, tmp_path / "o.mp4", "--dump-tensors", str(dump)
+            {**CLI_REQUEST, "section_prompts": "a\nb\nc\nd\ne"}, tmp_path / "o.mp4", "--dump-tensors", str(dump)
         )
     )
     assert result.code == 0, result.stderr
@@ -233,7 +235,7 @@ def test_section_grid_and_plan_in_the_log_and_dump(run_cli, tmp_path):
 @pytest.mark.parametrize(("variant", "generation_order"), [("original", [2, 1, 0]), ("f1", [0, 1, 2])])
 def test_timestamps_snap_to_the_logged_grid_in_either_generation_order(run_cli, tmp_path, variant, generation_order):
     dump = tmp_path / "dump.safetensors"
-    inputs = {**TINY_INPUTS, "model_variant": variant, "section_prompts": "[0.9s] a storm\n[0.3s-0.5s] a calm sea"}
+    inputs = {**CLI_REQUEST, "model_variant": variant, "section_prompts": "[0.9s] a storm\n[0.3s-0.5s] a calm sea"}
     result = run_cli(*predict_args(inputs, tmp_path / "o.mp4", "--dump-tensors", str(dump)))
     assert result.code == 0, result.stderr
     # Three sections: boundaries at 0, 0.43, 0.83 and 1.23 s.
@@ -243,7 +245,7 @@ def test_timestamps_snap_to_the_logged_grid_in_either_generation_order(run_cli, 
     plan = _plan_of(dump)
     assert [p["video_index"] for p in plan] == generation_order
     by_video = {p["video_index"]: p["prompt"] for p in plan}
-    assert by_video == {0: TINY_INPUTS["prompt"], 1: "a calm sea", 2: "a storm"}
+    assert by_video == {0: CLI_REQUEST["prompt"], 1: "a calm sea", 2: "a storm"}
 
 
 def _padded(embedding, length: int = 512) -> torch.Tensor:
@@ -285,7 +287,8 @@ def test_blending_without_a_prompt_change_changes_nothing(tiny_models):
 
 
 def test_blending_zero_keeps_a_golden_case(run_cli, tmp_path):
-    from conftest import GOLDEN, assert_matches_golden, load_golden_case
+    from helpers.golden import assert_matches_golden, load_golden_case
+    from helpers.paths import GOLDEN
     from safetensors.torch import load_file
 
     case = load_golden_case("inverted-basic")
@@ -323,7 +326,7 @@ def test_blending_zero_keeps_a_golden_case(run_cli, tmp_path):
     ],
 )
 def test_bad_control_inputs(run_cli, tmp_path, override, message):
-    result = run_cli(*predict_args({**TINY_INPUTS, **override}, tmp_path / "out.mp4"))
+    result = run_cli(*predict_args({**CLI_REQUEST, **override}, tmp_path / "out.mp4"))
     assert result.code == 2
     assert message in result.stderr
     assert "loading" not in result.stderr and not (tmp_path / "out.mp4").exists()
@@ -332,5 +335,5 @@ def test_bad_control_inputs(run_cli, tmp_path, override, message):
 def test_unreadable_keyframe(run_cli, tmp_path):
     broken = tmp_path / "key.png"
     broken.write_text("not an image")
-    result = run_cli(*predict_args({**TINY_INPUTS, "section_images": f"@{broken}"}, tmp_path / "out.mp4"))
+    result = run_cli(*predict_args({**CLI_REQUEST, "section_images": f"@{broken}"}, tmp_path / "out.mp4"))
     assert result.code == 2 and "Invalid input 'section_images': could not read key.png" in result.stderr

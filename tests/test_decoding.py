@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_request
+from helpers.requests import tiny_request
 
 from framepack.core.progress import ProgressReporter
 from framepack.core.request import build_request

@@ -12,7 +12,8 @@ import threading
 import time
 
 import pytest
-from conftest import HostileRoutes, peft_lora
+from helpers.hosts import HostileRoutes
+from helpers.models import peft_lora
 from safetensors.torch import save
 
 from framepack.config import LoraDownloads

@@ -1,7 +1,7 @@
 """The one engine start-up: what it loads, what it logs, and the options every generation on it gets."""
 
 import torch
-from conftest import TINY_WEIGHTS
+from helpers.paths import TINY_WEIGHTS
 
 from framepack.config import EngineConfig, LoraDownloads
 from framepack.logs import configure_logging

@@ -6,8 +6,9 @@ import copy
 
 import pytest
 import torch
-from conftest import peft_lora, relative_l2, section_and_text
+from helpers.models import peft_lora, section_and_text
 
+from benchmarks.measure import relative_l2
 from framepack.models import all_blocks, lora
 from framepack.models.float8 import (
     FP8_DTYPE,

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_INPUTS, predict_args
+from helpers.requests import CLI_REQUEST, predict_args
 
+from benchmarks.measure import read_mp4_frames
 from framepack.core.frames import FrameAssembler, soft_append, to_uint8_frames
-from framepack.core.video import YUV420P_FRAMES, Mp4Writer, read_mp4_frames, read_mp4_metadata, write_mp4
+from framepack.core.video import YUV420P_FRAMES, Mp4Writer, read_mp4_metadata, write_mp4
 
 
 def test_soft_append_blends_linearly():
@@ -125,7 +126,7 @@ def test_same_seed_same_frames_other_seed_different(run_cli, tmp_path):
     outputs = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         path = tmp_path / f"{name}.mp4"
-        result = run_cli(*predict_args({**TINY_INPUTS, "seed": seed}, path))
+        result = run_cli(*predict_args({**CLI_REQUEST, "seed": seed}, path))
         assert result.code == 0, result.stderr
         outputs[name] = read_mp4_frames(path)[0]
     # 3 sections of lws 3: 10 latents, 37 frames, 96x64.
@@ -133,11 +134,11 @@ def test_same_seed_same_frames_other_seed_different(run_cli, tmp_path):
     assert torch.equal(outputs["a"], outputs["b"])
     assert not torch.equal(outputs["a"], outputs["c"])
     metadata = read_mp4_metadata(tmp_path / "c.mp4")
-    assert metadata["seed"] == 2 and metadata["request"]["prompt"] == TINY_INPUTS["prompt"]
+    assert metadata["seed"] == 2 and metadata["request"]["prompt"] == CLI_REQUEST["prompt"]
 
 
 def test_progress_goes_to_stderr(run_cli, tmp_path):
-    result = run_cli(*predict_args(TINY_INPUTS, tmp_path / "out.mp4"))
+    result = run_cli(*predict_args(CLI_REQUEST, tmp_path / "out.mp4"))
     assert result.code == 0
     assert "section 3/3, step 2/2, elapsed" in result.stderr and "remaining" in result.stderr
     assert result.stdout.strip() == str(tmp_path / "out.mp4")

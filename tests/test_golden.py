@@ -4,12 +4,14 @@ compiled."""
 from __future__ import annotations
 
 import pytest
-from conftest import GOLDEN, assert_matches_golden, golden_case_names, load_golden_case, predict_args
+from helpers.golden import assert_matches_golden, golden_case_names, load_golden_case
+from helpers.paths import GOLDEN
+from helpers.requests import predict_args
 from safetensors.torch import load_file
 
+from benchmarks.measure import read_mp4_frames
 from framepack.core import planner
 from framepack.core.progress import ProgressReporter
-from framepack.core.video import read_mp4_frames
 from framepack.runtime import conditioning
 from framepack.runtime.transformer import PackedTransformer
 from framepack.serving import engine
@@ -48,7 +50,7 @@ def block_stack_runs(monkeypatch):
 
 
 # "on": the blocks and the VAE's GroupNorms compiled with inductor, as high-VRAM mode runs them on a GPU.
-@pytest.mark.parametrize("compile_mode", ["off", "on"])
+@pytest.mark.parametrize("compile_mode", ["off", pytest.param("on", marks=pytest.mark.e2e)])
 @pytest.mark.parametrize("case_name", golden_case_names())
 def test_golden_case(case_name, compile_mode, run_cli, tmp_path, block_stack_runs, tiny_models):
     case = load_golden_case(case_name)

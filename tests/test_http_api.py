@@ -16,10 +16,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import START_IMAGE, TINY_WEIGHTS, png_header, write_test_video
+from helpers.media import png_header, write_test_video
+from helpers.paths import START_IMAGE, TINY_WEIGHTS
+from helpers.requests import tiny_request
 
+from benchmarks.measure import read_mp4_frames
 from framepack.core.request import INPUT_SPECS
-from framepack.core.video import read_mp4_frames, read_mp4_metadata
+from framepack.core.video import read_mp4_metadata
+
+pytestmark = pytest.mark.e2e  # Cog's HTTP server in a process of its own
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT = 180
@@ -36,15 +41,10 @@ def _data_uri(data: bytes, mime: str = "image/png") -> str:
 
 
 IMAGE = _data_uri(START_IMAGE.read_bytes())
+# Over HTTP: the image as a data URI, TeaCache as the API's default.
 TINY_REQUEST = {
+    **tiny_request(prompt="a cat on a beach", seed=3, total_video_length_seconds=1.2, use_teacache=True),
     "input_image": IMAGE,
-    "prompt": "a cat on a beach",
-    "seed": 3,
-    "total_video_length_seconds": 1.2,
-    "latent_window_size": 3,
-    "steps": 2,
-    "width": 96,
-    "height": 64,
 }
 # Long enough on the tiny weights (15 sections x 60 steps) to be cancelled mid-run.
 SLOW_REQUEST = {**TINY_REQUEST, "total_video_length_seconds": 6.0, "steps": 60}

@@ -9,7 +9,8 @@ import struct
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import musubi_lora, original_lora, peft_lora, section_and_text, tiny_request
+from helpers.models import musubi_lora, original_lora, peft_lora, section_and_text
+from helpers.requests import tiny_request
 from safetensors.torch import save as save_file_bytes
 from safetensors.torch import save_file
 

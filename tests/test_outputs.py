@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_request
+from helpers.requests import tiny_request
 
+from benchmarks.measure import read_mp4_frames
 from framepack.core.progress import ProgressReporter
 from framepack.core.request import build_request
-from framepack.core.video import read_mp4_frames, read_mp4_metadata
+from framepack.core.video import read_mp4_metadata
 from framepack.runtime.outputs import open_mp4
 from framepack.runtime.pipeline import GenerationOptions, generate
 

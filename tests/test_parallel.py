@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import (
-    GOLDEN,
-    TINY_WEIGHTS,
-    assert_matches_golden,
-    golden_case_names,
-    input_args,
-    load_golden_case,
-    musubi_lora,
-    relative_l2,
-    section_and_text,
-    tiny_request,
-)
+from helpers.golden import assert_matches_golden, golden_case_names, load_golden_case
+from helpers.models import musubi_lora, section_and_text
+from helpers.paths import GOLDEN, TINY_WEIGHTS
+from helpers.requests import input_args, tiny_request
 from safetensors.torch import load_file, save_file
 
+from benchmarks.measure import relative_l2
 from framepack.config import EngineConfig
 from framepack.core.request import build_request
 from framepack.errors import InvalidInput
@@ -34,6 +27,9 @@ from framepack.serving.parallel import describe
 
 # float32 on the CPU: the same arithmetic per token and per head, so results agree to rounding (here: exactly).
 MAX_RELATIVE_L2 = 1e-5
+
+
+pytestmark = pytest.mark.e2e  # gloo process groups of 2 and 3 processes
 
 
 def parallel_config(processes: int, **overrides) -> EngineConfig:

@@ -9,12 +9,14 @@ import os
 import signal
 
 import pytest
-from conftest import relative_l2
 from test_parallel import MAX_RELATIVE_L2, latents, parallel_config
 
+from benchmarks.measure import relative_l2
 from framepack.models import all_blocks
 from framepack.serving.engine import load_engine
 from framepack.serving.parallel import ParallelError
+
+pytestmark = pytest.mark.e2e  # gloo processes, compiled with inductor
 
 
 def test_compiled_blocks_on_two_processes_match_one_eager_process(tiny_models):

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import tiny_request
+from helpers.requests import tiny_request
 
 from framepack.core.request import build_request
 from framepack.runtime.pipeline import GenerationOptions, generate

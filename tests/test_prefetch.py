@@ -1,7 +1,7 @@
 """Reading the weight files ahead of the loader: which files, in which order, all of their bytes, and when not."""
 
 import pytest
-from conftest import TINY_WEIGHTS
+from helpers.paths import TINY_WEIGHTS
 
 from framepack.core.weights import required_components
 from framepack.runtime import prefetch

@@ -1,11 +1,12 @@
 """Request parsing and validation: the API table's defaults and ranges."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import START_IMAGE
+from helpers.paths import START_IMAGE
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
@@ -154,7 +155,7 @@ def test_metadata_keeps_no_secrets_and_no_server_paths(tmp_path):
             "extra_lora": str(lora),
         }
     )
-    stored = request.to_json()
+    stored = json.dumps(request.to_json_dict(), sort_keys=True)
     assert "SECRET" not in stored and "pw" not in stored and str(tmp_path) not in stored
     values = request.to_json_dict()
     assert values["lora_weights"] == "https://example.com/style.safetensors"

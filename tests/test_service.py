@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TINY_WEIGHTS, tiny_request
+from helpers.paths import TINY_WEIGHTS
+from helpers.requests import tiny_request
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = """

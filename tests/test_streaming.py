@@ -11,7 +11,8 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import peft_lora, section_and_text, tiny_request
+from helpers.models import peft_lora, section_and_text
+from helpers.requests import tiny_request
 
 from framepack.core.request import build_request
 from framepack.core.teacache import TeaCacheState
@@ -68,7 +69,9 @@ def _packed(module):
 def _streamed(model, resident_blocks: int = 0):
     """A copy whose blocks stream through two slots (but the first `resident_blocks`, held), and its streamer."""
     streamed = copy.deepcopy(model)
-    return streamed, streaming.stream_blocks(streamed, CPU, pin=False, resident_blocks=resident_blocks)
+    streamer = streaming.BlockStreamer(streamed, CPU, pin=False, resident_blocks=resident_blocks)
+    streamer.hold()
+    return streamed, streamer
 
 
 # Every block streams; the first held (3 blocks stream: an odd count); two held (the tiny model has 4 blocks).

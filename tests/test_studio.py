@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from conftest import END_IMAGE, START_IMAGE, TINY_WEIGHTS
+from helpers.paths import END_IMAGE, START_IMAGE, TINY_WEIGHTS
 
+from benchmarks.measure import read_mp4_frames
 from framepack.core import planner
 from framepack.core.request import build_request
-from framepack.core.video import read_mp4_frames
 from framepack.runtime.outputs import open_mp4
 from framepack.serving.presets import settings_from_video
 
@@ -26,9 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # CI installs Chromium (.ci/run), so there a missing browser fails the tests instead of skipping them.
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed (.ci/run installs it)"
-)
+pytestmark = [
+    pytest.mark.e2e,  # the page in Chromium, over a studio in a thread
+    pytest.mark.skipif(
+        CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed (.ci/run installs it)"
+    ),
+]
 RUN_TIMEOUT_MS = 120_000
 
 

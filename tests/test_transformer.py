@@ -4,8 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURES, section_and_text
 from diffusers import HunyuanVideoFramepackTransformer3DModel
+from helpers.models import section_and_text
+from helpers.paths import FIXTURES
 
 from benchmarks.random_models import FULL_TRANSFORMER
 from benchmarks.reference import StockTransformer

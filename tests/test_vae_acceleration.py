@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import relative_l2
 from torch._dynamo.utils import counters
 
+from benchmarks.measure import relative_l2
 from framepack.runtime import vae_acceleration
 from framepack.runtime.decoding import vae_decode
 from framepack.runtime.vae_acceleration import (

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 import torch
-from conftest import TINY_WEIGHTS
+from helpers.paths import TINY_WEIGHTS
 from safetensors.torch import load_file, save_file
 
 from framepack.core.weights import (

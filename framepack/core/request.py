@@ -9,7 +9,6 @@ and every error is our one `InvalidInput`, naming the input and what is allowed.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -278,9 +277,6 @@ class GenerationRequest(BaseModel):
             source = values[name].strip()
             values[name] = public_url(source) if "://" in source else Path(source).name if source else ""
         return values
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_json_dict(), sort_keys=True)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .planner import VIDEO_FPS
@@ -171,14 +170,3 @@ def read_mp4_metadata(path: Path) -> dict[str, Any]:
     with av.open(str(path)) as container:
         text = container.metadata.get(METADATA_KEY)
     return json.loads(text) if text else {}
-
-
-def read_mp4_frames(path: Path) -> tuple[torch.Tensor, float]:
-    """Decode an MP4 back to (T, H, W, 3) uint8 RGB frames and its frame rate."""
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        rate = float(stream.average_rate)
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    return torch.from_numpy(np.stack(frames)), rate

@@ -25,19 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 
 # A kernel: query, key, value (B, S, H, D) -> output (B, S, H, D).
 AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # query, key, value (B, S, H, D)
 QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """PyTorch's SDPA on (B, S, H, D) tensors, with the backend that PyTorch picks. Runs on any device."""
-    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
-    return out.transpose(1, 2)
 
 
 @torch.library.custom_op("framepack::flash_attention4", mutates_args=())

@@ -396,13 +396,3 @@ class BlockStreamer:
             yield
         finally:
             self.end()
-
-
-def stream_blocks(
-    model: torch.nn.Module, device: torch.device, pin: bool = True, resident_blocks: int = 0
-) -> BlockStreamer:
-    """Install block streaming on a host-resident packed transformer, with its first `resident_blocks` blocks held
-    on `device` from now on; give the streamer to its runner."""
-    streamer = BlockStreamer(model, device, pin, resident_blocks)
-    streamer.hold()
-    return streamer

@@ -1,0 +1,1 @@
+"""Shared test helpers, one module per kind (the fixtures themselves are in conftest.py)."""
