@@ -56,6 +56,26 @@ def tiny_engine():
 
 
 @pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    """An eager and a compiled ("off", "on") service on the tiny weights, set up as predict.py sets them up, with
+    a LoRA folder of their own. Compiling takes most of a minute, so the tests that need it share it (and run on
+    one worker: `xdist_group("compiled")`)."""
+    from framepack.serving.service import FramePackService
+
+    made = {}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FRAMEPACK_WEIGHTS", str(TINY_WEIGHTS))
+        env.setenv("FRAMEPACK_LORA_DIR", str(tmp_path_factory.mktemp("loras")))
+        for mode in ("off", "on"):
+            env.setenv("FRAMEPACK_COMPILE", mode)
+            env.setenv("FRAMEPACK_OUTPUT_DIR", str(tmp_path_factory.mktemp(f"outputs-{mode}")))
+            made[mode] = FramePackService.setup()
+    yield made
+    for service in made.values():
+        service.close()
+
+
+@pytest.fixture(scope="session")
 def tiny_models():
     """Both variants' components from the tiny weights, float32 on the CPU (loaded once per session)."""
     from framepack.models import load_models

@@ -1,7 +1,8 @@
 """Compiled kernels kept between processes: the key, the file, and a second process that compiles nothing.
 
-The processes are real and fresh (each with an empty inductor cache of its own), so the artifact file is the
-only way kernels can travel from the first to the second.
+The processes are real. The second starts with an empty inductor cache of its own, so the artifact file is the
+only way kernels can travel from the first to it. The first uses this machine's inductor cache, as a container
+that already compiled would: what it finds there goes into the file as well as what it builds.
 """
 
 import json
@@ -19,7 +20,8 @@ from helpers.paths import START_IMAGE, TINY_WEIGHTS
 from framepack.runtime import compile_cache
 from framepack.runtime.compile_cache import CompileCache, artifact_key
 
-pytestmark = pytest.mark.e2e  # fresh processes compiling with inductor
+# Processes compiling with inductor, on the worker that compiles the shared services (test_compiled.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("compiled")]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,11 +52,14 @@ print(json.dumps({{"after_start": after_start, "kernels": kernels_compiled(), "g
 """
 
 
-def fresh_process_env(tmp_path: Path, name: str, cache: Path) -> dict[str, str]:
+def process_env(cache: Path, inductor_cache: Path | None = None) -> dict[str, str]:
+    """A process that compiles the tiny weights' blocks with `cache` as its compile cache; with `inductor_cache`,
+    a fresh inductor cache of its own instead of this machine's."""
+    fresh = {"TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)} if inductor_cache is not None else {}
     return {
         **os.environ,
+        **fresh,
         "PYTHONPATH": str(ROOT),
-        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}"),
         "FRAMEPACK_WEIGHTS": str(TINY_WEIGHTS),
         "FRAMEPACK_COMPILE": "on",
         "FRAMEPACK_COMPILE_CACHE": str(cache),
@@ -65,7 +70,7 @@ def test_warm_cache_then_a_new_process_compiles_nothing_for_any_shape(tmp_path):
     cache = tmp_path / "compile-cache"
     first = subprocess.run(
         [sys.executable, "-m", "framepack", "warm-cache", "--device", "cpu", "--dtype", "float32"],
-        env=fresh_process_env(tmp_path, "first", cache),
+        env=process_env(cache),
         capture_output=True,
         text=True,
         timeout=600,
@@ -77,7 +82,7 @@ def test_warm_cache_then_a_new_process_compiles_nothing_for_any_shape(tmp_path):
 
     second = subprocess.run(
         [sys.executable, "-c", SECOND_START],
-        env=fresh_process_env(tmp_path, "second", cache),
+        env=process_env(cache, inductor_cache=tmp_path / "inductor-second"),
         capture_output=True,
         text=True,
         timeout=600,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.models import musubi_lora, peft_lora
-from helpers.paths import END_IMAGE, TINY_WEIGHTS
+from helpers.paths import END_IMAGE
 from helpers.requests import tiny_request
 from safetensors.torch import save_file
 
@@ -21,35 +21,15 @@ from framepack.serving.service import FramePackService
 
 # float32 on the CPU: compiled kernels reassociate sums, so results agree to rounding, not bit for bit.
 MAX_RELATIVE_L2 = 1e-5
-pytestmark = pytest.mark.e2e  # the service compiled with inductor
+# The service compiled with inductor; its worker also runs the compiled golden cases on the same service.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("compiled")]
 
 BASE = tiny_request(prompt="a dancer on a stage", total_video_length_seconds=1.2)
 
 
 @pytest.fixture(scope="module")
-def lora_folder(tmp_path_factory):
-    return tmp_path_factory.mktemp("loras")
-
-
-@pytest.fixture(scope="module")
-def services(tmp_path_factory, lora_folder):
-    """An eager and a compiled service on the tiny weights, set up as predict.py sets them up."""
-    made = {}
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FRAMEPACK_WEIGHTS", str(TINY_WEIGHTS))
-        env.setenv("FRAMEPACK_LORA_DIR", str(lora_folder))
-        for mode in ("off", "on"):
-            env.setenv("FRAMEPACK_COMPILE", mode)
-            env.setenv("FRAMEPACK_OUTPUT_DIR", str(tmp_path_factory.mktemp(f"outputs-{mode}")))
-            made[mode] = FramePackService.setup()
-    yield made
-    for service in made.values():
-        service.close()
-
-
-@pytest.fixture(scope="module")
-def lora_files(lora_folder, services):
-    folder = lora_folder
+def lora_files(services):
+    folder = services["on"].files.lora_dirs[0]
     model = services["off"].models.transformers["original"]
     files = {"A": folder / "a.safetensors", "B": folder / "b.safetensors"}
     save_file(musubi_lora(model), str(files["A"]))

@@ -1,7 +1,9 @@
-"""Golden parity: every reference run in fixtures/golden reproduced through the local predict command, eager and
-compiled."""
+"""Golden parity: every reference run in fixtures/golden reproduced through the local predict command (eager) and
+the Cog service (compiled)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from helpers.golden import assert_matches_golden, golden_case_names, load_golden_case
@@ -13,6 +15,7 @@ from benchmarks.measure import read_mp4_frames
 from framepack.core import planner
 from framepack.core.progress import ProgressReporter
 from framepack.runtime import conditioning
+from framepack.runtime.pipeline import TensorRecorder
 from framepack.runtime.transformer import PackedTransformer
 from framepack.serving import engine
 
@@ -49,29 +52,41 @@ def block_stack_runs(monkeypatch):
     return runs
 
 
-# "on": the blocks and the VAE's GroupNorms compiled with inductor, as high-VRAM mode runs them on a GPU.
-@pytest.mark.parametrize("compile_mode", ["off", pytest.param("on", marks=pytest.mark.e2e)])
 @pytest.mark.parametrize("case_name", golden_case_names())
-def test_golden_case(case_name, compile_mode, run_cli, tmp_path, block_stack_runs, tiny_models):
+def test_golden_case(case_name, run_cli, tmp_path, block_stack_runs, tiny_models):
+    """Through the local command, eager."""
     case = load_golden_case(case_name)
     output, dump = tmp_path / "out.mp4", tmp_path / "dump.safetensors"
-    result = run_cli(*predict_args(case["input"], output, "--dump-tensors", str(dump), "--compile", compile_mode))
+    result = run_cli(*predict_args(case["input"], output, "--dump-tensors", str(dump), "--compile", "off"))
     assert result.code == 0, result.stderr
+    check_golden_case(case_name, load_file(dump), output, block_stack_runs, tiny_models)
 
-    actual_tensors = load_file(dump)
-    assert_matches_golden(actual_tensors, load_file(GOLDEN / case_name / "expected.safetensors"))
 
-    expected = case["expected"]
-    request = case["input"]
-    lws = request["latent_window_size"]
-    num_sections = planner.section_count(request["total_video_length_seconds"], lws)
+# The blocks and the VAE's GroupNorms compiled with inductor, as high-VRAM mode runs them on a GPU: one compiled
+# service (shared with test_compiled.py) serves every case, as it serves requests of every size.
+@pytest.mark.e2e
+@pytest.mark.xdist_group("compiled")
+@pytest.mark.parametrize("case_name", golden_case_names())
+def test_golden_case_compiled(case_name, services, block_stack_runs, tiny_models):
+    """Through the Cog service, compiled."""
+    recorder = TensorRecorder(True)
+    output = services["on"].predict(load_golden_case(case_name)["input"], record=recorder)
+    check_golden_case(case_name, recorder.tensors, output, block_stack_runs, tiny_models)
+
+
+def check_golden_case(case_name: str, tensors: dict, output: Path, block_stack_runs: list[int], tiny_models) -> None:
+    """The recorded `tensors` and the MP4 at `output` are the golden case's, as are its section plan and the
+    block stack's runs per section."""
+    case = load_golden_case(case_name)
+    assert_matches_golden(tensors, load_file(GOLDEN / case_name / "expected.safetensors"))
+    expected, request = case["expected"], case["input"]
+    num_sections = planner.section_count(request["total_video_length_seconds"], request["latent_window_size"])
     assert num_sections == expected["num_sections"]
     if expected["latent_paddings"] is not None:
         assert planner.latent_paddings(num_sections) == expected["latent_paddings"]
-    assert actual_tensors["video_latents"].shape[2] == expected["num_latent_frames"]
+    assert tensors["video_latents"].shape[2] == expected["num_latent_frames"]
     assert conditioning.template_crop_start(tiny_models.tokenizer) == expected["prompt_template_crop_start"]
     assert block_stack_runs == expected["transformer_block_stack_calls_per_section"]
-
     frames, fps = read_mp4_frames(output)
-    assert frames.shape[0] == expected["num_frames"] == actual_tensors["frames_uint8"].shape[0]
+    assert frames.shape[0] == expected["num_frames"] == tensors["frames_uint8"].shape[0]
     assert fps == 30

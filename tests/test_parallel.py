@@ -29,20 +29,37 @@ from framepack.serving.parallel import describe
 MAX_RELATIVE_L2 = 1e-5
 
 
-pytestmark = pytest.mark.e2e  # gloo process groups of 2 and 3 processes
-
-
 def parallel_config(processes: int, **overrides) -> EngineConfig:
     """The tiny weights on `processes` CPU processes, eager unless `overrides` say otherwise."""
     settings = {"compile": "off", "parallel_timeout": 30, **overrides}
     return EngineConfig(weights_dir=TINY_WEIGHTS, device="cpu", dtype="float32", gpus=str(processes), **settings)
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}-processes")
-def engine(request):
-    started = load_engine(parallel_config(request.param))
-    yield started
-    started.close()
+@pytest.fixture(scope="module")
+def engines():
+    """`engines(n)`: the tiny weights on n processes, started once for the module."""
+    started: dict[int, Engine] = {}
+
+    def engine_on(processes: int) -> Engine:
+        if processes not in started:
+            started[processes] = load_engine(parallel_config(processes))
+        return started[processes]
+
+    yield engine_on
+    for engine in started.values():
+        engine.close()
+
+
+@pytest.fixture(params=[2, 3], ids=lambda n: f"{n}-processes")
+def engine(engines, request):
+    """Both splits: 2 processes split the 2 heads one each; 3 also pad the heads and the tokens."""
+    return engines(request.param)
+
+
+@pytest.fixture
+def two_processes(engines):
+    """What does not depend on the split (LoRAs, a cancel, the golden cases) runs on 2 processes."""
+    return engines(2)
 
 
 def latents(source, options: GenerationOptions = GenerationOptions(), **overrides) -> torch.Tensor:
@@ -52,6 +69,8 @@ def latents(source, options: GenerationOptions = GenerationOptions(), **override
     return generate(request, models, options=options, placement=placement).video_latents
 
 
+@pytest.mark.e2e
+@pytest.mark.xdist_group("parallel")
 def test_the_engine_runs_workers_with_ulysses_attention(engine):
     group = engine.placement.parallel
     assert group is not None and all(process.is_alive() for process in group.processes)
@@ -63,6 +82,8 @@ def test_the_engine_runs_workers_with_ulysses_attention(engine):
         assert processors == {UlyssesAttnProcessor}
 
 
+@pytest.mark.e2e
+@pytest.mark.xdist_group("parallel")
 @pytest.mark.parametrize("variant", ["original", "f1"])
 def test_one_forward_matches_one_process(engine, tiny_models, variant):
     inputs, text, noisy = section_and_text(tiny_models.transformers[variant], torch.Generator().manual_seed(5))
@@ -76,13 +97,18 @@ def test_one_forward_matches_one_process(engine, tiny_models, variant):
     assert relative_l2(actual, expected) < MAX_RELATIVE_L2
 
 
+@pytest.mark.e2e
+@pytest.mark.xdist_group("parallel")
 @pytest.mark.parametrize("use_teacache", [False, True], ids=["teacache-off", "teacache-on"])
 def test_a_generation_matches_one_process(engine, tiny_models, use_teacache):
     overrides = {"use_teacache": use_teacache, "steps": 6 if use_teacache else 2}
     assert relative_l2(latents(engine, **overrides), latents(tiny_models, **overrides)) < MAX_RELATIVE_L2
 
 
-def test_a_lora_is_merged_on_every_process_and_taken_out_after(engine, tiny_models, tmp_path):
+@pytest.mark.e2e
+@pytest.mark.xdist_group("parallel")
+def test_a_lora_is_merged_on_every_process_and_taken_out_after(two_processes, tiny_models, tmp_path):
+    engine = two_processes
     path = tmp_path / "lora.safetensors"
     save_file(musubi_lora(tiny_models.transformers["original"]), str(path))
     with_lora = {"lora_weights": str(path), "lora_scale": 0.8}
@@ -96,7 +122,11 @@ class Cancelled(BaseException):
     """What Cog raises in a cancelled prediction (its CancelationException is a BaseException too)."""
 
 
-def test_after_a_cancel_the_next_generation_matches(engine, tiny_models):
+@pytest.mark.e2e
+@pytest.mark.xdist_group("parallel")
+def test_after_a_cancel_the_next_generation_matches(two_processes, tiny_models):
+    engine = two_processes
+
     def cancel(section: int, step: int, x0: torch.Tensor) -> None:
         if step == 1:
             raise Cancelled
@@ -106,8 +136,11 @@ def test_after_a_cancel_the_next_generation_matches(engine, tiny_models):
     assert relative_l2(latents(engine), latents(tiny_models)) < MAX_RELATIVE_L2
 
 
+@pytest.mark.e2e
+@pytest.mark.xdist_group("parallel")
 @pytest.mark.parametrize("case_name", golden_case_names())
-def test_golden_case(engine, case_name):
+def test_golden_case(two_processes, case_name):
+    engine = two_processes
     case = load_golden_case(case_name)
     request = build_request(parse_inputs(input_args(case["input"])[1::2]))
     recorder = TensorRecorder(True)
