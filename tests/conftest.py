@@ -55,24 +55,40 @@ def tiny_engine():
     return load_engine(EngineConfig(weights_dir=TINY_WEIGHTS, device="cpu", dtype="float32", compile="off"))
 
 
-@pytest.fixture(scope="session")
-def services(tmp_path_factory):
-    """An eager and a compiled ("off", "on") service on the tiny weights, set up as predict.py sets them up, with
-    a LoRA folder of their own. Compiling takes most of a minute, so the tests that need it share it (and run on
-    one worker: `xdist_group("compiled")`)."""
-    from framepack.serving.service import FramePackService
+@pytest.fixture
+def block_stack_runs(monkeypatch):
+    """Real runs of the transformer's block stack per section (TeaCache skips run none).
 
-    made = {}
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FRAMEPACK_WEIGHTS", str(TINY_WEIGHTS))
-        env.setenv("FRAMEPACK_LORA_DIR", str(tmp_path_factory.mktemp("loras")))
-        for mode in ("off", "on"):
-            env.setenv("FRAMEPACK_COMPILE", mode)
-            env.setenv("FRAMEPACK_OUTPUT_DIR", str(tmp_path_factory.mktemp(f"outputs-{mode}")))
-            made[mode] = FramePackService.setup()
-    yield made
-    for service in made.values():
-        service.close()
+    Counted where the stack is entered, in eager Python, so the count is the same when the blocks themselves
+    are compiled (a global module hook would be traced into the compiled blocks, and its counter guarded on).
+    The compiled engine's start-up warm-up generation is not part of the case, so its runs are forgotten.
+    """
+    runs: list[int] = []
+    from framepack.core.progress import ProgressReporter
+    from framepack.runtime.transformer import PackedTransformer
+    from framepack.serving.engine import Engine
+
+    original_warm_up = Engine.warm_up
+
+    def warm_up(self, *args):
+        original_warm_up(self, *args)
+        runs.clear()
+
+    original_section_started = ProgressReporter.section_started
+    original_run_blocks = PackedTransformer._run_blocks
+
+    def section_started(self, generation_index, description=""):
+        runs.append(0)
+        return original_section_started(self, generation_index, description)
+
+    def run_blocks(self, *args):
+        runs[-1] += 1
+        return original_run_blocks(self, *args)
+
+    monkeypatch.setattr(ProgressReporter, "section_started", section_started)
+    monkeypatch.setattr(PackedTransformer, "_run_blocks", run_blocks)
+    monkeypatch.setattr(Engine, "warm_up", warm_up)
+    return runs
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,7 @@ from helpers.paths import START_IMAGE, TINY_WEIGHTS
 from framepack.runtime import compile_cache
 from framepack.runtime.compile_cache import CompileCache, artifact_key
 
-# Processes compiling with inductor, on the worker that compiles the shared services (test_compiled.py).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("compiled")]
+pytestmark = pytest.mark.e2e  # processes compiling with inductor
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.golden import check_golden_case, golden_case_names, load_golden_case
 from helpers.models import musubi_lora, peft_lora
-from helpers.paths import END_IMAGE
+from helpers.paths import END_IMAGE, TINY_WEIGHTS
 from helpers.requests import tiny_request
 from safetensors.torch import save_file
 
@@ -21,10 +22,27 @@ from framepack.serving.service import FramePackService
 
 # float32 on the CPU: compiled kernels reassociate sums, so results agree to rounding, not bit for bit.
 MAX_RELATIVE_L2 = 1e-5
-# The service compiled with inductor; its worker also runs the compiled golden cases on the same service.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("compiled")]
+pytestmark = pytest.mark.e2e  # the service compiled with inductor
 
 BASE = tiny_request(prompt="a dancer on a stage", total_video_length_seconds=1.2)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    """An eager and a compiled ("off", "on") service on the tiny weights, set up as predict.py sets them up, with
+    a LoRA folder of their own. Compiling takes most of a minute: every test here shares them (and, with
+    `--dist loadfile`, one worker runs them all)."""
+    made = {}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FRAMEPACK_WEIGHTS", str(TINY_WEIGHTS))
+        env.setenv("FRAMEPACK_LORA_DIR", str(tmp_path_factory.mktemp("loras")))
+        for mode in ("off", "on"):
+            env.setenv("FRAMEPACK_COMPILE", mode)
+            env.setenv("FRAMEPACK_OUTPUT_DIR", str(tmp_path_factory.mktemp(f"outputs-{mode}")))
+            made[mode] = FramePackService.setup()
+    yield made
+    for service in made.values():
+        service.close()
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +150,12 @@ def test_cancel_mid_run_then_a_prediction_equals_eager(services, lora_files):
     assert list(service.output_dir.iterdir()) == []
     assert all(torch.equal(tensor, base[name]) for name, tensor in weights(service).items())
     assert_same_as_eager(services)
+
+
+# The golden cases through the compiled service, which serves every case as it serves requests of every size.
+@pytest.mark.parametrize("case_name", golden_case_names())
+def test_golden_case_compiled(case_name, services, block_stack_runs, tiny_models):
+    """Through the Cog service, compiled."""
+    recorder = TensorRecorder(True)
+    output = services["on"].predict(load_golden_case(case_name)["input"], record=recorder)
+    check_golden_case(case_name, recorder.tensors, output, block_stack_runs, tiny_models)

@@ -35,31 +35,17 @@ def parallel_config(processes: int, **overrides) -> EngineConfig:
     return EngineConfig(weights_dir=TINY_WEIGHTS, device="cpu", dtype="float32", gpus=str(processes), **settings)
 
 
-@pytest.fixture(scope="module")
-def engines():
-    """`engines(n)`: the tiny weights on n processes, started once for the module."""
-    started: dict[int, Engine] = {}
-
-    def engine_on(processes: int) -> Engine:
-        if processes not in started:
-            started[processes] = load_engine(parallel_config(processes))
-        return started[processes]
-
-    yield engine_on
-    for engine in started.values():
-        engine.close()
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}-processes")
+def engine(request):
+    """Both splits: 2 processes split the 2 heads one each; 3 also pad the heads and the tokens. One group at a
+    time (rank 0 is in one process group), each started once for the module."""
+    started = load_engine(parallel_config(request.param))
+    yield started
+    started.close()
 
 
-@pytest.fixture(params=[2, 3], ids=lambda n: f"{n}-processes")
-def engine(engines, request):
-    """Both splits: 2 processes split the 2 heads one each; 3 also pad the heads and the tokens."""
-    return engines(request.param)
-
-
-@pytest.fixture
-def two_processes(engines):
-    """What does not depend on the split (LoRAs, a cancel, the golden cases) runs on 2 processes."""
-    return engines(2)
+# What does not depend on the split (LoRAs, a cancel, the golden cases) runs on 2 processes only.
+ON_TWO_PROCESSES = pytest.mark.parametrize("engine", [2], indirect=True, ids=["2-processes"])
 
 
 def latents(source, options: GenerationOptions = GenerationOptions(), **overrides) -> torch.Tensor:
@@ -70,7 +56,6 @@ def latents(source, options: GenerationOptions = GenerationOptions(), **override
 
 
 @pytest.mark.e2e
-@pytest.mark.xdist_group("parallel")
 def test_the_engine_runs_workers_with_ulysses_attention(engine):
     group = engine.placement.parallel
     assert group is not None and all(process.is_alive() for process in group.processes)
@@ -83,7 +68,6 @@ def test_the_engine_runs_workers_with_ulysses_attention(engine):
 
 
 @pytest.mark.e2e
-@pytest.mark.xdist_group("parallel")
 @pytest.mark.parametrize("variant", ["original", "f1"])
 def test_one_forward_matches_one_process(engine, tiny_models, variant):
     inputs, text, noisy = section_and_text(tiny_models.transformers[variant], torch.Generator().manual_seed(5))
@@ -98,7 +82,6 @@ def test_one_forward_matches_one_process(engine, tiny_models, variant):
 
 
 @pytest.mark.e2e
-@pytest.mark.xdist_group("parallel")
 @pytest.mark.parametrize("use_teacache", [False, True], ids=["teacache-off", "teacache-on"])
 def test_a_generation_matches_one_process(engine, tiny_models, use_teacache):
     overrides = {"use_teacache": use_teacache, "steps": 6 if use_teacache else 2}
@@ -106,9 +89,8 @@ def test_a_generation_matches_one_process(engine, tiny_models, use_teacache):
 
 
 @pytest.mark.e2e
-@pytest.mark.xdist_group("parallel")
-def test_a_lora_is_merged_on_every_process_and_taken_out_after(two_processes, tiny_models, tmp_path):
-    engine = two_processes
+@ON_TWO_PROCESSES
+def test_a_lora_is_merged_on_every_process_and_taken_out_after(engine, tiny_models, tmp_path):
     path = tmp_path / "lora.safetensors"
     save_file(musubi_lora(tiny_models.transformers["original"]), str(path))
     with_lora = {"lora_weights": str(path), "lora_scale": 0.8}
@@ -123,10 +105,8 @@ class Cancelled(BaseException):
 
 
 @pytest.mark.e2e
-@pytest.mark.xdist_group("parallel")
-def test_after_a_cancel_the_next_generation_matches(two_processes, tiny_models):
-    engine = two_processes
-
+@ON_TWO_PROCESSES
+def test_after_a_cancel_the_next_generation_matches(engine, tiny_models):
     def cancel(section: int, step: int, x0: torch.Tensor) -> None:
         if step == 1:
             raise Cancelled
@@ -137,10 +117,9 @@ def test_after_a_cancel_the_next_generation_matches(two_processes, tiny_models):
 
 
 @pytest.mark.e2e
-@pytest.mark.xdist_group("parallel")
 @pytest.mark.parametrize("case_name", golden_case_names())
-def test_golden_case(two_processes, case_name):
-    engine = two_processes
+@ON_TWO_PROCESSES
+def test_golden_case(engine, case_name):
     case = load_golden_case(case_name)
     request = build_request(parse_inputs(input_args(case["input"])[1::2]))
     recorder = TensorRecorder(True)

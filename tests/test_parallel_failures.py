@@ -16,8 +16,7 @@ from framepack.models import all_blocks
 from framepack.serving.engine import load_engine
 from framepack.serving.parallel import ParallelError
 
-# gloo processes, compiled with inductor; on the worker that runs test_parallel.py's process groups
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("parallel")]
+pytestmark = pytest.mark.e2e  # gloo processes, compiled with inductor
 
 
 def test_compiled_blocks_on_two_processes_match_one_eager_process(tiny_models):

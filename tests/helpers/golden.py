@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from benchmarks.measure import relative_l2
+from benchmarks.measure import read_mp4_frames, relative_l2
+from framepack.core import planner
+from framepack.runtime import conditioning
 
 from .paths import GOLDEN, IMAGES
 
@@ -41,3 +45,21 @@ def assert_matches_golden(actual: dict[str, torch.Tensor], expected: dict[str, t
         else:
             error = relative_l2(actual_tensor, expected_tensor)
             assert error < MAX_RELATIVE_L2, f"{name}: relative L2 {error:.3e}"
+
+
+def check_golden_case(case_name: str, tensors: dict, output: Path, block_stack_runs: list[int], tiny_models) -> None:
+    """The recorded `tensors` and the MP4 at `output` are the golden case's, as are its section plan and the
+    block stack's runs per section."""
+    case = load_golden_case(case_name)
+    assert_matches_golden(tensors, load_file(GOLDEN / case_name / "expected.safetensors"))
+    expected, request = case["expected"], case["input"]
+    num_sections = planner.section_count(request["total_video_length_seconds"], request["latent_window_size"])
+    assert num_sections == expected["num_sections"]
+    if expected["latent_paddings"] is not None:
+        assert planner.latent_paddings(num_sections) == expected["latent_paddings"]
+    assert tensors["video_latents"].shape[2] == expected["num_latent_frames"]
+    assert conditioning.template_crop_start(tiny_models.tokenizer) == expected["prompt_template_crop_start"]
+    assert block_stack_runs == expected["transformer_block_stack_calls_per_section"]
+    frames, fps = read_mp4_frames(output)
+    assert frames.shape[0] == expected["num_frames"] == tensors["frames_uint8"].shape[0]
+    assert fps == 30
