@@ -71,7 +71,7 @@ def test_every_module_sits_in_a_layer():
 @pytest.mark.parametrize("path", MODULES, ids=lambda path: _module_name(path) or "framepack")
 def test_no_module_imports_a_higher_layer(path):
     module = _module_name(path)
-    if module == "framepack":  # the package root holds no code
+    if module == "framepack":  # the package root imports no module of the package up front
         assert _imported_modules(path) == set()
         return
     upward = [target for target in _imported_modules(path) if _rank(target) > _rank(module)]
@@ -89,3 +89,15 @@ def test_the_check_sees_an_upward_import(tmp_path):
     imported = _imported_modules(probe)
     assert "framepack.config" in imported and "framepack.core.controls" in imported
     assert _rank("framepack.serving.engine") > _rank("framepack.core.request")
+
+
+def test_the_flat_names_of_earlier_versions_import_the_layered_modules():
+    import framepack.core.request
+    import framepack.request
+    import framepack.serving.service
+    from framepack.service import FramePackService
+
+    assert framepack.request is framepack.core.request
+    assert FramePackService is framepack.serving.service.FramePackService
+    with pytest.raises(ModuleNotFoundError):
+        import framepack.no_such_module  # noqa: F401
