@@ -113,7 +113,7 @@ def make_images(folder: Path) -> dict[str, Path]:
 
 
 def predictions(images: dict[str, Path], full: bool, tiny: bool = False) -> list[tuple[str, dict]]:
-    """The requests of a run; `tiny`: 2 steps at 96x64 and 64x96 instead (the tiny weights on a CPU)."""
+    """The requests of a run; `tiny`: 2 steps at 48x32 and 32x48 instead (the tiny weights on a CPU)."""
     base = {
         "prompt": SHORT_PROMPT,
         "input_image": str(images["landscape"]),
@@ -121,7 +121,7 @@ def predictions(images: dict[str, Path], full: bool, tiny: bool = False) -> list
         "total_video_length_seconds": 1.2,  # one section of 9 latent frames
         "steps": 2 if tiny else 25,
     }
-    landscape, portrait = ({"width": 96, "height": 64}, {"width": 64, "height": 96}) if tiny else ({}, {})
+    landscape, portrait = ({"width": 48, "height": 32}, {"width": 32, "height": 48}) if tiny else ({}, {})
     base.update(landscape)
     sequence = [("first", base), ("warm", base)]
     if full:

@@ -139,7 +139,7 @@ def test_no_file_means_nothing_loaded_and_an_unwritable_folder_is_not_an_error(t
     assert not list(tmp_path.glob("**/*.partial"))
 
 
-def test_warm_cache_fails_when_no_file_could_be_written(run_cli, tmp_path, monkeypatch):
+def test_warm_cache_fails_before_compiling_when_no_file_could_be_written(run_cli, tmp_path, monkeypatch):
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     monkeypatch.setenv("FRAMEPACK_COMPILE_CACHE", str(blocked / "cache"))
@@ -147,8 +147,17 @@ def test_warm_cache_fails_when_no_file_could_be_written(run_cli, tmp_path, monke
         "warm-cache", "--weights", str(TINY_WEIGHTS), "--device", "cpu", "--dtype", "float32", "--compile", "on"
     )
     assert result.code == 2, result.stderr[-2000:]
-    expected = f"'FRAMEPACK_COMPILE_CACHE': no compiled kernels could be written to {blocked / 'cache'}"
-    assert expected in result.stderr and "compile cache: could not write" in result.stderr
+    expected = (
+        f"'FRAMEPACK_COMPILE_CACHE': no compiled kernels could be written to {blocked / 'cache'}: "
+        f"{blocked} is not a folder"
+    )
+    assert expected in result.stderr
+    assert "loading" not in result.stderr and not list(tmp_path.glob("**/*.partial"))  # failed before the engine
+
+
+def test_a_missing_folder_under_a_folder_is_writable_and_the_check_creates_nothing(tmp_path):
+    assert compile_cache.unwritable_reason(tmp_path / "new" / "deeper") is None
+    assert not (tmp_path / "new").exists()
 
 
 def test_warm_cache_refuses_when_nothing_compiles(run_cli, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers.media import write_test_video
 from helpers.paths import START_IMAGE
-from helpers.requests import predict_args, tiny_request
+from helpers.requests import TINY_HEIGHT, TINY_WIDTH, predict_args, tiny_request
 
 from benchmarks.measure import read_mp4_frames
 from framepack.core import continuation
@@ -25,7 +25,7 @@ from framepack.runtime import conditioning
 from framepack.runtime.pipeline import GenerationOptions, TensorRecorder
 
 CLIP_FRAMES = 21  # at most 6 latents of context: 1 + (21 - 1) / 4
-# 3 sections of 3 latents at 96x64, 2 steps: 12 new frames per section.
+# 3 sections of 3 latents at 48x32, 2 steps: 12 new frames per section.
 # A continuation's request: no start image (the video gives it), 3 sections.
 SMALL = {k: v for k, v in tiny_request(seed=4, total_video_length_seconds=1.2).items() if k != "input_image"}
 NEW_FRAMES = 3 * 12
@@ -46,7 +46,7 @@ def continue_clip(engine, clip, output, **inputs):
     return result, recorder.tensors
 
 
-def encode_last_frames(clip, latents: int, vae, width: int = 96, height: int = 64) -> torch.Tensor:
+def encode_last_frames(clip, latents: int, vae, width: int = TINY_WIDTH, height: int = TINY_HEIGHT) -> torch.Tensor:
     """The VAE encoding (posterior mean, scaled) of the clip's last 4 (latents - 1) + 1 frames at the bucket."""
     decoded = read_mp4_frames(clip)[0].numpy()[-(4 * (latents - 1) + 1) :]
     cropped = np.stack([conditioning.resize_and_center_crop(frame, width, height) for frame in decoded])
@@ -97,16 +97,16 @@ def test_f1_continues_the_videos_latents_and_the_output_starts_with_its_frames(
     # The first new section's history is the clip's latents, newest last, zeros before them (19 slots).
     history = torch.cat([tensors["section_0_clean_latents_4x"], tensors["section_0_clean_latents_2x"]], dim=2)
     history = torch.cat([history, tensors["section_0_clean_latents"][:, :, 1:]], dim=2)
-    assert torch.equal(history, torch.cat([torch.zeros(1, 16, 13, 8, 12), context], dim=2))
+    assert torch.equal(history, torch.cat([torch.zeros(1, 16, 13, TINY_HEIGHT // 8, TINY_WIDTH // 8), context], dim=2))
     # The image the model sees is the clip's last frame, at the bucket; it fills the start slot.
-    last = conditioning.resize_and_center_crop(read_mp4_frames(clip)[0][-1].numpy(), 96, 64)
+    last = conditioning.resize_and_center_crop(read_mp4_frames(clip)[0][-1].numpy(), TINY_WIDTH, TINY_HEIGHT)
     siglip = conditioning.encode_image_siglip(last, tiny_models.feature_extractor, tiny_models.image_encoder)
     assert torch.equal(tensors["image_embeds"], siglip)
     start = conditioning.vae_encode_mean(last, tiny_models.vae)
     assert all(torch.equal(tensors[f"section_{g}_clean_latents"][:, :, :1], start) for g in range(3))
 
     frames, fps = read_mp4_frames(output)
-    assert result.frames.shape == (NEW_FRAMES, 64, 96, 3)
+    assert result.frames.shape == (NEW_FRAMES, TINY_HEIGHT, TINY_WIDTH, 3)
     assert frames.shape == (CLIP_FRAMES + NEW_FRAMES, 80, 120, 3) and fps == 30  # at the input's size
     assert torch.equal(frames[:CLIP_FRAMES], read_mp4_frames(clip)[0])  # copied, not re-encoded from RGB
     metadata = read_mp4_metadata(output)
@@ -122,8 +122,11 @@ def test_the_continuation_alone_and_an_input_image_shown_instead(tiny_engine, ti
     output = tmp_path / "alone.mp4"
     inputs = {"model_variant": "f1", "include_input_video": False, "video_context_frames": 2}
     result, tensors = continue_clip(tiny_engine, clip, output, input_image=START_IMAGE, **inputs)
-    assert read_mp4_frames(output)[0].shape == (NEW_FRAMES, 64, 96, 3) and result.frames.shape[0] == NEW_FRAMES
-    image = conditioning.resize_and_center_crop(conditioning.load_rgb_image(START_IMAGE), 96, 64)
+    assert (
+        read_mp4_frames(output)[0].shape == (NEW_FRAMES, TINY_HEIGHT, TINY_WIDTH, 3)
+        and result.frames.shape[0] == NEW_FRAMES
+    )
+    image = conditioning.resize_and_center_crop(conditioning.load_rgb_image(START_IMAGE), TINY_WIDTH, TINY_HEIGHT)
     siglip = conditioning.encode_image_siglip(image, tiny_models.feature_extractor, tiny_models.image_encoder)
     assert torch.equal(tensors["image_embeds"], siglip)
     assert torch.equal(
@@ -132,7 +135,8 @@ def test_the_continuation_alone_and_an_input_image_shown_instead(tiny_engine, ti
     context = encode_last_frames(clip, 2, tiny_models.vae)
     assert torch.equal(tensors["section_0_clean_latents"][:, :, 1:], context[:, :, -1:])
     assert torch.equal(
-        tensors["section_0_clean_latents_2x"], torch.cat([torch.zeros(1, 16, 1, 8, 12), context[:, :, :1]], 2)
+        tensors["section_0_clean_latents_2x"],
+        torch.cat([torch.zeros(1, 16, 1, TINY_HEIGHT // 8, TINY_WIDTH // 8), context[:, :, :1]], 2),
     )
     assert read_mp4_metadata(output)["frames"] == NEW_FRAMES
 
@@ -146,7 +150,7 @@ def test_the_original_variant_starts_from_the_videos_last_latents(
     context = encode_last_frames(clip, used, tiny_models.vae)
     # The start slot is the clip's last frame encoded alone, as a start image is (with one latent of context
     # that is the context itself); the earlier latents go before it.
-    last = conditioning.resize_and_center_crop(read_mp4_frames(clip)[0][-1].numpy(), 96, 64)
+    last = conditioning.resize_and_center_crop(read_mp4_frames(clip)[0][-1].numpy(), TINY_WIDTH, TINY_HEIGHT)
     start = conditioning.vae_encode_mean(last, tiny_models.vae)
     assert torch.equal(tensors["start_latent"], start)
     if used == 1:

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 from helpers.paths import END_IMAGE, IMAGES
-from helpers.requests import CLI_REQUEST, predict_args, tiny_request
+from helpers.requests import CLI_REQUEST, TINY_HEIGHT, TINY_WIDTH, predict_args, tiny_request
 from safetensors import safe_open
 from transformers import LlamaModel
 
@@ -19,7 +19,7 @@ from framepack.runtime import conditioning
 from framepack.runtime.pipeline import GenerationOptions, TensorRecorder, generate
 
 SMALL_IMAGE = IMAGES / "start_90x60.png"
-# 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.
+# 4 sections of 3 latents at 48x32, 2 steps: fast on the tiny weights.
 BASE = tiny_request(prompt="base prompt", seed=5)
 
 
@@ -158,7 +158,8 @@ def test_keyframes_fill_the_start_slot_of_their_sections(tiny_models, variant):
     )
     keyframe_latents = [
         conditioning.vae_encode_mean(
-            conditioning.resize_and_center_crop(conditioning.load_rgb_image(path), 96, 64), tiny_models.vae
+            conditioning.resize_and_center_crop(conditioning.load_rgb_image(path), TINY_WIDTH, TINY_HEIGHT),
+            tiny_models.vae,
         )
         for path in (END_IMAGE, SMALL_IMAGE)
     ]
@@ -175,7 +176,8 @@ def test_end_frame_reaches_only_the_first_generated_sections_1x_slot(tiny_models
     baseline, base_tensors = run(tiny_models)
     result, tensors = run(tiny_models, end_image=END_IMAGE, end_image_strength=0.7)
     end_latent = conditioning.vae_encode_mean(
-        conditioning.resize_and_center_crop(conditioning.load_rgb_image(END_IMAGE), 96, 64), tiny_models.vae
+        conditioning.resize_and_center_crop(conditioning.load_rgb_image(END_IMAGE), TINY_WIDTH, TINY_HEIGHT),
+        tiny_models.vae,
     )
     assert torch.allclose(tensors["section_0_clean_latents"][:, :, 1:], end_latent * 0.7)
     for g in (1, 2, 3):  # later sections read the generated history, as without an end frame

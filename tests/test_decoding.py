@@ -15,7 +15,7 @@ from framepack.runtime import decoding
 from framepack.runtime.decoding import background_decode_plan
 from framepack.runtime.pipeline import GenerationOptions, generate
 
-# 4 sections of 3 latents at 96x64, 2 steps: fast on the tiny weights.
+# 4 sections of 3 latents at 48x32, 2 steps: fast on the tiny weights.
 REQUEST = tiny_request()
 SECTIONS, STEPS = 4, 2
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 from helpers.media import png_header, write_test_video
 from helpers.paths import START_IMAGE, TINY_WEIGHTS
-from helpers.requests import tiny_request
+from helpers.requests import TINY_HEIGHT, TINY_WIDTH, tiny_request
 
 from benchmarks.measure import read_mp4_frames
 from framepack.core.request import INPUT_SPECS
@@ -214,7 +214,7 @@ def test_sync_prediction_returns_a_playable_mp4(server, tmp_path):
     body = response.json()
     assert body["status"] == "succeeded", body.get("error")
     frames, fps = read_mp4_frames(_video(body, tmp_path))
-    assert frames.shape == (37, 64, 96, 3) and fps == 30
+    assert frames.shape == (37, TINY_HEIGHT, TINY_WIDTH, 3) and fps == 30
     assert read_mp4_metadata(tmp_path / "out.mp4")["seed"] == 3
     assert {"encode_seconds", "sampling_seconds", "decode_seconds", "mp4_seconds", "total_seconds"} <= set(
         body["metrics"]
@@ -382,7 +382,7 @@ def test_an_image_bomb_is_refused_from_its_header(server, size, message):
 
 
 def test_the_schema_and_the_validation_agree_on_numbers_and_null(server, tmp_path):
-    inputs = {**TINY_REQUEST, "width": 96.0, "height": 64.0, "seed": 3.0, "steps": 2.0}
+    inputs = {**TINY_REQUEST, "width": float(TINY_WIDTH), "height": float(TINY_HEIGHT), "seed": 3.0, "steps": 2.0}
     body = _predict(server, inputs).json()
     assert body["status"] == "succeeded", body.get("error")
     reference = _predict(server, TINY_REQUEST).json()

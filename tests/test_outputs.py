@@ -13,7 +13,7 @@ from framepack.core.video import read_mp4_metadata
 from framepack.runtime.outputs import open_mp4
 from framepack.runtime.pipeline import GenerationOptions, generate
 
-# 4 sections of 3 latents at 96x64, 2 steps.
+# 4 sections of 3 latents at 48x32, 2 steps.
 REQUEST = tiny_request()
 
 

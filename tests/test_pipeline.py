@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers.requests import tiny_request
+from helpers.requests import TINY_HEIGHT, TINY_WIDTH, tiny_request
 
 from framepack.core.request import build_request
 from framepack.runtime.pipeline import GenerationOptions, generate
@@ -19,7 +19,7 @@ def test_hooks_see_every_step_and_section_and_a_raise_stops_the_run(tiny_models)
     )
     result = generate(request, tiny_models, options=options)
     assert [(s, i) for s, i, _ in steps] == [(s, i) for s in range(4) for i in range(2)]
-    assert steps[0][2] == (1, 16, 3, 8, 12)
+    assert steps[0][2] == (1, 16, 3, TINY_HEIGHT // 8, TINY_WIDTH // 8)
     assert len(frame_counts) == 4 and frame_counts == sorted(frame_counts)
     assert frame_counts[-1] == result.frames.shape[0]
 

@@ -15,6 +15,7 @@ import pytest
 import requests
 import torch
 from helpers.paths import END_IMAGE, START_IMAGE, TINY_WEIGHTS
+from helpers.requests import TINY_HEIGHT, TINY_WIDTH
 
 from benchmarks.measure import read_mp4_frames
 from framepack.core import planner
@@ -126,7 +127,7 @@ def _fill_small_run(page, length: float, steps: int) -> None:
     _set(page, "total_video_length_seconds", length)
     _set(page, "seed", 5)
     _open(page, "Advanced")
-    for name, value in (("latent_window_size", 3), ("steps", steps), ("width", 96), ("height", 64)):
+    for name, value in (("latent_window_size", 3), ("steps", steps), ("width", TINY_WIDTH), ("height", TINY_HEIGHT)):
         _set(page, name, value)
 
 
@@ -171,7 +172,7 @@ def test_a_run_with_a_timeline_shows_progress_previews_and_a_playable_video(page
     video = _download(page, _video_source(page, "final"), tmp_path / "final.mp4")
     frames = read_mp4_frames(video)[0]
     expected = planner.pixel_frames(planner.total_latent_frames(planner.section_count(1.2, 3), 3))
-    assert frames.shape == (expected, 64, 96, 3)
+    assert frames.shape == (expected, TINY_HEIGHT, TINY_WIDTH, 3)
     assert settings_from_video(video)["section_prompts"] == "a calm sea\na storm"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "studio-finished.png"), full_page=True)
@@ -236,12 +237,18 @@ def test_the_api_beside_the_page_generates_and_a_reused_seed_repeats_the_video(s
     from gradio_client import Client, handle_file
 
     client = Client(studio["url"], verbose=False)
-    small = {"total_video_length_seconds": 0.4, "latent_window_size": 3, "steps": 2, "width": 96, "height": 64}
+    small = {
+        "total_video_length_seconds": 0.4,
+        "latent_window_size": 3,
+        "steps": 2,
+        "width": TINY_WIDTH,
+        "height": TINY_HEIGHT,
+    }
     first = client.predict(
         input_image=handle_file(str(START_IMAGE)), prompt="a cat", seed=-1, **small, api_name="/generate"
     )
     frames = read_mp4_frames(Path(first))[0]
-    assert frames.shape == (planner.pixel_frames(planner.total_latent_frames(1, 3)), 64, 96, 3)
+    assert frames.shape == (planner.pixel_frames(planner.total_latent_frames(1, 3)), TINY_HEIGHT, TINY_WIDTH, 3)
     with pytest.raises(Exception, match="give an upload"):  # a path on the server is not read
         client.predict(input_image="/etc/hostname", prompt="a cat", **small, api_name="/generate")
     settings = settings_from_video(Path(first))  # the seed that was drawn, and everything else

@@ -108,6 +108,21 @@ class CompileCache:
         return self.path
 
 
+def unwritable_reason(folder: Path) -> str | None:
+    """Why files could not be created in `folder` (made if missing), or None if they could; creates nothing.
+
+    Checked before the minutes of compiling that `warm-cache` spends, so an unusable folder fails at once.
+    """
+    existing = Path(folder)
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 def kernels_compiled() -> int:
     """How many graphs inductor compiled from scratch in this process (its cache misses)."""
     from torch._dynamo.utils import counters

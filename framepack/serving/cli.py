@@ -209,6 +209,10 @@ def run_warm_cache(args: argparse.Namespace) -> Path:
     cache_dir = config.compile_cache_dir()
     if cache_dir is None:
         raise InvalidInput("FRAMEPACK_COMPILE_CACHE", "is off: there is no cache to write")
+    from ..runtime.compile_cache import unwritable_reason
+
+    if (reason := unwritable_reason(cache_dir)) is not None:
+        raise InvalidInput("FRAMEPACK_COMPILE_CACHE", f"no compiled kernels could be written to {cache_dir}: {reason}")
     check_weights(config.weights_dir, config.variants)
 
     from .engine import load_engine

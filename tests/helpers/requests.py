@@ -9,10 +9,14 @@ from pathlib import Path
 
 from .paths import START_IMAGE, TINY_WEIGHTS
 
+# (width, height) of the tiny requests. 48x32: the VAE decode is most of a tiny generation's time on the CPU, and
+# costs 7 times less than at 96x64.
+TINY_WIDTH, TINY_HEIGHT = 48, 32
+
 
 def tiny_request(**overrides) -> dict:
-    """A request small enough for the tiny weights on the CPU: windows of 3 latents at 96x64, 2 steps, TeaCache
-    off, 4 sections; `overrides` replace or add inputs (API names)."""
+    """A request small enough for the tiny weights on the CPU: windows of 3 latents at 48x32, 2 steps, TeaCache off,
+    4 sections; `overrides` replace or add inputs (API names)."""
     return {
         "input_image": START_IMAGE,
         "prompt": "a cat",
@@ -20,8 +24,8 @@ def tiny_request(**overrides) -> dict:
         "total_video_length_seconds": 1.6,
         "latent_window_size": 3,
         "steps": 2,
-        "width": 96,
-        "height": 64,
+        "width": TINY_WIDTH,
+        "height": TINY_HEIGHT,
         "use_teacache": False,
         **overrides,
     }
