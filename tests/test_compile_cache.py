@@ -40,8 +40,8 @@ configure_logging("stderr")
 engine = load_engine(EngineConfig.from_env(variants=("original", "f1"), device="cpu", dtype="float32"))
 after_start = {{"kernels": kernels_compiled(), "graphs": compiled_graphs()}}
 requests = [
-    dict(prompt="a much longer prompt than the warm-up had, with many more words", width=96, height=64),
-    dict(prompt="x", width=64, height=80, latent_window_size=3, total_video_length_seconds=1.2, model_variant="f1"),
+    dict(prompt="a much longer prompt than the warm-up had, with many more words", width=48, height=32),
+    dict(prompt="x", width=32, height=48, latent_window_size=3, total_video_length_seconds=1.2, model_variant="f1"),
 ]
 for inputs in requests:
     inputs = {{"input_image": Path({str(START_IMAGE)!r}), "seed": 1, "steps": 2, **inputs}}
