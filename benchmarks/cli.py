@@ -1,6 +1,6 @@
 """The benchmarks' command line: our engine against the reference's path, side by side in one run.
 
-    python -m benchmarks --out bench.json [--e2e [--no-teacache-runs | --teacache-runs-only]
+    python -m benchmarks --out bench.json [--e2e [--no-teacache-runs | --teacache-runs-only] [--magcache]
                          [--compare-reference-decode | --reference-decode] [--variant original|f1]]
                          [--fp8] [--decode] [--cfg-batch] [--size full|tiny]
     python -m benchmarks --save-random-weights /tmp/w
@@ -13,9 +13,9 @@
 Models are the full-size architectures (docs/ALGORITHM.md §1.2) with random weights, so no checkpoint is needed.
 Reports: seconds per transformer forward (stock, then ours, then ours in FP8) at 544x704 with window 9, the relative
 L2 difference of the outputs, optionally end-to-end seconds of a 5-second 640-bucket generation per stage (stock
-loop and ours, TeaCache off and on), and peak GPU memory. Stock runs first: our acceleration compiles the blocks in
-place. The low-VRAM benchmark loads random weights saved in the hub layout, as the service loads real ones.
-`--size tiny` runs the same code on the tiny test architecture (for checking the script on a CPU).
+loop and ours, TeaCache off and on, MagCache), and peak GPU memory. Stock runs first: our acceleration compiles
+the blocks in place. The low-VRAM benchmark loads random weights saved in the hub layout, as the service loads
+real ones. `--size tiny` runs the same code on the tiny test architecture (for checking the script on a CPU).
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--e2e", action="store_true", help="also time 5-second generations")
     parser.add_argument("--no-teacache-runs", action="store_true", help="with --e2e: skip the TeaCache-on pair")
     parser.add_argument("--teacache-runs-only", action="store_true", help="with --e2e: skip the TeaCache-off pair")
+    parser.add_argument(
+        "--magcache",
+        action="store_true",
+        help="with --e2e: also our loop with MagCache at the reference's defaults (and with FP8, given --fp8)",
+    )
     parser.add_argument("--e2e-seconds", type=float, default=5.0)
     parser.add_argument(
         "--variant",
@@ -263,9 +268,9 @@ def compare_paths(args, device: torch.device, dtype: torch.dtype, size: tuple[in
         # Untimed: the encoders' and the VAE's first use (kernel selection) is not charged to the stock loop.
         e2e.warm_up("stock_warmup_s", StockTransformer, our_decode=False)
         if teacache_off:
-            e2e.run("stock_teacache_off", StockTransformer, False)
+            e2e.run("stock_teacache_off", StockTransformer, "none")
         if teacache_on:
-            e2e.run("eager_teacache_on", PackedTransformer, True)
+            e2e.run("eager_teacache_on", PackedTransformer, "teacache")
 
     compile_with = CompileRecord() if device.type == "cuda" and not args.no_compile else None
     applied = accelerate(model, device, attention=args.attention, compile_blocks_with=compile_with)
@@ -303,17 +308,27 @@ def _our_loop(args, e2e: EndToEndRuns, teacache_off: bool, teacache_on: bool) ->
     report = e2e.report
     e2e.warm_up("e2e_warmup_s", PackedTransformer, our_decode=True)
     if teacache_off:
-        e2e.run("ours_teacache_off", PackedTransformer, False, our_decode=args.our_decode)
+        e2e.run("ours_teacache_off", PackedTransformer, "none", our_decode=args.our_decode)
         if args.compare_reference_decode:
-            e2e.compare_reference_decode("teacache_off", PackedTransformer, False)
+            e2e.compare_reference_decode("teacache_off", PackedTransformer, "none")
         report["e2e_latents_relative_l2"] = e2e.latents_relative_l2("ours_teacache_off", "stock_teacache_off")
         report["e2e_speedup_teacache_off"] = e2e.speedup("stock_teacache_off", "ours_teacache_off")
     if teacache_on:
-        e2e.run("ours_teacache_on", PackedTransformer, True, our_decode=args.our_decode)
+        e2e.run("ours_teacache_on", PackedTransformer, "teacache", our_decode=args.our_decode)
         if args.compare_reference_decode:
-            e2e.compare_reference_decode("teacache_on", PackedTransformer, True)
+            e2e.compare_reference_decode("teacache_on", PackedTransformer, "teacache")
         report["e2e_speedup_teacache_on"] = e2e.speedup("eager_teacache_on", "ours_teacache_on")
         report["e2e_teacache_on_latents_relative_l2"] = e2e.latents_relative_l2("ours_teacache_on", "eager_teacache_on")
+    if args.magcache:
+        e2e.run("ours_magcache", PackedTransformer, "magcache", our_decode=args.our_decode)
+        _against_exact(e2e, "ours_magcache", teacache_off)
+
+
+def _against_exact(e2e: EndToEndRuns, name: str, teacache_off: bool) -> None:
+    """A step-cache run's speed-up over the reference loop, and its latents' distance from our exact run."""
+    if teacache_off:
+        e2e.report[f"e2e_speedup_{name}"] = e2e.speedup("stock_teacache_off", name)
+        e2e.report[f"e2e_{name}_latents_relative_l2_vs_ours_exact"] = e2e.latents_relative_l2(name, "ours_teacache_off")
 
 
 def _fp8(args, case, device, e2e: EndToEndRuns, report: dict, stock_out, ours_out, fp32_out, teacache_off) -> None:
@@ -330,11 +345,14 @@ def _fp8(args, case, device, e2e: EndToEndRuns, report: dict, stock_out, ours_ou
     print({k: v for k, v in report.items() if "fp8" in k}, flush=True)
     if args.e2e and teacache_off:
         e2e.warm_up("e2e_warmup_fp8_s", PackedTransformer, our_decode=True)
-        e2e.run("ours_fp8_teacache_off", PackedTransformer, False, our_decode=args.our_decode)
+        e2e.run("ours_fp8_teacache_off", PackedTransformer, "none", our_decode=args.our_decode)
         report["e2e_speedup_fp8_teacache_off"] = e2e.speedup("stock_teacache_off", "ours_fp8_teacache_off")
         report["e2e_fp8_latents_relative_l2_vs_stock"] = e2e.latents_relative_l2(
             "ours_fp8_teacache_off", "stock_teacache_off"
         )
+    if args.e2e and args.magcache:
+        e2e.run("ours_fp8_magcache", PackedTransformer, "magcache", our_decode=args.our_decode)
+        _against_exact(e2e, "ours_fp8_magcache", teacache_off)
 
 
 def _finish(report: dict, out: Path) -> int:

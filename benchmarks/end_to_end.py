@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,10 +16,27 @@ import torch
 from framepack.core.progress import ProgressReporter
 from framepack.core.request import build_request
 from framepack.runtime.pipeline import GenerationOptions
+from framepack.runtime.transformer import PackedTransformer
 
 from .measure import peak_memory, relative_l2
 
 PROMPT = "A person dances in a sunlit room."
+
+
+@contextmanager
+def counting_block_stack_runs(counter: list[int]):
+    """Count into counter[0] how often our runner really ran the block stack (a step cache skips some runs)."""
+    original = PackedTransformer._run_blocks
+
+    def run_blocks(self, *args):
+        counter[0] += 1
+        return original(self, *args)
+
+    PackedTransformer._run_blocks = run_blocks
+    try:
+        yield counter
+    finally:
+        PackedTransformer._run_blocks = original
 
 
 def end_to_end(
@@ -26,7 +44,7 @@ def end_to_end(
     image: Path,
     size: tuple[int, int],
     runner,
-    teacache: bool,
+    step_cache: str,
     seconds: float,
     steps: int,
     device: torch.device,
@@ -40,8 +58,10 @@ def end_to_end(
 
     `our_decode`: in the background where memory allows, shared tiles decoded once, and F1's MP4 encoded as its
     frames become final; else as the reference decodes (in line, each section whole) and encodes (at the end).
-    Returns the stage seconds, the decode plan's log lines, the frame count, and the video's latents
-    (1, 16, T, h, w) and frames (T, H, W, 3) uint8. `on_step` and `record` are the pipeline's hooks.
+    `step_cache`: "none", "teacache" or "magcache" (at the API's default settings).
+    Returns the stage seconds, the decode plan's log lines, the frame count, the block-stack runs per section (our
+    runner's; the stock forward runs the stack at every call), and the video's latents (1, 16, T, h, w) and frames
+    (T, H, W, 3) uint8. `on_step` and `record` are the pipeline's hooks.
     """
     request = build_request(
         {
@@ -50,7 +70,7 @@ def end_to_end(
             "seed": 1,
             "total_video_length_seconds": seconds,
             "steps": steps,
-            "use_teacache": teacache,
+            "step_cache": step_cache,
             "height": size[0],
             "width": size[1],
             "model_variant": variant,
@@ -66,19 +86,20 @@ def end_to_end(
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    result = engine.generate(
-        request,
-        image.with_name("output.mp4"),
-        progress=progress,
-        options=GenerationOptions(
-            runner=runner,
-            background_decode=None if our_decode else False,
-            reuse_decoded_tiles=our_decode,
-            on_step=on_step,
-            record=record,
-            encode_while_sampling=our_decode,
-        ),
-    )
+    with counting_block_stack_runs([0]) as block_stack_runs:
+        result = engine.generate(
+            request,
+            image.with_name("output.mp4"),
+            progress=progress,
+            options=GenerationOptions(
+                runner=runner,
+                background_decode=None if our_decode else False,
+                reuse_decoded_tiles=our_decode,
+                on_step=on_step,
+                record=record,
+                encode_while_sampling=our_decode,
+            ),
+        )
     return {
         "total": time.perf_counter() - started,
         **progress.timings,
@@ -86,6 +107,9 @@ def end_to_end(
         "decode_plan": decode_lines,
         "frames": int(result.frames.shape[0]),
         "section_steps": result.num_sections * steps,
+        "block_stack_runs_per_section": (
+            block_stack_runs[0] / result.num_sections if issubclass(runner, PackedTransformer) else None
+        ),
         "latents": result.video_latents,
         "pixels": result.frames,
     }
@@ -106,13 +130,13 @@ class EndToEndRuns:
     out: Path
     results: dict = field(default_factory=dict)
 
-    def run(self, name: str, runner, teacache: bool, our_decode: bool = False) -> dict:
+    def run(self, name: str, runner, step_cache: str, our_decode: bool = False) -> dict:
         self.results[name] = end_to_end(
             self.engine,
             self.image,
             self.size,
             runner,
-            teacache,
+            step_cache,
             self.seconds,
             self.steps,
             self.device,
@@ -128,13 +152,13 @@ class EndToEndRuns:
     def warm_up(self, key: str, runner, our_decode: bool) -> None:
         """One untimed 1-step generation: first-use costs (compilation, kernel choice) are not charged to a run."""
         started = time.perf_counter()
-        end_to_end(self.engine, self.image, self.size, runner, False, 1.0, 1, self.device, our_decode, self.variant)
+        end_to_end(self.engine, self.image, self.size, runner, "none", 1.0, 1, self.device, our_decode, self.variant)
         self.report[key] = time.perf_counter() - started
 
-    def compare_reference_decode(self, suffix: str, runner, teacache: bool) -> None:
+    def compare_reference_decode(self, suffix: str, runner, step_cache: str) -> None:
         """Our loop again with the reference's decode: the time ours saves, and whether the video is the same."""
         ours = self.results[f"ours_{suffix}"]
-        reference = self.run(f"ours_reference_decode_{suffix}", runner, teacache, our_decode=False)
+        reference = self.run(f"ours_reference_decode_{suffix}", runner, step_cache, our_decode=False)
         self.report[f"e2e_our_decode_{suffix}"] = {
             "seconds_saved": reference["total"] - ours["total"],
             "frames_equal": bool(torch.equal(ours["pixels"], reference["pixels"])),
@@ -154,13 +178,12 @@ def preview_cost(runs: EndToEndRuns, rounds: int = 2) -> dict:
     The two alternate, `rounds` times each, so drift of the GPU's clock falls on both; reports the medians,
     their ratio and how many previews were made.
     """
-    from framepack.runtime.transformer import PackedTransformer
     from framepack.serving.previews import ThrottledPreview
     from framepack.serving.studio import PREVIEW_INTERVAL_S
 
     def sampling_seconds(**hooks) -> float:  # our loop, our decode, TeaCache off
         return end_to_end(
-            runs.engine, runs.image, runs.size, PackedTransformer, False, runs.seconds, runs.steps, runs.device,
+            runs.engine, runs.image, runs.size, PackedTransformer, "none", runs.seconds, runs.steps, runs.device,
             True, runs.variant, **hooks,
         )["sampling"]  # fmt: skip
 

@@ -148,7 +148,7 @@ def low_vram(
         timings = _collect_stream_timings(engine.placement)
         retries = _alloc_retries(device)
         try:
-            low = end_to_end(engine, image, size, PackedTransformer, False, seconds, steps, device, adaptive)
+            low = end_to_end(engine, image, size, PackedTransformer, "none", seconds, steps, device, adaptive)
             run = {k: v for k, v in low.items() if k not in ("latents", "pixels")}
             low_latents[key] = low["latents"]
         except torch.OutOfMemoryError as error:
@@ -172,10 +172,10 @@ def low_vram(
     _limit_gpu_memory(device, None)
     engine = load_engine(engine_config(weights, device, dtype, "high"))
     warm = time.perf_counter()  # compile for this prompt's length once, outside the timed runs
-    end_to_end(engine, image, size, PackedTransformer, False, 1.0, 1, device)
+    end_to_end(engine, image, size, PackedTransformer, "none", 1.0, 1, device)
     results["high_warmup_s"] = time.perf_counter() - warm
     for seconds, steps in dict.fromkeys((seconds, steps) for _, seconds, steps in runs):
-        high = end_to_end(engine, image, size, PackedTransformer, False, seconds, steps, device, adaptive)
+        high = end_to_end(engine, image, size, PackedTransformer, "none", seconds, steps, device, adaptive)
         baseline = {k: v for k, v in high.items() if k not in ("latents", "pixels")}
         if cuda:
             baseline["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30

@@ -132,8 +132,8 @@ def measure(engine, gpus: int, device, dtype, size, image: Path, args, case: for
         outputs["case"] = case
         print(f"{gpus} GPU(s): forward {result['forward_s']:.3f} s", flush=True)
     if not args.forward_only:
-        end_to_end(engine, image, size, PackedTransformer, False, 1.0, 1, device)  # warm-up: untimed
-        run = end_to_end(engine, image, size, PackedTransformer, False, args.e2e_seconds, args.steps, device)
+        end_to_end(engine, image, size, PackedTransformer, "none", 1.0, 1, device)  # warm-up: untimed
+        run = end_to_end(engine, image, size, PackedTransformer, "none", args.e2e_seconds, args.steps, device)
         outputs["latents"] = run.pop("latents")
         run.pop("pixels")
         result["e2e"] = run

@@ -34,10 +34,10 @@ class StockTransformer:
         return section
 
     @torch.no_grad()
-    def velocity(self, latents, timestep, guidance, text: TextInputs, section: SectionInputs, teacache=None):
+    def velocity(self, latents, timestep, guidance, text: TextInputs, section: SectionInputs, step_cache=None):
         """The model's output (B, 16, T, h, w) as float32, like `PackedTransformer.velocity`."""
-        if teacache is not None:
-            raise ValueError("the stock forward has no TeaCache; use the eager staged path for that comparison")
+        if step_cache is not None:
+            raise ValueError("the stock forward has no step cache; use the eager staged path for that comparison")
         to = lambda t: t.to(device=self.device, dtype=self.dtype)  # noqa: E731
         dev = lambda t: t.to(self.device)  # noqa: E731
         return self.model(

@@ -21,11 +21,16 @@ def run_bench(out, flags: str) -> None:
 
 def test_tiny_benchmark_runs_and_paths_agree(tmp_path):
     out = tmp_path / "bench.json"
-    run_bench(out, "--size tiny --repeat 1 --e2e --e2e-seconds 0.8 --steps 2")
+    run_bench(out, "--size tiny --repeat 1 --e2e --magcache --e2e-seconds 0.8 --steps 2")
     report = json.loads(out.read_text())
     # On the CPU in float32 our staged path and the stock forward agree exactly.
     assert report["forward_relative_l2"] == 0.0 and report["e2e_latents_relative_l2"] == 0.0
-    assert set(report["e2e"]) == {"stock_teacache_off", "eager_teacache_on", "ours_teacache_off", "ours_teacache_on"}
+    runs = {"stock_teacache_off", "eager_teacache_on", "ours_teacache_off", "ours_teacache_on", "ours_magcache"}
+    assert set(report["e2e"]) == runs
+    # At 2 steps MagCache's schedule skips nothing (the last step's ratio is too far from 1): the exact video.
+    assert report["e2e"]["ours_magcache"]["block_stack_runs_per_section"] == 2
+    assert report["e2e_ours_magcache_latents_relative_l2_vs_ours_exact"] == 0.0
+    assert report["e2e"]["stock_teacache_off"]["block_stack_runs_per_section"] is None
     assert report["e2e_teacache_on_latents_relative_l2"] == 0.0
 
 

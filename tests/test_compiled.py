@@ -114,8 +114,9 @@ def test_lora_sequence_equals_eager_and_leaves_the_base_weights_bit_identical(se
     "overrides",
     [
         {"model_variant": "f1"},
-        {"model_variant": "original", "use_teacache": True, "steps": 4},
-        {"model_variant": "f1", "use_teacache": True, "steps": 4},
+        {"model_variant": "original", "step_cache": "teacache", "steps": 4},
+        {"model_variant": "f1", "step_cache": "teacache", "steps": 4},
+        {"model_variant": "original", "step_cache": "magcache", "steps": 8, "cfg_scale": 2.0},
         {
             "section_prompts": "a calm sea\n\na storm",
             "section_images": [END_IMAGE, END_IMAGE],
@@ -126,7 +127,7 @@ def test_lora_sequence_equals_eager_and_leaves_the_base_weights_bit_identical(se
         },
         {"model_variant": "f1", "section_prompts": "\na storm", "section_images": [END_IMAGE], "camera_movement": 0.1},
     ],
-    ids=["f1", "teacache-original", "teacache-f1", "controls-original", "controls-f1"],
+    ids=["f1", "teacache-original", "teacache-f1", "magcache-cfg", "controls-original", "controls-f1"],
 )
 def test_variants_teacache_and_controls_equal_eager(services, overrides):
     assert_same_as_eager(services, **overrides)

@@ -43,7 +43,7 @@ def _data_uri(data: bytes, mime: str = "image/png") -> str:
 IMAGE = _data_uri(START_IMAGE.read_bytes())
 # Over HTTP: the image as a data URI, TeaCache as the API's default.
 TINY_REQUEST = {
-    **tiny_request(prompt="a cat on a beach", seed=3, total_video_length_seconds=1.2, use_teacache=True),
+    **tiny_request(prompt="a cat on a beach", seed=3, total_video_length_seconds=1.2, step_cache="auto"),
     "input_image": IMAGE,
 }
 # Long enough on the tiny weights (15 sections x 60 steps) to be cancelled mid-run.
@@ -271,6 +271,17 @@ def test_a_cancel_during_a_stalled_lora_download_takes_effect_at_once(server, we
     assert time.monotonic() - cancelled < 2.0  # the cancel, the webhook and its delivery
     assert list(server["lora_cache"].iterdir()) == []  # no partial download left
     _wait_for(lambda: requests.get(f"{server['url']}/health-check", timeout=10).json()["status"] == "READY", 10)
+
+
+def test_magcache_over_http_and_a_contradiction_with_the_earlier_switch(server, tmp_path):
+    inputs = {**TINY_REQUEST, "step_cache": "magcache", "magcache_max_skips": 2, "steps": 8}
+    body = _predict(server, inputs).json()
+    assert body["status"] == "succeeded", body.get("error")
+    request = read_mp4_metadata(_video(body, tmp_path))["request"]
+    assert (request["step_cache"], request["magcache_max_skips"], request["use_teacache"]) == ("magcache", 2, None)
+    body = _predict(server, {**inputs, "use_teacache": True}).json()
+    assert body["status"] == "failed"
+    assert "Invalid input 'step_cache': 'magcache' contradicts use_teacache=true" in body["error"]
 
 
 def test_outputs_do_not_pile_up(server):

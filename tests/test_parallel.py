@@ -82,9 +82,10 @@ def test_one_forward_matches_one_process(engine, tiny_models, variant):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("use_teacache", [False, True], ids=["teacache-off", "teacache-on"])
-def test_a_generation_matches_one_process(engine, tiny_models, use_teacache):
-    overrides = {"use_teacache": use_teacache, "steps": 6 if use_teacache else 2}
+@pytest.mark.parametrize("step_cache", ["none", "teacache", "magcache"])
+def test_a_generation_matches_one_process(engine, tiny_models, step_cache):
+    """Rank 0 decides each step cache's skips and the workers follow, so every rank skips the same steps."""
+    overrides = {"step_cache": step_cache, "steps": 2 if step_cache == "none" else 6}
     assert relative_l2(latents(engine, **overrides), latents(tiny_models, **overrides)) < MAX_RELATIVE_L2
 
 

@@ -10,7 +10,7 @@ from helpers.paths import START_IMAGE
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from framepack.core.request import INPUT_SPECS, MAX_SEED, GenerationRequest, build_request
+from framepack.core.request import INPUT_SPECS, MAX_SEED, GenerationRequest, build_request, with_step_cache
 from framepack.errors import InvalidInput
 
 
@@ -20,7 +20,8 @@ def test_defaults_follow_the_api_table():
     assert request.resolution == 640 and request.width == request.height == 0
     assert request.latent_window_size == 9 and request.steps == 25
     assert request.cfg_scale == 1.0 and request.distilled_cfg_scale == 10.0 and request.cfg_rescale == 0.0
-    assert request.use_teacache is True and request.mp4_crf == 16 and request.negative_prompt == ""
+    assert request.step_cache_settings.kind == "teacache"  # step_cache "auto", use_teacache not given
+    assert request.mp4_crf == 16 and request.negative_prompt == ""
     assert 0 <= request.seed <= MAX_SEED
 
 
@@ -108,6 +109,7 @@ def test_values_are_taken_as_clients_send_them():
         }
     )
     assert (request.steps, request.use_teacache, request.width, request.cfg_scale) == (30, False, 96, 2.0)
+    assert request.step_cache_settings.kind == "none"
     assert isinstance(request.width, int) and isinstance(request.input_image, Path)
     assert request.mp4_crf == 16 and 0 <= request.seed <= MAX_SEED
 
@@ -174,3 +176,50 @@ def test_served_images_must_lie_in_the_upload_folder(tmp_path):
     for outside in (START_IMAGE, uploads / ".." / ".." / START_IMAGE.name):
         with pytest.raises(InvalidInput, match="'input_image': give an upload"):
             build_request({"input_image": Path(outside), "prompt": "x"}, files=files)
+
+
+@pytest.mark.parametrize(
+    ("step_cache", "use_teacache", "runs"),
+    [
+        ("auto", None, "teacache"),
+        ("auto", True, "teacache"),
+        ("auto", False, "none"),  # what earlier clients send to turn TeaCache off
+        ("magcache", None, "magcache"),
+        ("magcache", False, "magcache"),
+        ("none", False, "none"),
+        ("teacache", True, "teacache"),
+    ],
+)
+def test_the_step_cache_follows_step_cache_and_the_earlier_switch(step_cache, use_teacache, runs):
+    inputs = {"input_image": START_IMAGE, "prompt": "x", "step_cache": step_cache, "use_teacache": use_teacache}
+    request = build_request(inputs)
+    assert request.step_cache_settings.kind == runs
+    stored = request.to_json_dict()  # what the MP4's metadata keeps: what ran
+    assert (stored["step_cache"], stored["use_teacache"]) == (runs, None)
+
+
+@pytest.mark.parametrize(("step_cache", "use_teacache"), [("magcache", True), ("none", True), ("teacache", False)])
+def test_a_step_cache_that_contradicts_use_teacache_is_refused_naming_both(step_cache, use_teacache):
+    inputs = {"input_image": START_IMAGE, "prompt": "x", "step_cache": step_cache, "use_teacache": use_teacache}
+    with pytest.raises(InvalidInput, match=f"Invalid input 'step_cache': '{step_cache}' contradicts use_teacache="):
+        build_request(inputs)
+
+
+def test_the_caches_settings_reach_the_sampler_and_are_checked():
+    inputs = {"input_image": START_IMAGE, "prompt": "x", "step_cache": "magcache", "magcache_threshold": 0.15}
+    settings = build_request({**inputs, "magcache_max_skips": 4, "magcache_retention_ratio": 0.25}).step_cache_settings
+    assert (settings.magcache.threshold, settings.magcache.max_skips, settings.magcache.retention_ratio) == (
+        0.15,
+        4,
+        0.25,
+    )
+    assert build_request({**inputs, "teacache_threshold": 0.2}).step_cache_settings.teacache_threshold == 0.2
+    for name, value in (("magcache_max_skips", 0), ("teacache_threshold", 0.0), ("magcache_retention_ratio", 1.5)):
+        with pytest.raises(InvalidInput, match=f"Invalid input '{name}': {value!r} is out of range"):
+            build_request({**inputs, name: value})
+
+
+def test_settings_stored_before_step_cache_state_it():
+    assert with_step_cache({"use_teacache": False, "steps": 9}) == {"steps": 9, "step_cache": "none"}
+    assert with_step_cache({"use_teacache": True}) == {"step_cache": "teacache"}
+    assert with_step_cache({"use_teacache": None, "step_cache": "magcache"}) == {"step_cache": "magcache"}

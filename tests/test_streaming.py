@@ -14,8 +14,9 @@ import torch
 from helpers.models import peft_lora, section_and_text
 from helpers.requests import tiny_request
 
+from framepack.core.magcache import MagCacheSettings, skipped_calls
 from framepack.core.request import build_request
-from framepack.core.teacache import TeaCacheState
+from framepack.core.step_cache import StepCacheSettings
 from framepack.runtime import streaming
 from framepack.runtime.memory import MemoryPlan
 from framepack.runtime.memory_costs import GIB, working_set_bytes
@@ -32,7 +33,7 @@ def _low_vram(streamers: dict, budget_gib: float | None = 1.0) -> Placement:
     return Placement(MemoryPlan("low", "test", budget_gib=budget_gib), streamers=streamers)
 
 
-REQUEST = tiny_request(prompt="a dancer", seed=5, total_video_length_seconds=1.2, steps=3, use_teacache=True)
+REQUEST = tiny_request(prompt="a dancer", seed=5, total_video_length_seconds=1.2, steps=3, step_cache="teacache")
 
 
 def _in_buffer(tensor: torch.Tensor, buffer: torch.Tensor) -> bool:
@@ -79,8 +80,8 @@ RESIDENT_BLOCKS = [0, 1, 2]
 
 
 @pytest.mark.parametrize("resident_blocks", RESIDENT_BLOCKS)
-@pytest.mark.parametrize("use_teacache", [False, True])
-def test_streamed_blocks_give_bit_identical_velocities(tiny_models, use_teacache, resident_blocks):
+@pytest.mark.parametrize("step_cache", ["none", "teacache", "magcache"])
+def test_streamed_blocks_give_bit_identical_velocities(tiny_models, step_cache, resident_blocks):
     model = _packed(tiny_models.transformers["original"])
     streamed, streamer = _streamed(tiny_models.transformers["original"], resident_blocks)
     assert len(streamer.streamed_groups) == len(streamer.blocks) - resident_blocks
@@ -89,13 +90,14 @@ def test_streamed_blocks_give_bit_identical_velocities(tiny_models, use_teacache
     resident_runner, streamed_runner = PackedTransformer(model), PackedTransformer(streamed, streamer=streamer)
     assert resident_runner.streamer is None and streamed_runner.streamer is not None
     steps = 6
-    caches = [TeaCacheState(num_steps=steps, threshold=0.5) if use_teacache else None for _ in range(2)]
+    settings = StepCacheSettings(step_cache, teacache_threshold=0.5)
+    caches = [settings.branch_states("original", steps)["positive"] for _ in range(2)]
     block_runs = []
     streamed.transformer_blocks[0].register_forward_pre_hook(lambda *_: block_runs.append(1))
     with streamed_runner.on_device():
         prepared = [r.prepare_section(inputs, 8, 12) for r in (resident_runner, streamed_runner)]
         x = latents
-        for step in range(steps):  # with TeaCache some steps skip the blocks: the slots must stay in step
+        for step in range(steps):  # a step cache skips some steps' blocks: the slots must stay in step
             timestep = torch.tensor([1000.0 - 150 * step])
             outs = [
                 r.velocity(x, timestep, guidance, text, p, c)
@@ -103,7 +105,10 @@ def test_streamed_blocks_give_bit_identical_velocities(tiny_models, use_teacache
             ]
             assert torch.equal(outs[0], outs[1]), f"step {step}"
             x = x - 0.1 * outs[0]
-    assert (len(block_runs) < steps) if use_teacache else (len(block_runs) == steps)
+    # A skipped step streams no block: MagCache skips steps 1, 3 and 4 of 6 without looking at the weights.
+    expected_runs = {"none": steps, "magcache": steps - len(skipped_calls("original", steps, MagCacheSettings()))}
+    assert len(block_runs) == expected_runs[step_cache] if step_cache in expected_runs else len(block_runs) < steps
+    assert expected_runs["magcache"] == 3
     # Outside on_device every streamed weight is back in the host buffer; held blocks stay in their own.
     buffer = streamer.host.buffer
     held = [t for block in streamer.blocks[:resident_blocks] for t in block.parameters()]
@@ -119,7 +124,7 @@ def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path, re
 
     lora_file = tmp_path / "lora.safetensors"
     save_file(peft_lora(tiny_models.transformers["original"]), str(lora_file))
-    request = build_request({**REQUEST, "lora_weights": str(lora_file), "use_teacache": True})
+    request = build_request({**REQUEST, "lora_weights": str(lora_file), "step_cache": "teacache"})
     resident_models = dataclasses.replace(
         tiny_models,
         vae=_packed(tiny_models.vae),
@@ -134,7 +139,7 @@ def test_streamed_generation_with_lora_equals_resident(tiny_models, tmp_path, re
     streamed = generate(request, models, placement=placement)
     assert torch.equal(streamed.video_latents, resident.video_latents)
     assert torch.equal(streamed.frames, resident.frames)
-    without_lora = generate(build_request({**REQUEST, "use_teacache": True}), models, placement=placement)
+    without_lora = generate(build_request({**REQUEST, "step_cache": "teacache"}), models, placement=placement)
     assert not torch.equal(without_lora.video_latents, streamed.video_latents)  # the LoRA acted when streamed
     # The LoRA merged into the held blocks' device copy and was taken out again: their host copy is untouched.
     streamer.drop()
@@ -151,7 +156,7 @@ def test_a_streamed_vae_decodes_each_section_in_one_visit_and_reuses_shared_tile
 
     # A window of 9 (the default): a multiple of the VAE's tile stride, so whole tiles recur.
     request = build_request(
-        {**REQUEST, "use_teacache": False, "latent_window_size": 9, "steps": 2, "total_video_length_seconds": 3.6}
+        {**REQUEST, "step_cache": "none", "latent_window_size": 9, "steps": 2, "total_video_length_seconds": 3.6}
     )
     resident_models = dataclasses.replace(tiny_models, vae=_packed(tiny_models.vae))
     reference = generate(request, resident_models, options=GenerationOptions(reuse_decoded_tiles=False))
@@ -211,7 +216,7 @@ def test_stream_timings_count_the_streamed_blocks_run(tiny_models):
 
 def test_variants_take_turns_holding_their_blocks(tiny_models):
     """Low-VRAM mode with a budget: one variant's first blocks are held at a time, swapped per request."""
-    request = {**REQUEST, "use_teacache": False}
+    request = {**REQUEST, "step_cache": "none"}
     resident = {
         variant: generate(
             build_request({**request, "model_variant": variant}),
@@ -294,7 +299,7 @@ def test_held_blocks_fit_each_request_size(tiny_models):
     budget = working_set_bytes(*large) + sizes.transformer_other + 2 * max(sizes.blocks) + sizes.blocks[0] // 2
     placement = _low_vram({"original": streamer}, budget_gib=budget / GIB)
     placement.residency = plan_residency(budget, sizes, working_set_bytes(*large))
-    request = build_request({**REQUEST, "use_teacache": False})
+    request = build_request({**REQUEST, "step_cache": "none"})
     resident_model = _packed(tiny_models.transformers["original"])
     resident = generate(request, dataclasses.replace(tiny_models, transformers={"original": resident_model}))
     for size, held in ((small, 3), (large, 0), (small, 3)):  # the tiny model has 4 blocks; one always streams
@@ -321,7 +326,7 @@ def test_encoders_that_visit_whole_give_the_resident_video(tiny_models):
     """Encoders placed with `Residency.encoders_visit` come to the device in one copy, their inputs moved with
     them: the same embeddings, so the same video. The text encoders come in once for all of a request's prompts
     (here the prompt and, with real CFG, the negative one)."""
-    request = build_request({**REQUEST, "use_teacache": False, "cfg_scale": 2.0, "negative_prompt": "blur"})
+    request = build_request({**REQUEST, "step_cache": "none", "cfg_scale": 2.0, "negative_prompt": "blur"})
     encoders = ("text_encoder", "text_encoder_2", "image_encoder")
     resident = generate(
         request, dataclasses.replace(tiny_models, **{name: _packed(getattr(tiny_models, name)) for name in encoders})

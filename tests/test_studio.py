@@ -117,6 +117,13 @@ def _set(page, name: str, value) -> None:
     raise AssertionError(f"the {name} slider did not take {value}")
 
 
+def _choose(page, name: str, option: str) -> None:
+    """Pick `option` in the dropdown of input `name`, as a user does."""
+    page.locator(f"#input-{name} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_function(f"document.querySelector('#input-{name} input').value == '{option}'", timeout=5000)
+
+
 def _open(page, section: str) -> None:
     page.get_by_text(section, exact=True).first.click()
 
@@ -198,13 +205,14 @@ def test_stop_keeps_the_finished_sections_as_a_partial_video(page, tmp_path):
 def test_a_saved_preset_survives_a_reload(page, studio):
     _set(page, "prompt", "a lighthouse in fog")
     _open(page, "Advanced")
-    page.locator("#input-use_teacache input[type=checkbox]").uncheck()
+    _choose(page, "step_cache", "magcache")
     _open(page, "Presets")
     page.locator("#preset-name textarea, #preset-name input").first.fill("foggy")
     page.locator("#preset-save").click()
     page.wait_for_function("document.querySelector('#preset-status').innerText.includes('Saved')")
     saved = json.loads((studio["config"] / "framepack" / "presets.json").read_text())["presets"]["foggy"]
-    assert (saved["prompt"], saved["use_teacache"]) == ("a lighthouse in fog", False) and "input_image" not in saved
+    assert (saved["prompt"], saved["step_cache"]) == ("a lighthouse in fog", "magcache") and "input_image" not in saved
+    assert "use_teacache" not in saved  # step_cache replaces the earlier switch on the page
 
     page.reload()
     page.wait_for_selector("#run")
@@ -215,7 +223,8 @@ def test_a_saved_preset_survives_a_reload(page, studio):
     page.wait_for_function("document.querySelector('#preset-status').innerText.includes('Loaded')")
     assert page.locator("#input-prompt textarea").input_value() == "a lighthouse in fog"
     _open(page, "Advanced")
-    assert not page.locator("#input-use_teacache input[type=checkbox]").is_checked()
+    assert page.locator("#input-step_cache input").first.input_value() == "magcache"
+    assert page.locator("#input-use_teacache").count() == 0
     assert (studio["config"] / "framepack" / "presets.json").is_file()
 
 

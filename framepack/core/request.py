@@ -50,6 +50,7 @@ class GenerationRequest(BaseModel):
     # Planned once, at validation, and carried with the request to every stage that needs them.
     _schedule: SectionSchedule | None = PrivateAttr(None)
     _video_probe: VideoProbe | None = PrivateAttr(None)
+    _step_cache: str = PrivateAttr("none")
 
     input_image: Path | None = Field(
         None,
@@ -114,10 +115,26 @@ class GenerationRequest(BaseModel):
     cfg_rescale: float = Field(
         0.0, ge=0.0, le=1.0, description="Guidance rescale (only has an effect when cfg_scale > 1)."
     )
-    use_teacache: bool = Field(
-        True,
-        description="TeaCache: skip transformer passes whose input barely changed (about 2x faster, slightly "
-        "different output).",
+    step_cache: Literal["auto", "none", "teacache", "magcache"] = Field(
+        "auto",
+        description="Skip transformer passes that would change little (about 2x faster, slightly different "
+        "output): 'teacache' decides from each step's input, 'magcache' from a calibrated table (FramePack-Studio's "
+        "default), 'none' runs every pass (exact). 'auto': TeaCache, or none when use_teacache is false.",
+    )
+    use_teacache: bool | None = Field(
+        None,
+        description="Earlier clients' switch, still honoured: true is step_cache 'teacache', false is no TeaCache. "
+        "Leave empty to let step_cache decide.",
+    )
+    teacache_threshold: float = Field(
+        0.15, ge=0.01, le=1.0, description="TeaCache: accumulated change that makes a pass run; higher skips more."
+    )
+    magcache_threshold: float = Field(
+        0.1, ge=0.0, le=1.0, description="MagCache: accumulated error allowed while skipping; higher skips more."
+    )
+    magcache_max_skips: int = Field(3, ge=1, le=10, description="MagCache: most passes skipped in a row (K).")
+    magcache_retention_ratio: float = Field(
+        0.2, ge=0.0, le=1.0, description="MagCache: this fraction of the first steps always runs."
     )
     mp4_crf: int = Field(
         16,
@@ -228,6 +245,7 @@ class GenerationRequest(BaseModel):
             raise InvalidInput("video_context_frames", "given without input_video")
         if self.section_image_indices.strip() and not self.section_images:
             raise InvalidInput("section_image_indices", "given without section_images")
+        self._step_cache = resolve_step_cache(self.step_cache, self.use_teacache)
         self._schedule = plan_schedule(
             self.num_sections,
             self.latent_window_size,
@@ -256,6 +274,15 @@ class GenerationRequest(BaseModel):
         return section_count(self.total_video_length_seconds, self.latent_window_size)
 
     @property
+    def step_cache_settings(self):
+        """The step cache that samples this request (`core.step_cache.StepCacheSettings`), `auto` resolved."""
+        from .magcache import MagCacheSettings  # torch: imported when a request runs, not with the API table
+        from .step_cache import StepCacheSettings
+
+        magcache = MagCacheSettings(self.magcache_threshold, self.magcache_max_skips, self.magcache_retention_ratio)
+        return StepCacheSettings(self._step_cache, self.teacache_threshold, magcache)
+
+    @property
     def schedule(self) -> SectionSchedule:
         """Each video section's time span, prompt, blend and keyframe (planned at validation)."""
         return self._schedule
@@ -270,6 +297,7 @@ class GenerationRequest(BaseModel):
     def to_json_dict(self) -> dict[str, Any]:
         """The request as JSON-serialisable values (image files by their names only)."""
         values = self.model_dump()
+        values["step_cache"], values["use_teacache"] = self._step_cache, None  # resolved: the MP4 says what ran
         for name in ("input_image", "end_image", "input_video"):
             values[name] = Path(values[name]).name if values[name] else None
         values["section_images"] = [Path(p).name for p in self.section_images]
@@ -277,6 +305,35 @@ class GenerationRequest(BaseModel):
             source = values[name].strip()
             values[name] = public_url(source) if "://" in source else Path(source).name if source else ""
         return values
+
+
+# Inputs kept for earlier clients: the studio and presets show what replaced them (step_cache).
+EARLIER_INPUTS = ("use_teacache",)
+
+
+def with_step_cache(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` (input name -> value) with an earlier `use_teacache` stated as `step_cache`, for settings stored
+    before step_cache existed (videos' metadata, presets)."""
+    values = dict(values)
+    use_teacache = values.pop("use_teacache", None)
+    if use_teacache is not None and values.get("step_cache", "auto") == "auto":
+        values["step_cache"] = "teacache" if use_teacache else "none"
+    return values
+
+
+def resolve_step_cache(step_cache: str, use_teacache: bool | None) -> str:
+    """The step cache to run: `step_cache`, with 'auto' following the earlier `use_teacache` switch (TeaCache
+    unless it is false). Both given and disagreeing is refused, naming both."""
+    if step_cache == "auto":
+        return "none" if use_teacache is False else "teacache"
+    if use_teacache is not None and use_teacache != (step_cache == "teacache"):
+        switch = "true" if use_teacache else "false"
+        raise InvalidInput(
+            "step_cache",
+            f"'{step_cache}' contradicts use_teacache={switch}; leave use_teacache empty (step_cache replaces it) "
+            "or make them agree",
+        )
+    return step_cache
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from . import controls
+from .step_cache import StepCacheSettings
 
 # x_0 prediction as a function of (x (B, C, T, H, W) float32, sigma (B,) float32).
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -225,7 +226,8 @@ class SamplingSettings:
     distilled_cfg_scale: float
     cfg_scale: float = 1.0
     cfg_rescale: float = 0.0
-    use_teacache: bool = False
+    variant: str = "original"
+    step_cache: StepCacheSettings = field(default_factory=StepCacheSettings)
     camera_movement: float = 0.0
 
     @classmethod
@@ -236,7 +238,8 @@ class SamplingSettings:
             distilled_cfg_scale=request.distilled_cfg_scale,
             cfg_scale=request.cfg_scale,
             cfg_rescale=request.cfg_rescale,
-            use_teacache=request.use_teacache,
+            variant=request.model_variant,
+            step_cache=request.step_cache_settings,
             camera_movement=request.camera_movement,
         )
 

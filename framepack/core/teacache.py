@@ -1,4 +1,4 @@
-"""TeaCache: skip the transformer's block stack when its modulated input barely changed (docs/ALGORITHM.md §5).
+"""TeaCache: skip the transformer's block stack when its modulated input barely changed (docs/ALGORITHM.md §5.1).
 
 The decision looks at the AdaLN-modulated input of the first dual-stream block. Its relative L1 change is
 mapped through a polynomial fitted for HunyuanVideo and accumulated; the block stack runs when the sum reaches
@@ -12,6 +12,7 @@ With cfg_scale = 1 the two are identical.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -43,6 +44,7 @@ class TeaCacheState:
     accumulated: float = 0.0
     previous_modulated: torch.Tensor | None = None
     previous_residual: torch.Tensor | None = None
+    reads_modulated_input: ClassVar[bool] = True
 
     def should_compute(self, modulated: torch.Tensor) -> bool:
         """Decide for this step whether to run the block stack; updates the state as the reference does."""

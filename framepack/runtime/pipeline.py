@@ -20,7 +20,6 @@ from ..core.frames import FrameAssembler
 from ..core.progress import ProgressReporter
 from ..core.request import GenerationRequest
 from ..core.sampler import SamplingSettings, camera_roll, flow_x0, flux_mu, flux_sigmas, noisy_token_count, sample_unipc
-from ..core.teacache import TeaCacheState
 from ..core.variants import Variant, variant_named
 from ..models import FramePackModels, lora
 from . import conditioning
@@ -130,17 +129,14 @@ def sample_section(
     device, dtype = transformer.device, transformer.dtype
     _, _, _, latent_height, latent_width = noise.shape
     guidance = torch.tensor([settings.distilled_cfg_scale * 1000.0]).to(device=device, dtype=dtype)
-    teacache = {
-        branch: TeaCacheState(num_steps=settings.steps) if settings.use_teacache else None
-        for branch in ("positive", "negative")
-    }
+    step_caches = settings.step_cache.branch_states(settings.variant, settings.steps)
     sigmas = flux_sigmas(settings.steps, flux_mu(noisy_token_count(tuple(noise.shape))))
     edit = camera_roll(settings.steps, settings.camera_movement) if settings.camera_movement > 0 else None
     with transformer.on_device():
         prepared = transformer.prepare_section(inputs, latent_height, latent_width)
 
         def velocity(x: torch.Tensor, timestep: torch.Tensor, branch: str) -> torch.Tensor:
-            return transformer.velocity(x, timestep, guidance, texts[branch], prepared, teacache[branch])
+            return transformer.velocity(x, timestep, guidance, texts[branch], prepared, step_caches[branch])
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             return flow_x0(x, sigma, velocity, dtype, settings.cfg_scale, settings.cfg_rescale)

@@ -2,8 +2,9 @@
 
 `HunyuanVideoFramepackTransformer3DModel.forward` recomputes everything on every call. Within a section the
 history tokens (clean latents through `clean_x_embedder`), the RoPE tables and the image projection do not
-change, so `prepare_section` computes them once; `velocity` then runs only what depends on the step, and lets
-TeaCache replace the block stack. In float32 the result is bit-identical to the stock forward (tested).
+change, so `prepare_section` computes them once; `velocity` then runs only what depends on the step, and lets a
+step cache (TeaCache, MagCache) replace the block stack. In float32 the result is bit-identical to the stock
+forward (tested).
 
 Shapes (B = batch, D = model width, T/H/W = latent frames/height/width of the noisy window):
 noisy latents (B, 16, T, H, W) -> N_noisy = T * H/2 * W/2 tokens; history tokens (B, N_hist, D) packed as
@@ -19,7 +20,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from ..core.teacache import TeaCacheState
+from ..core.step_cache import StepCache
 from ..models import all_blocks
 from .streaming import BlockStreamer
 
@@ -85,7 +86,7 @@ class TransformerRunner(Protocol):
 
     def prepare_section(self, section: SectionInputs, latent_height: int, latent_width: int): ...
 
-    def velocity(self, latents, timestep, guidance, text: TextInputs, section, teacache=None) -> torch.Tensor: ...
+    def velocity(self, latents, timestep, guidance, text: TextInputs, section, step_cache=None) -> torch.Tensor: ...
 
 
 class PackedTransformer:
@@ -164,9 +165,13 @@ class PackedTransformer:
         guidance: torch.Tensor,
         text: TextInputs,
         section: PreparedSection,
-        teacache: TeaCacheState | None = None,
+        step_cache: StepCache | None = None,
     ) -> torch.Tensor:
-        """Flow velocity (B, 16, T, H, W) in float32 for noisy latents (compute dtype) at `timestep` (B,)."""
+        """Flow velocity (B, 16, T, H, W) in float32 for noisy latents (compute dtype) at `timestep` (B,).
+
+        With a `step_cache` that decides to skip, the block stack does not run (nor stream its weights): the last
+        computed residual is added to this step's input tokens instead.
+        """
         model = self.model
         batch, _, frames, height, width = latents.shape
         patch, patch_t = model.config.patch_size, model.config.patch_size_t
@@ -180,15 +185,17 @@ class PackedTransformer:
             :, : section.image_tokens.shape[1] + text.valid_tokens
         ]
 
-        if teacache is not None:
-            with self._block_weights(0):
-                modulated = model.transformer_blocks[0].norm1(hidden, emb=temb)[0]
-            if not teacache.should_compute(modulated):
-                hidden = hidden + teacache.previous_residual
-            else:
-                hidden = self._run_blocks(hidden, context, temb, section, teacache)
-        else:
+        if step_cache is None:
             hidden = self._run_blocks(hidden, context, temb, section, None)
+        else:
+            modulated = None
+            if step_cache.reads_modulated_input:
+                with self._block_weights(0):
+                    modulated = model.transformer_blocks[0].norm1(hidden, emb=temb)[0]
+            if step_cache.should_compute(modulated):
+                hidden = self._run_blocks(hidden, context, temb, section, step_cache)
+            else:
+                hidden = hidden + step_cache.previous_residual
 
         hidden = model.norm_out(hidden[:, -noisy_tokens:], temb)
         hidden = F.linear(hidden.float(), *self.head)
@@ -196,11 +203,11 @@ class PackedTransformer:
         hidden = hidden.permute(0, 4, 1, 5, 2, 6, 3, 7)
         return hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
-    def _run_blocks(self, hidden, context, temb, section, teacache):
+    def _run_blocks(self, hidden, context, temb, section, step_cache):
         original = hidden
         hidden = self.block_stack(hidden, context, temb, section.rotary_emb)
-        if teacache is not None:
-            teacache.previous_residual = hidden - original
+        if step_cache is not None:
+            step_cache.previous_residual = hidden - original
         return hidden
 
     def block_stack(

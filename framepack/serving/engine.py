@@ -50,7 +50,7 @@ WARM_UP_INPUTS = {
     "resolution": 128,
     "total_video_length_seconds": 0.1,
     "steps": 2,
-    "use_teacache": False,
+    "step_cache": "none",
 }
 
 

@@ -14,12 +14,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..core.request import INPUT_SPECS
+from ..core.request import EARLIER_INPUTS, INPUT_SPECS, with_step_cache
 from ..core.video import read_mp4_metadata, video_read_errors
 from ..errors import InvalidInput
 
 FILE_INPUTS = tuple(name for name, spec in INPUT_SPECS.items() if spec.type in (Path, list))
-SETTINGS = tuple(name for name in INPUT_SPECS if name not in FILE_INPUTS)
+SETTINGS = tuple(name for name in INPUT_SPECS if name not in FILE_INPUTS + EARLIER_INPUTS)
 
 
 def default_presets_file() -> Path:
@@ -28,7 +28,9 @@ def default_presets_file() -> Path:
 
 
 def settings_of(values: dict[str, Any]) -> dict[str, Any]:
-    """The settings among `values` (input name -> value): every known input but the files."""
+    """The settings among `values` (input name -> value): every known input but the files, an earlier
+    `use_teacache` stated as `step_cache`."""
+    values = with_step_cache(values)
     return {name: values[name] for name in SETTINGS if name in values}
 
 

@@ -32,7 +32,7 @@ import torch
 
 from ..core import controls, planner
 from ..core.progress import ProgressReporter
-from ..core.request import INPUT_SPECS, MAX_SEED, FileInputs, InputSpec, build_request
+from ..core.request import EARLIER_INPUTS, INPUT_SPECS, MAX_SEED, FileInputs, InputSpec, build_request
 from ..core.video import write_mp4
 from ..errors import InvalidInput
 from ..runtime.pipeline import GenerationOptions
@@ -52,7 +52,8 @@ TIMELINE = ("section_prompts", "prompt_blend_sections", "section_images", "secti
 END_FRAME = ("end_image", "end_image_strength")
 CONTINUE = ("input_video", "video_context_frames", "include_input_video")
 LORAS = ("lora_weights", "lora_scale", "extra_lora", "extra_lora_scale")
-ADVANCED = tuple(name for name in INPUT_SPECS if name not in BASICS + TIMELINE + END_FRAME + CONTINUE + LORAS)
+SHOWN = tuple(name for name in INPUT_SPECS if name not in EARLIER_INPUTS)  # step_cache replaces use_teacache
+ADVANCED = tuple(name for name in SHOWN if name not in BASICS + TIMELINE + END_FRAME + CONTINUE + LORAS)
 VIDEO_INPUTS = ("input_video",)
 
 
@@ -294,7 +295,7 @@ def build_app(studio: Studio):
     """The page and the `/generate` endpoint."""
     import gradio as gr
 
-    names = list(INPUT_SPECS)
+    names = list(SHOWN)
     with gr.Blocks(title="FramePack studio") as app:
         gr.Markdown("# FramePack studio")
         components: dict[str, Any] = {}

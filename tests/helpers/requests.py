@@ -15,7 +15,7 @@ TINY_WIDTH, TINY_HEIGHT = 48, 32
 
 
 def tiny_request(**overrides) -> dict:
-    """A request small enough for the tiny weights on the CPU: windows of 3 latents at 48x32, 2 steps, TeaCache off,
+    """A request small enough for the tiny weights on the CPU: windows of 3 latents at 48x32, 2 steps, no step cache,
     4 sections; `overrides` replace or add inputs (API names)."""
     return {
         "input_image": START_IMAGE,
@@ -26,14 +26,14 @@ def tiny_request(**overrides) -> dict:
         "steps": 2,
         "width": TINY_WIDTH,
         "height": TINY_HEIGHT,
-        "use_teacache": False,
+        "step_cache": "none",
         **overrides,
     }
 
 
 # The local command's request in the CLI tests: 3 sections, with TeaCache on (the API's default).
 CLI_REQUEST = tiny_request(
-    prompt="A cat walks along the beach at sunset.", seed=1, total_video_length_seconds=1.2, use_teacache=True
+    prompt="A cat walks along the beach at sunset.", seed=1, total_video_length_seconds=1.2, step_cache="teacache"
 )
 
 
