@@ -11,8 +11,11 @@ import dataclasses
 
 import pytest
 import torch
+from helpers.golden import assert_matches_golden, golden_case_names, load_golden_case
 from helpers.models import peft_lora, section_and_text
+from helpers.paths import GOLDEN
 from helpers.requests import tiny_request
+from safetensors.torch import load_file
 
 from framepack.core.magcache import MagCacheSettings, skipped_calls
 from framepack.core.request import build_request
@@ -20,7 +23,7 @@ from framepack.core.step_cache import StepCacheSettings
 from framepack.runtime import streaming
 from framepack.runtime.memory import MemoryPlan
 from framepack.runtime.memory_costs import GIB, working_set_bytes
-from framepack.runtime.pipeline import generate
+from framepack.runtime.pipeline import GenerationOptions, TensorRecorder, generate
 from framepack.runtime.placement import Placement, make_resident, model_sizes
 from framepack.runtime.residency import plan_residency
 from framepack.runtime.transformer import PackedTransformer
@@ -361,3 +364,17 @@ def test_the_vae_decodes_whole_frames_where_the_budget_holds_them(tiny_models):
         assert placement.decode_tiling == tiling
         assert vae.use_tiling == (tiling is not None)
     assert (vae.tile_sample_min_height, vae.tile_sample_stride_width) == (256, 192)  # as the 640 request left it
+
+
+@pytest.mark.parametrize("case_name", [name for name in golden_case_names() if name.startswith("magcache")])
+def test_magcache_golden_cases_with_streamed_blocks(case_name, tiny_models, block_stack_runs):
+    """Low VRAM: every block streamed, and the block stack runs (and streams) only on the steps MagCache keeps."""
+    case = load_golden_case(case_name)
+    variant = case["input"]["model_variant"]
+    streamed_model, streamer = _streamed(tiny_models.transformers[variant])
+    models = dataclasses.replace(tiny_models, transformers={variant: streamed_model})
+    recorder = TensorRecorder(True)
+    placement = _low_vram({variant: streamer})
+    generate(build_request(case["input"]), models, placement=placement, options=GenerationOptions(record=recorder))
+    assert_matches_golden(recorder.tensors, load_file(GOLDEN / case_name / "expected.safetensors"))
+    assert block_stack_runs == case["expected"]["transformer_block_stack_calls_per_section"]

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from benchmarks.measure import read_mp4_frames, relative_l2
 from framepack.core import planner
+from framepack.core.magcache import MagCacheSettings, skipped_calls
 from framepack.runtime import conditioning
 
 from .paths import GOLDEN, IMAGES
@@ -60,6 +61,14 @@ def check_golden_case(case_name: str, tensors: dict, output: Path, block_stack_r
     assert tensors["video_latents"].shape[2] == expected["num_latent_frames"]
     assert conditioning.template_crop_start(tiny_models.tokenizer) == expected["prompt_template_crop_start"]
     assert block_stack_runs == expected["transformer_block_stack_calls_per_section"]
+    if "magcache_skipped_calls_per_section" in expected:  # the reference's skips, from our schedule alone
+        steps, cfg = request["steps"], request["cfg_scale"]
+        settings = MagCacheSettings(
+            request["magcache_threshold"], request["magcache_max_skips"], request["magcache_retention_ratio"]
+        )
+        calls = steps * (1 if cfg == 1.0 else 2)
+        skipped = skipped_calls(request["model_variant"], steps, settings, calls)
+        assert [skipped] * num_sections == expected["magcache_skipped_calls_per_section"]
     frames, fps = read_mp4_frames(output)
     assert frames.shape[0] == expected["num_frames"] == tensors["frames_uint8"].shape[0]
     assert fps == 30
