@@ -45,6 +45,7 @@ class Predictor(BasePredictor):
         magcache_threshold: float = Input(default=0.1, description="MagCache: accumulated error allowed while skipping; higher skips more.", ge=0.0, le=1.0),
         magcache_max_skips: int = Input(default=3, description="MagCache: most passes skipped in a row (K).", ge=1, le=10),
         magcache_retention_ratio: float = Input(default=0.2, description="MagCache: this fraction of the first steps always runs.", ge=0.0, le=1.0),
+        magcache_ratios: str = Input(default="", description="MagCache: a calibrated table of one's own, comma-separated (what `python -m framepack calibrate-magcache` prints, e.g. for a fine-tune); empty uses the variant's.", max_length=2000),
         mp4_crf: int = Input(default=16, description="H.264 constant rate factor: 0 is lossless (not playable in browsers), higher is smaller and blurrier.", ge=0, le=51),
         section_prompts: str = Input(default="", description="One prompt per line, line i for section i (0 = start of the video). Empty or missing lines keep the previous section's prompt; section 0 falls back to prompt. Or every line starts with a time, '[2s] text' or '[2s-4s] text': the prompt applies from that time (to the end time), snapped to the section grid the log prints; times no line covers use prompt.", max_length=40000),
         prompt_blend_sections: int = Input(default=0, description="Over this many sections after each prompt change, the text embeddings move linearly from the old prompt to the new one. 0 = switch at once.", ge=0, le=4),

@@ -1,12 +1,13 @@
 """`python -m framepack predict`: bad input fails early, clearly, with no output left behind."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
 from helpers.paths import START_IMAGE, TINY_WEIGHTS
-from helpers.requests import CLI_REQUEST, input_args, predict_args
+from helpers.requests import CLI_REQUEST, input_args, predict_args, tiny_request
 
 from benchmarks.measure import read_mp4_frames
 from framepack.core.video import read_mp4_metadata, write_mp4
@@ -135,3 +136,28 @@ def test_from_refuses_a_video_without_our_settings_and_asks_for_the_files(run_cl
         result = run_cli(*predict_args({}, tmp_path / "out.mp4", "--from", str(video)))
         assert result.code == 2 and message in result.stderr, result.stderr
         assert "loading" not in result.stderr and not (tmp_path / "out.mp4").exists()
+
+
+def test_calibrate_magcache_measures_a_table_that_predict_takes(run_cli, tmp_path):
+    inputs = input_args(tiny_request(steps=6, total_video_length_seconds=0.8))
+    flags = ["--weights", str(TINY_WEIGHTS), "--device", "cpu", "--dtype", "float32", "--compile", "off"]
+    table_file = tmp_path / "table.json"
+    result = run_cli("calibrate-magcache", *inputs, *flags, "-o", str(table_file))
+    assert result.code == 0, result.stderr[-2000:]
+    report = json.loads(table_file.read_text())
+    ratios = [float(value) for value in result.stdout.strip().split(",")]
+    assert report["magcache_ratios"] == result.stdout.strip() and len(ratios) == 6 and ratios[0] == 1.0
+    # Two sections of 6 steps: 5 ratios each (from the second step on), their mean the table's entries.
+    assert [len(section) for section in report["sections"]] == [5, 5]
+    for step, ratio in enumerate(ratios[1:]):
+        mean = sum(section[step]["ratio"] for section in report["sections"]) / 2
+        assert ratio == round(mean, 5) and ratio > 0
+    assert all(0 <= entry["cosine_distance"] <= 2 for section in report["sections"] for entry in section)
+    # The table is a request input, kept in the video's metadata so --from runs it again.
+    own = tiny_request(
+        steps=6, total_video_length_seconds=0.8, step_cache="magcache", magcache_ratios=report["magcache_ratios"]
+    )
+    assert run_cli(*predict_args(own, tmp_path / "own.mp4")).code == 0
+    assert read_mp4_metadata(tmp_path / "own.mp4")["request"]["magcache_ratios"] == report["magcache_ratios"]
+    refused = run_cli("calibrate-magcache", *input_args(tiny_request(cfg_scale=2.0)), *flags)
+    assert refused.code == 2 and "Invalid input 'cfg_scale': calibrate with cfg_scale 1" in refused.stderr

@@ -219,6 +219,22 @@ def test_the_caches_settings_reach_the_sampler_and_are_checked():
             build_request({**inputs, name: value})
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1.0, x", "expected comma-separated numbers"),
+        ("1.0", "expected 2 to 101 numbers, got 1"),
+        ("1.0, 0", "every entry must be a positive finite number, got 0.0"),
+        ("1.0, nan", "every entry must be a positive finite number, got nan"),
+    ],
+)
+def test_a_magcache_table_of_ones_own_is_checked(text, message):
+    with pytest.raises(InvalidInput, match=f"Invalid input 'magcache_ratios': {message}"):
+        build_request({"input_image": START_IMAGE, "prompt": "x", "step_cache": "magcache", "magcache_ratios": text})
+    table = build_request({"input_image": START_IMAGE, "prompt": "x", "magcache_ratios": " 1.0, 1.5 ,0.9"})
+    assert table.step_cache_settings.magcache.ratios == (1.0, 1.5, 0.9)
+
+
 def test_settings_stored_before_step_cache_state_it():
     assert with_step_cache({"use_teacache": False, "steps": 9}) == {"steps": 9, "step_cache": "none"}
     assert with_step_cache({"use_teacache": True}) == {"step_cache": "teacache"}

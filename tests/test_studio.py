@@ -283,6 +283,6 @@ def test_a_bad_input_is_named_beside_it_and_nothing_runs(page, studio):
     _set(page, "width", 100)
     _set(page, "height", 64)
     page.locator("#run").click()
-    page.locator("#input-width").get_by_text("100 is not a multiple of 16").wait_for(timeout=10_000)
+    page.locator("#input-width").get_by_text("100 is not a multiple of 16").wait_for(timeout=30_000)
     assert page.locator("#progress").inner_text() == ""
     assert (set(studio["outputs"].glob("*.mp4")) if studio["outputs"].exists() else set()) == before

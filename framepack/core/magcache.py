@@ -23,7 +23,7 @@ Exact to the reference implementation, MagCache4FramePack (Zehong-Ma/MagCache@4a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -49,11 +49,13 @@ class MagCacheSettings:
         threshold: largest accumulated error |1 - product of ratios| summed since the last computed step.
         max_skips: most steps skipped in a row (the reference's K).
         retention_ratio: the first int(retention_ratio * steps) steps always run.
+        ratios: a calibrated table to use instead of the variant's (read like it, at any step count).
     """
 
     threshold: float = 0.1
     max_skips: int = 3
     retention_ratio: float = 0.2
+    ratios: tuple[float, ...] | None = None  # a table of one's own (`MagCacheCalibration.table`), else the variant's
 
 
 def step_ratios(table: tuple[float, ...], steps: int) -> tuple[float, ...]:
@@ -90,7 +92,7 @@ class MagCacheState:
 
     @classmethod
     def for_variant(cls, variant: str, steps: int, settings: MagCacheSettings) -> MagCacheState:
-        return cls(step_ratios(CALIBRATED_RATIOS[variant], steps), settings)
+        return cls(step_ratios(settings.ratios or CALIBRATED_RATIOS[variant], steps), settings)
 
     def should_compute(self, modulated: torch.Tensor | None = None) -> bool:
         """Decide for this call whether to run the block stack, advancing the state as the reference does."""
@@ -122,3 +124,54 @@ def skipped_calls(variant: str, steps: int, settings: MagCacheSettings, calls: i
     MagCache skips."""
     state = MagCacheState.for_variant(variant, steps, settings)
     return [call for call in range(steps if calls is None else calls) if not state.should_compute()]
+
+
+@dataclass
+class MagCacheCalibration:
+    """The reference's calibration forward as a step cache: every call runs the block stack, and from the second
+    call of a section on, its residual r_t is compared with the previous call's r_{t-1}.
+
+    Per call it records, rounded to 5 decimals as the reference prints them: the mean over tokens of
+    ||r_t|| / ||r_{t-1}|| (norms over the channels; the table's entry), that ratio's standard deviation, and the
+    mean cosine distance 1 - cos(r_t, r_{t-1}). `sections` holds one list of (ratio, std, cosine distance) per
+    section; `table` turns them into a table for `step_ratios`.
+
+    Args:
+        steps: calls per section (steps, or twice that with real CFG).
+    """
+
+    steps: int
+    sections: list[list[tuple[float, float, float]]] = field(default_factory=list)
+    calls: int = 0
+    reads_modulated_input: ClassVar[bool] = False
+    _residual: torch.Tensor | None = None
+
+    def should_compute(self, modulated: torch.Tensor | None = None) -> bool:
+        if self.calls == 0:
+            self.sections.append([])
+            self._residual = None
+        self.calls = (self.calls + 1) % self.steps
+        return True
+
+    @property
+    def previous_residual(self) -> torch.Tensor | None:
+        return self._residual
+
+    @previous_residual.setter
+    def previous_residual(self, residual: torch.Tensor) -> None:
+        """Set by the transformer after each computed call: record its statistics against the previous one."""
+        if self._residual is not None:
+            ratio = residual.norm(dim=-1) / self._residual.norm(dim=-1)
+            cosine = torch.nn.functional.cosine_similarity(residual, self._residual, dim=-1, eps=1e-8)
+            stats = (ratio.mean().item(), ratio.std().item(), (1 - cosine).mean().item())
+            self.sections[-1].append(tuple(round(value, 5) for value in stats))
+        self._residual = residual
+
+    def table(self) -> tuple[float, ...]:
+        """A table like `CALIBRATED_RATIOS`': 1.0 for the first step, then each step's ratio averaged over the
+        sections (the reference prints one section's list; FramePack-Studio keeps the last section's)."""
+        complete = [section for section in self.sections if len(section) == self.steps - 1]
+        if not complete:
+            raise ValueError("no section was sampled to its end")
+        means = [sum(section[i][0] for section in complete) / len(complete) for i in range(self.steps - 1)]
+        return (1.0, *(round(mean, 5) for mean in means))

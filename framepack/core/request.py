@@ -37,6 +37,7 @@ MAX_PROMPT_CHARS = 4000
 MAX_SECTION_PROMPTS_CHARS = 40000
 MAX_SOURCE_CHARS = 2048
 MAX_PROMPT_BLEND_SECTIONS = 4
+MAX_MAGCACHE_RATIOS_CHARS = 2000  # 101 entries of up to 18 characters and their commas
 
 
 class GenerationRequest(BaseModel):
@@ -135,6 +136,12 @@ class GenerationRequest(BaseModel):
     magcache_max_skips: int = Field(3, ge=1, le=10, description="MagCache: most passes skipped in a row (K).")
     magcache_retention_ratio: float = Field(
         0.2, ge=0.0, le=1.0, description="MagCache: this fraction of the first steps always runs."
+    )
+    magcache_ratios: str = Field(
+        "",
+        max_length=MAX_MAGCACHE_RATIOS_CHARS,
+        description="MagCache: a calibrated table of one's own, comma-separated (what `python -m framepack "
+        "calibrate-magcache` prints, e.g. for a fine-tune); empty uses the variant's.",
     )
     mp4_crf: int = Field(
         16,
@@ -246,6 +253,7 @@ class GenerationRequest(BaseModel):
         if self.section_image_indices.strip() and not self.section_images:
             raise InvalidInput("section_image_indices", "given without section_images")
         self._step_cache = resolve_step_cache(self.step_cache, self.use_teacache)
+        parse_magcache_ratios(self.magcache_ratios)
         self._schedule = plan_schedule(
             self.num_sections,
             self.latent_window_size,
@@ -279,7 +287,10 @@ class GenerationRequest(BaseModel):
         from .magcache import MagCacheSettings  # torch: imported when a request runs, not with the API table
         from .step_cache import StepCacheSettings
 
-        magcache = MagCacheSettings(self.magcache_threshold, self.magcache_max_skips, self.magcache_retention_ratio)
+        ratios = parse_magcache_ratios(self.magcache_ratios)
+        magcache = MagCacheSettings(
+            self.magcache_threshold, self.magcache_max_skips, self.magcache_retention_ratio, ratios
+        )
         return StepCacheSettings(self._step_cache, self.teacache_threshold, magcache)
 
     @property
@@ -319,6 +330,21 @@ def with_step_cache(values: Mapping[str, Any]) -> dict[str, Any]:
     if use_teacache is not None and values.get("step_cache", "auto") == "auto":
         values["step_cache"] = "teacache" if use_teacache else "none"
     return values
+
+
+def parse_magcache_ratios(text: str) -> tuple[float, ...] | None:
+    """A MagCache table from "1.0, 1.26, ...": 2 to 101 positive finite numbers; None when empty."""
+    if not text.strip():
+        return None
+    try:
+        ratios = tuple(float(item) for item in text.split(","))
+    except ValueError:
+        raise InvalidInput("magcache_ratios", "expected comma-separated numbers, like 1.0, 1.26, 1.23") from None
+    if not 2 <= len(ratios) <= 101:
+        raise InvalidInput("magcache_ratios", f"expected 2 to 101 numbers, got {len(ratios)}")
+    if bad := [ratio for ratio in ratios if not 0 < ratio < float("inf")]:
+        raise InvalidInput("magcache_ratios", f"every entry must be a positive finite number, got {bad[0]}")
+    return ratios
 
 
 def resolve_step_cache(step_cache: str, use_teacache: bool | None) -> str:

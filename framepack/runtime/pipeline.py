@@ -20,6 +20,7 @@ from ..core.frames import FrameAssembler
 from ..core.progress import ProgressReporter
 from ..core.request import GenerationRequest
 from ..core.sampler import SamplingSettings, camera_roll, flow_x0, flux_mu, flux_sigmas, noisy_token_count, sample_unipc
+from ..core.step_cache import StepCache
 from ..core.variants import Variant, variant_named
 from ..models import FramePackModels, lora
 from . import conditioning
@@ -76,6 +77,7 @@ class GenerationOptions:
     on_section: called after each section with the frames so far (T, H, W, 3) uint8 in video order, the
         section's own included: with it the VAE decodes in line, after each section.
     record: receives the intermediate tensors by name (the CLI's --dump-tensors).
+    step_cache: one step cache for every call instead of the request's (`magcache.MagCacheCalibration`).
     """
 
     runner: type[TransformerRunner] = PackedTransformer
@@ -87,6 +89,7 @@ class GenerationOptions:
     on_step: Callable[[int, int, torch.Tensor], None] | None = None
     on_section: Callable[[torch.Tensor], None] | None = None
     record: TensorRecorder | None = None
+    step_cache: StepCache | None = None
 
 
 def section_inputs(
@@ -121,15 +124,18 @@ def sample_section(
     inputs: SectionInputs,
     noise: torch.Tensor,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    step_cache: StepCache | None = None,
 ) -> torch.Tensor:
     """Denoise one section's window; returns the final x_0 prediction (1, 16, lws, h, w) float32.
 
-    `on_step(step index, x_0)` follows every step.
+    `on_step(step index, x_0)` follows every step. `step_cache` replaces the request's for both CFG branches.
     """
     device, dtype = transformer.device, transformer.dtype
     _, _, _, latent_height, latent_width = noise.shape
     guidance = torch.tensor([settings.distilled_cfg_scale * 1000.0]).to(device=device, dtype=dtype)
     step_caches = settings.step_cache.branch_states(settings.variant, settings.steps)
+    if step_cache is not None:
+        step_caches = dict.fromkeys(step_caches, step_cache)
     sigmas = flux_sigmas(settings.steps, flux_mu(noisy_token_count(tuple(noise.shape))))
     edit = camera_roll(settings.steps, settings.camera_movement) if settings.camera_movement > 0 else None
     with transformer.on_device():
@@ -290,7 +296,7 @@ def sample_sections(
             )
             on_step = _step_callback(progress, options.on_step, section.generation_index)
             with progress.stage("sampling"):
-                latents = sample_section(transformer, settings, texts, inputs, noise, on_step)
+                latents = sample_section(transformer, settings, texts, inputs, noise, on_step, options.step_cache)
             record(f"section_{section.generation_index}_latents", latents)
             record(f"section_{section.generation_index}_clean_latents", inputs.clean_latents)
             record(f"section_{section.generation_index}_clean_latents_2x", inputs.clean_latents_2x)

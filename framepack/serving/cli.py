@@ -3,6 +3,8 @@
 `python -m framepack download-weights [--weights DIR]` pre-fetches the weights (e.g. to bake into an image).
 `python -m framepack warm-cache [engine flags]` starts the engine once, so the compiled kernels are written to the
 compile cache (`compile_cache.py`; FRAMEPACK_COMPILE_CACHE, by default beside the weights).
+`python -m framepack calibrate-magcache -i ... [-o table.json]` measures MagCache's table for a request's step
+count and weights (`magcache.MagCacheCalibration`); predict then takes it as `-i magcache_ratios=...`.
 `python -m framepack ui [--server 127.0.0.1] [--port 7860] [--share] [--inbrowser] [--auth USER:PASSWORD]` starts
 the web studio (`studio.py`), with the same engine flags as predict.
 
@@ -19,8 +21,10 @@ before any model is loaded; a failure exits non-zero and leaves no output file b
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from ..config import MODEL_VARIANTS, EngineConfig, add_flags, flag_values
@@ -81,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(FRAMEPACK_COMPILE_CACHE, default <weights>/compile-cache); prints the cache folder.",
     )
     add_flags(warm)
+    calibrate = commands.add_parser(
+        "calibrate-magcache",
+        help="measure MagCache's table for a step count or a fine-tune (the reference's calibration)",
+        description="Generate one video with every transformer pass run, measuring per step the mean ratio of "
+        "the block stack's residual norm to the previous step's (MagCache4FramePack's calibration forward). "
+        "Writes the table and the per-section statistics as JSON and prints the table as magcache_ratios takes "
+        "it. Use cfg_scale 1, as the published tables were made.",
+    )
+    calibrate.add_argument(
+        "-i", "--input", dest="inputs", action="append", default=[], metavar="NAME=VALUE", help="an API input"
+    )
+    add_flags(calibrate)
+    calibrate.add_argument("-o", "--output", type=Path, default=Path("magcache-table.json"), help="JSON file to write")
     ui = commands.add_parser(
         "ui",
         help="the web studio (Gradio) on this machine",
@@ -190,6 +207,35 @@ def run_predict(args: argparse.Namespace) -> Path:
     return args.output
 
 
+def run_calibrate_magcache(args: argparse.Namespace) -> str:
+    """Generate the request with a `MagCacheCalibration` as its step cache; write the JSON, return the table."""
+    request: GenerationRequest = build_request(parse_inputs(args.inputs))
+    if request.cfg_scale != 1.0:
+        raise InvalidInput("cfg_scale", "calibrate with cfg_scale 1: a table has one entry per step")
+    _check_output(args.output, "--output")
+    config = engine_config(args, (request.model_variant,))
+    check_weights(config.weights_dir, config.variants)
+
+    from ..core.magcache import MagCacheCalibration
+    from ..runtime.pipeline import GenerationOptions
+    from .engine import load_engine
+
+    calibration = MagCacheCalibration(request.steps)
+    engine = load_engine(config)
+    try:
+        with tempfile.TemporaryDirectory(prefix="framepack-calibration-") as folder:
+            engine.generate(request, Path(folder) / "video.mp4", options=GenerationOptions(step_cache=calibration))
+    finally:
+        engine.close()
+    table = ", ".join(f"{ratio:g}" for ratio in calibration.table())
+    names = ("ratio", "std", "cosine_distance")
+    sections = [[dict(zip(names, stats)) for stats in section] for section in calibration.sections]
+    report = {"model_variant": request.model_variant, "steps": request.steps, "magcache_ratios": table}
+    args.output.write_text(json.dumps({**report, "sections": sections}, indent=1))
+    logger.info(f"MagCache table for {request.model_variant} at {request.steps} steps written to {args.output}")
+    return table
+
+
 def run_download(args: argparse.Namespace) -> Path:
     """Fetch whatever is missing for the chosen variants, then check the transformer checkpoints."""
     from ..core.weights import prepare_weights
@@ -253,7 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             run_ui(args)
             return 0
-        commands = {"download-weights": run_download, "warm-cache": run_warm_cache, "predict": run_predict}
+        commands = {
+            "download-weights": run_download,
+            "warm-cache": run_warm_cache,
+            "predict": run_predict,
+            "calibrate-magcache": run_calibrate_magcache,
+        }
         output = commands[args.command](args)
     except (InvalidInput, MissingWeights, CheckpointMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
