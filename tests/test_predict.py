@@ -2,6 +2,8 @@
 
 import inspect
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,7 +76,7 @@ def _pins(path: Path) -> dict[str, str]:
         line = line.split("#")[0].strip()
         if line and not line.startswith("-"):
             name, version = line.split("==")
-            pins[name.lower()] = version
+            pins[name.split("[")[0].lower()] = version
     return pins
 
 
@@ -101,3 +103,21 @@ def test_image_requirements_match_the_tested_ones():
 def test_cog_yaml_pins_the_tested_sdk():
     tested = _pins(ROOT / "requirements-dev.txt")["cog"]
     assert f'sdk_version: "{tested}"' in (ROOT / "cog.yaml").read_text()
+
+
+@pytest.mark.e2e
+def test_the_image_requirements_resolve_for_the_images_python_and_platform(tmp_path):
+    """pip's resolver, as `cog build` runs it, for Python 3.11 on manylinux x86_64: nothing is installed."""
+    platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(39, 16, -1)] + ["manylinux2014_x86_64"]
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--only-binary=:all:"]
+    command += ["--python-version", "3.11", "--implementation", "cp", "--target", str(tmp_path / "target")]
+    command += [argument for platform in platforms for argument in ("--platform", platform)]
+    command += ["--report", str(tmp_path / "report.json"), "-r", str(ROOT / "requirements-cog.txt")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    installed = {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads((tmp_path / "report.json").read_text())["install"]
+    }
+    assert installed["torch"] == "2.11.0" and installed["cuda-bindings"].startswith("13.")
+    assert installed["nvidia-cutlass-dsl-libs-cu13"] == "4.8.1"  # the CuTe DSL's CUDA 13 runtime, as benchmarked
