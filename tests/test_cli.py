@@ -51,6 +51,8 @@ def test_missing_weights_lists_the_paths_looked_at(run_cli, tmp_path):
     assert str(empty / "hunyuanvideo-community/HunyuanVideo/text_encoder") in result.stderr
     assert str(empty / "lllyasviel/FramePackI2V_HY") in result.stderr
     assert "FramePack_F1" not in result.stderr  # only the requested variant is needed
+    # The exact command that fills this folder for this variant.
+    assert f"python -m framepack download-weights --weights {empty} --variants original" in result.stderr
     assert not (tmp_path / "out.mp4").exists()
 
 

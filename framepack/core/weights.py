@@ -66,17 +66,27 @@ def required_components(variants: tuple[str, ...]) -> list[Component]:
 
 
 class MissingWeights(FileNotFoundError):
-    """Some components are not in the weights folder; the message lists each with the path looked at."""
+    """Some components are not in the weights folder; the message lists each with the path looked at, then what
+    to do: the exact download command for this folder and `variants`, or, when a download stopped, `note`."""
 
-    def __init__(self, weights_dir: Path, missing: list[tuple[Component, list[str]]], note: str = ""):
+    def __init__(
+        self,
+        weights_dir: Path,
+        missing: list[tuple[Component, list[str]]],
+        note: str = "",
+        variants: tuple[str, ...] = (),
+    ):
         lines = [f"  {c.name}: {c.path(weights_dir)} (missing {', '.join(files)})" for c, files in missing]
-        super().__init__(
-            f"Weights missing in {weights_dir}:\n"
-            + "\n".join(lines)
-            + (f"\n{note}" if note else "")
-            + "\nPoint --weights (or FRAMEPACK_WEIGHTS) at a folder in the hub layout <owner>/<repo>/<subfolder>,"
-            " or fetch them with `python -m framepack download-weights`."
-        )
+        if note:
+            advice = note
+        else:
+            command = f"python -m framepack download-weights --weights {weights_dir}"
+            command += f" --variants {','.join(variants)}" if variants else ""
+            advice = (
+                "Point --weights (or FRAMEPACK_WEIGHTS) at a folder in the hub layout <owner>/<repo>/<subfolder>, "
+                f"or download them into this folder (only the missing files):\n  {command}"
+            )
+        super().__init__(f"Weights missing in {weights_dir}:\n" + "\n".join(lines) + f"\n{advice}")
         self.missing = missing
 
 
@@ -89,7 +99,7 @@ def check_weights(weights_dir: Path, variants: tuple[str, ...]) -> None:
     """Raise MissingWeights unless every component for `variants` is present."""
     missing = find_missing(weights_dir, required_components(variants))
     if missing:
-        raise MissingWeights(Path(weights_dir), missing)
+        raise MissingWeights(Path(weights_dir), missing, variants=variants)
 
 
 def download_patterns(component: Component) -> list[str]:
@@ -108,7 +118,9 @@ def download_components(weights_dir: Path, components: list[Component]) -> None:
     weights_dir = Path(weights_dir)
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise MissingWeights(
-            weights_dir, find_missing(weights_dir, components), note="HF_HUB_OFFLINE is set, so nothing was downloaded."
+            weights_dir,
+            find_missing(weights_dir, components),
+            note="HF_HUB_OFFLINE is set, so nothing was downloaded: unset it to download them.",
         )
     from huggingface_hub import snapshot_download
 
@@ -120,9 +132,11 @@ def download_components(weights_dir: Path, components: list[Component]) -> None:
             logger.info("downloading %s (%s) into %s", repo, ", ".join(patterns), weights_dir / repo)
             snapshot_download(repo_id=repo, allow_patterns=patterns, local_dir=weights_dir / repo)
     except Exception as error:  # any hub or network failure ends in the same clear report
-        raise MissingWeights(
-            weights_dir, find_missing(weights_dir, components), note=f"Download failed: {type(error).__name__}: {error}"
-        ) from error
+        note = (
+            f"The download stopped: {type(error).__name__}: {error}\nThe files already fetched are kept: once the "
+            "network (or HF_TOKEN, for a gated repository) works, the same command fetches only the rest."
+        )
+        raise MissingWeights(weights_dir, find_missing(weights_dir, components), note=note) from error
 
 
 def ensure_weights(weights_dir: Path, variants: tuple[str, ...], download: bool = True) -> None:
@@ -133,7 +147,7 @@ def ensure_weights(weights_dir: Path, variants: tuple[str, ...], download: bool 
         download_components(weights_dir, [component for component, _ in missing])
         missing = find_missing(weights_dir, components)
     if missing:
-        raise MissingWeights(Path(weights_dir), missing)
+        raise MissingWeights(Path(weights_dir), missing, variants=variants)
 
 
 def prepare_weights(weights_dir: Path, variants: tuple[str, ...]) -> None:
