@@ -186,14 +186,15 @@ def test_a_run_with_a_timeline_shows_progress_previews_and_a_playable_video(page
 
 
 def test_stop_keeps_the_finished_sections_as_a_partial_video(page, tmp_path):
-    _fill_small_run(page, 4.0, 30)
+    # Long enough (30 sections of 50 steps) that Stop comes before the end on a loaded machine too.
+    _fill_small_run(page, 12.0, 50)
     page.locator("#run").click()
     so_far = _video_source(page, "so-far")  # one section is done
     page.locator("#stop").click()
     page.wait_for_function("document.querySelector('#status').innerText.startsWith('Stopped')", timeout=RUN_TIMEOUT_MS)
     assert "partial video" in _status(page)
     frames = read_mp4_frames(_download(page, _video_source(page, "so-far"), tmp_path / "partial.mp4"))[0]
-    assert 0 < frames.shape[0] < planner.pixel_frames(planner.total_latent_frames(planner.section_count(4.0, 3), 3))
+    assert 0 < frames.shape[0] < planner.pixel_frames(planner.total_latent_frames(planner.section_count(12.0, 3), 3))
     assert so_far
     # Ready for the next run at once.
     page.locator("#run").click()
