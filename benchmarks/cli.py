@@ -5,7 +5,7 @@
                          [--fp8] [--decode] [--cfg-batch] [--size full|tiny]
     python -m benchmarks --save-random-weights /tmp/w
     python -m benchmarks --low-vram --weights /tmp/w --vram-cap-gb 6 8 [--e2e-seconds 5 --steps 25]
-                         [--adaptive] [--low-vram-fp8]
+                         [--adaptive] [--low-vram-fp8] [--magcache]
     python -m benchmarks --cold-start --weights /tmp/w [--before-code OLD_TREE]     (cold_start.py)
     python -m benchmarks --parallel --gpus 2 --weights /tmp/w [--e2e-seconds 5 --steps 25]
                          [--forward-only | --e2e-only]                              (parallel.py)
@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--magcache",
         action="store_true",
-        help="with --e2e: also our loop with MagCache at the reference's defaults (and with FP8, given --fp8)",
+        help="with --e2e: also our loop with MagCache at the reference's defaults (and with FP8, given --fp8); "
+        "with --low-vram: every run with MagCache",
     )
     parser.add_argument("--e2e-seconds", type=float, default=5.0)
     parser.add_argument(
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             save_into(report, args.out),
             args.adaptive,
             args.low_vram_fp8,
+            "magcache" if args.magcache else "none",
         )
     else:
         compare_paths(args, device, dtype, size, image, report)

@@ -119,10 +119,12 @@ def low_vram(
     save,
     adaptive: bool = False,
     low_fp8: bool = False,
+    step_cache: str = "none",
 ) -> dict:
     """Each (cap GiB, seconds, steps) run in low-VRAM mode, then each (seconds, steps) once in high-VRAM mode.
 
-    `save(results)` is called after every run, so partial results survive a timeout.
+    `step_cache` samples every run ("magcache": a skipped step streams no block). `save(results)` is called after
+    every run, so partial results survive a timeout.
     """
     cuda = device.type == "cuda"
     engines = AdaptiveEngines(weights, device, dtype, low_fp8) if adaptive else None
@@ -148,7 +150,7 @@ def low_vram(
         timings = _collect_stream_timings(engine.placement)
         retries = _alloc_retries(device)
         try:
-            low = end_to_end(engine, image, size, PackedTransformer, "none", seconds, steps, device, adaptive)
+            low = end_to_end(engine, image, size, PackedTransformer, step_cache, seconds, steps, device, adaptive)
             run = {k: v for k, v in low.items() if k not in ("latents", "pixels")}
             low_latents[key] = low["latents"]
         except torch.OutOfMemoryError as error:
@@ -175,7 +177,7 @@ def low_vram(
     end_to_end(engine, image, size, PackedTransformer, "none", 1.0, 1, device)
     results["high_warmup_s"] = time.perf_counter() - warm
     for seconds, steps in dict.fromkeys((seconds, steps) for _, seconds, steps in runs):
-        high = end_to_end(engine, image, size, PackedTransformer, "none", seconds, steps, device, adaptive)
+        high = end_to_end(engine, image, size, PackedTransformer, step_cache, seconds, steps, device, adaptive)
         baseline = {k: v for k, v in high.items() if k not in ("latents", "pixels")}
         if cuda:
             baseline["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30

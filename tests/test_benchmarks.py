@@ -8,6 +8,7 @@ import pytest
 from helpers.paths import TINY_WEIGHTS
 
 from benchmarks import cli
+from framepack.core.magcache import MagCacheSettings, skipped_calls
 
 pytestmark = pytest.mark.e2e  # the GPU benchmark harness, in processes of its own
 
@@ -79,20 +80,24 @@ def test_tiny_benchmark_fp8_decode_and_f1(tmp_path):
     assert report["cfg_batch"]["two_calls_s"] > 0 and report["cfg_batch"]["relative_l2"] < 1e-6
 
 
-@pytest.mark.parametrize("adaptive", ["", "--adaptive"])
-def test_tiny_low_vram_benchmark_loads_saved_random_weights(tmp_path, adaptive):
+@pytest.mark.parametrize(("flags", "steps"), [("", 2), ("--adaptive --magcache", 8)])
+def test_tiny_low_vram_benchmark_loads_saved_random_weights(tmp_path, flags, steps):
     weights, out = tmp_path / "weights", tmp_path / "low.json"
     assert cli.main(["--size", "tiny", "--save-random-weights", str(weights)]) == 0
     run_bench(
         out,
-        f"--size tiny --low-vram --weights {weights} --vram-cap-gb 6 --e2e-seconds 1.2 --steps 2 "
-        f"--short-caps-gb 8 --short-seconds 0.8 --short-steps 1 {adaptive}",
+        f"--size tiny --low-vram --weights {weights} --vram-cap-gb 6 --e2e-seconds 1.2 --steps {steps} "
+        f"--short-caps-gb 8 --short-seconds 0.8 --short-steps 1 {flags}",
     )
     low = json.loads(out.read_text())["low_vram"]
     assert low["weights_gib"] > 0 and low["host_peak_rss_low_gib"] >= low["host_peak_rss_after_placement_gib"]
-    for run, high in (("cap_6gib_1.2s_2steps", "high_1.2s_2steps"), ("cap_8gib_0.8s_1steps", "high_0.8s_1steps")):
+    long_run = f"cap_6gib_1.2s_{steps}steps"
+    for run, high in ((long_run, f"high_1.2s_{steps}steps"), ("cap_8gib_0.8s_1steps", "high_0.8s_1steps")):
         # No GPU here: both runs are the CPU plan, so they reproduce the high-VRAM run exactly.
         assert low[run]["frames"] == low[high]["frames"] and low[run]["relative_l2_vs_high"] == 0.0
+    # With MagCache the streamed blocks run only on the steps its schedule keeps (4 of 8).
+    kept = steps - len(skipped_calls("original", steps, MagCacheSettings())) if "--magcache" in flags else steps
+    assert low[long_run]["block_stack_runs_per_section"] == kept and kept in (2, 4)
 
 
 def test_tiny_cold_start_benchmark_times_fresh_processes(tmp_path):
