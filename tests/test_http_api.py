@@ -92,7 +92,7 @@ def server(tmp_path_factory, hostile_hosts):
                 pass
             assert time.monotonic() < deadline, f"server not READY:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)
-        yield {"url": url, "output_dir": output_dir, "lora_cache": lora_cache}
+        yield {"url": url, "output_dir": output_dir, "lora_cache": lora_cache, "log": log}
     finally:
         process.terminate()
         try:
@@ -445,3 +445,14 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     generated, passed = map(int, re.search(r"(\d+) generated, (\d+) passed", result.stdout).groups())
     assert generated == passed >= 500, result.stdout[-3000:]
+
+
+# Cog 0.23's notices about its own future API (README, "As a Cog model"): the Predictor keeps the design's names.
+COG_NOTICES = ("predict() is deprecated; use run() instead", "BasePredictor is deprecated; use BaseRunner instead")
+
+
+def test_the_setup_log_has_no_warning_but_cogs_own_notices(server):
+    lines = server["log"].read_text().splitlines()
+    setup = lines[: next(i for i, line in enumerate(lines) if "Setup complete" in line)]
+    warnings = [line for line in setup if '"level":"WARN' in line or "Warning" in line]
+    assert len(warnings) == 3 and all(any(notice in line for notice in COG_NOTICES) for line in warnings), warnings
