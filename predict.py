@@ -11,7 +11,7 @@ from framepack.runtime import prefetch
 
 prefetch.start_from_env()  # the disk reads the weights while the imports below run (framepack/runtime/prefetch.py)
 
-from cog import BasePredictor, Input, Path, current_scope  # noqa: E402
+from cog import BasePredictor, Input, Path, Secret, current_scope  # noqa: E402
 
 from framepack.core.request import INPUT_SPECS  # noqa: E402
 from framepack.serving.service import FramePackService  # noqa: E402
@@ -57,11 +57,16 @@ class Predictor(BasePredictor):
         video_context_frames: int = Input(default=0, description="How many of input_video's last latent frames (4 video frames each) condition the continuation. 0: what the variant's context holds: f1 19 (its 1x, 2x and 4x history), original 1 (its start slot; more go before it at full resolution, as in FP-Studio's Video model, each adding 1/latent_window_size of the window's tokens).", ge=0, le=19),
         include_input_video: bool = Input(default=True, description="Return input_video followed by the continuation, at the input's resolution (its frames as decoded: exactly at mp4_crf 0, encoded once more at the CRF otherwise); else the continuation alone."),
         camera_movement: float = Input(default=0.0, description="Experimental: rolls each section's latents sideways once, after 20% of the steps, by up to this fraction of the width; later steps heal it. 0 = off.", ge=0.0, le=0.5),
-        lora_weights: str = Input(default="", description="LoRA for the transformer: an https URL or a local path to a .safetensors file (musubi-tuner, diffusers/PEFT or HunyuanVideo key names).", max_length=2048),
+        lora_weights: str = Input(default="", description="LoRA for the transformer (musubi-tuner, diffusers/PEFT or HunyuanVideo key names): a Hugging Face repository, owner/repo or owner/repo/file.safetensors (or its huggingface.co URL), a CivitAI model, civitai.com/models/<id>[?modelVersionId=<version>], an https URL of a .safetensors file, or a local path.", max_length=2048),
         lora_scale: float = Input(default=1.0, description="Strength of lora_weights.", ge=-2.0, le=2.0),
         extra_lora: str = Input(default="", description="A second LoRA, same formats as lora_weights.", max_length=2048),
         extra_lora_scale: float = Input(default=1.0, description="Strength of extra_lora.", ge=-2.0, le=2.0),
+        hf_api_token: Optional[Secret] = Input(default=None, description="Hugging Face token for LoRAs in private or gated Hub repositories (default: HF_TOKEN on the server); sent only to the Hub, never logged or stored."),
+        civitai_api_token: Optional[Secret] = Input(default=None, description="CivitAI API key for LoRAs that need a login; sent only to CivitAI, never logged or stored."),
         # END inputs
     ) -> Path:
         inputs = {name: value for name, value in locals().items() if name in INPUT_SPECS}
+        for name, value in inputs.items():  # tokens: the request model keeps them as pydantic secrets
+            if isinstance(value, Secret):
+                inputs[name] = value.get_secret_value()
         return Path(self.service.predict(inputs, record_metric=current_scope().record_metric))

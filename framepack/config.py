@@ -93,6 +93,12 @@ def _nothing(value: Any) -> None:
 
 
 PATH = Kind(Path, _nothing, "a folder", "DIR")
+HTTPS_URL = Kind(
+    str,
+    lambda value: None if value.lower().startswith("https://") else f"must be an https URL, got {value!r}",
+    "an https URL",
+    "URL",
+)
 SWITCH = Kind(_switch, _nothing, "1/0, true/false, yes/no, on/off")
 BYTES = Kind(
     _whole_bytes, lambda value: None if value > 0 else f"must be a positive number of bytes, got {value}", "bytes"
@@ -187,6 +193,13 @@ SETTINGS: tuple[Setting, ...] = (
         "allow_private_urls", "FRAMEPACK_ALLOW_PRIVATE_URLS", SWITCH, "off", "URL inputs may be private-network hosts"
     ),
     Setting(
+        "civitai_endpoint",
+        "FRAMEPACK_CIVITAI_ENDPOINT",
+        HTTPS_URL,
+        "https://civitai.com",
+        "where civitai.com/models/... LoRA inputs are looked up (a mirror; the Hub's is HF_ENDPOINT)",
+    ),
+    Setting(
         "compile_cache",
         "FRAMEPACK_COMPILE_CACHE",
         Kind(Path, _nothing, "a folder, or off"),
@@ -216,13 +229,14 @@ ENV = {setting.name: setting.variable for setting in SETTINGS if setting.variabl
 
 @dataclass(frozen=True)
 class LoraDownloads:
-    """Where LoRA URLs are cached, the largest file downloaded and the cache's total (bytes), and whether URL
-    inputs may point into private networks (`downloads.py`)."""
+    """Where LoRA URLs are cached, the largest file downloaded and the cache's total (bytes), whether URL
+    inputs may point into private networks (`downloads.py`), and where CivitAI is asked (`lora_sources.py`)."""
 
     cache_dir: Path = DEFAULT_LORA_CACHE
     max_bytes: int = DEFAULT_LORA_MAX_BYTES
     cache_max_bytes: int = DEFAULT_LORA_CACHE_MAX_BYTES
     allow_private: bool = False
+    civitai_endpoint: str = "https://civitai.com"
 
 
 @dataclass(frozen=True)
@@ -243,6 +257,7 @@ class EngineConfig:
     lora_max_bytes: int = DEFAULT_LORA_MAX_BYTES
     lora_cache_max_bytes: int = DEFAULT_LORA_CACHE_MAX_BYTES
     allow_private_urls: bool = False
+    civitai_endpoint: str = "https://civitai.com"
     compile_cache: Path | None = None  # None: <weights>/compile-cache; Path("off"): no cache
     gpus: str = "auto"  # or a number: processes of sequence parallelism (`parallel.py`)
     parallel_timeout: float = DEFAULT_PARALLEL_TIMEOUT
@@ -275,7 +290,11 @@ class EngineConfig:
 
     def lora_downloads(self) -> LoraDownloads:
         return LoraDownloads(
-            self.lora_cache_dir, self.lora_max_bytes, self.lora_cache_max_bytes, self.allow_private_urls
+            self.lora_cache_dir,
+            self.lora_max_bytes,
+            self.lora_cache_max_bytes,
+            self.allow_private_urls,
+            self.civitai_endpoint,
         )
 
     def compile_cache_dir(self) -> Path | None:

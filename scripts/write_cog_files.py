@@ -23,6 +23,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pydantic import SecretStr  # noqa: E402
+
 from framepack.core.request import INPUT_SPECS, InputSpec  # noqa: E402
 
 PREDICT_PATH = ROOT / "predict.py"
@@ -45,7 +47,7 @@ def _literal(value: Any) -> str:
 def _annotation(spec: InputSpec) -> str:
     if spec.type is list:
         return f"list[{spec.item_type.__name__}]"
-    name = spec.type.__name__
+    name = "Secret" if spec.type is SecretStr else spec.type.__name__  # Cog's type for tokens
     return f"Optional[{name}]" if spec.default is None and not spec.required else name
 
 

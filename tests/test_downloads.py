@@ -53,9 +53,9 @@ def test_a_valid_lora_is_downloaded_once_and_kept(tiny_models, hosts, tmp_path):
     model = tiny_models.transformers["original"]
     HostileRoutes.files["/style.safetensors"] = _lora_bytes(model)
     url = f"https://{secure}/style.safetensors?token=SECRET"
-    first = lora_layers(url, "lora_weights", model, _settings(tmp_path))
+    first, _ = lora_layers(url, "lora_weights", model, _settings(tmp_path))
     del HostileRoutes.files["/style.safetensors"]  # a second use must not need the host
-    again = lora_layers(url, "lora_weights", model, _settings(tmp_path))
+    again, _ = lora_layers(url, "lora_weights", model, _settings(tmp_path))
     assert [layer.module for layer in again] == [layer.module for layer in first] and len(first) == 2
     assert len(_cached_files(tmp_path)) == 1 and not any("partial" in n for n in _cached_files(tmp_path))
 
@@ -149,7 +149,7 @@ def test_a_redirect_to_https_is_followed(tiny_models, hosts, tmp_path):
     model = tiny_models.transformers["original"]
     HostileRoutes.files["/real.safetensors"] = _lora_bytes(model)
     url = f"https://{secure}/redirect-to/https__{secure}/real.safetensors"
-    assert len(lora_layers(url, "lora_weights", model, _settings(tmp_path))) == 2
+    assert len(lora_layers(url, "lora_weights", model, _settings(tmp_path))[0]) == 2
 
 
 def test_closed_and_plain_http_ports_give_the_same_error(hosts, tmp_path):

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
+from helpers.hosts import HostileRoutes
 from helpers.media import png_header, write_test_video
+from helpers.models import peft_lora
 from helpers.paths import START_IMAGE, TINY_WEIGHTS
 from helpers.requests import TINY_HEIGHT, TINY_WIDTH, tiny_request
 
@@ -68,6 +71,9 @@ def server(tmp_path_factory, hostile_hosts):
         "FRAMEPACK_OUTPUT_DIR": str(output_dir),
         "FRAMEPACK_LORA_CACHE": str(lora_cache),
         "FRAMEPACK_ALLOW_PRIVATE_URLS": "1",
+        # The hostile https host serves the Hub's and CivitAI's URL layouts too.
+        "HF_ENDPOINT": f"https://{hostile_hosts.secure}",
+        "FRAMEPACK_CIVITAI_ENDPOINT": f"https://{hostile_hosts.secure}",
         "SSL_CERT_FILE": str(hostile_hosts.ca_file),
         # coglet starts its worker with the `python` on PATH: make that this interpreter.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -456,3 +462,24 @@ def test_the_setup_log_has_no_warning_but_cogs_own_notices(server):
     setup = lines[: next(i for i, line in enumerate(lines) if "Setup complete" in line)]
     warnings = [line for line in setup if '"level":"WARN' in line or "Warning" in line]
     assert len(warnings) == 3 and all(any(notice in line for notice in COG_NOTICES) for line in warnings), warnings
+
+
+def test_a_hub_lora_with_a_token_that_appears_nowhere(server, hostile_hosts, tmp_path):
+    from safetensors.torch import save
+
+    from framepack.models import load_models
+
+    model = load_models(TINY_WEIGHTS, ("original",), torch.device("cpu"), torch.float32).transformers["original"]
+    token = "hf_SECRET_only_for_the_hub"
+    files = {"siblings": [{"rfilename": "style.safetensors"}]}
+    HostileRoutes.files["/api/models/owner/style/revision/main"] = json.dumps(files).encode()
+    HostileRoutes.files["/owner/style/resolve/main/style.safetensors"] = save(peft_lora(model))
+    HostileRoutes.authorizations.clear()
+    body = _predict(server, {**TINY_REQUEST, "lora_weights": "owner/style", "hf_api_token": token}).json()
+    assert body["status"] == "succeeded", body.get("error")
+    assert ("/owner/style/resolve/main/style.safetensors", f"Bearer {token}") in HostileRoutes.authorizations
+    metadata = read_mp4_metadata(_video(body, tmp_path))
+    assert metadata["request"]["lora_weights"] == "owner/style" and token not in json.dumps(metadata)
+    assert token not in json.dumps(body) and token not in server["log"].read_text()
+    failed = _predict(server, {**TINY_REQUEST, "lora_weights": "owner/missing", "hf_api_token": token}).json()
+    assert failed["status"] == "failed" and "owner/missing" in failed["error"] and token not in json.dumps(failed)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import write_cog_files
+from pydantic import SecretStr
 
 from framepack.core.request import INPUT_SPECS
 
@@ -59,6 +60,8 @@ def test_cogs_parser_accepts_predict_py_with_the_api_tables_inputs(cog_schema):
             assert prop["type"] == "array" and prop["items"] == {"type": "string", "format": "uri"}, name
         elif spec.type is Path:
             assert (prop["type"], prop["format"]) == ("string", "uri"), name
+        elif spec.type is SecretStr:  # a token: Cog's Secret, masked in its logs and UIs
+            assert (prop["type"], prop["format"], prop["x-cog-secret"]) == ("string", "password", True), name
         else:
             assert prop["type"] == JSON_TYPES[spec.type], name
     assert schemas["Output"] == {"title": "Output", "type": "string", "format": "uri"}

@@ -30,7 +30,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -106,16 +106,26 @@ class _Transfer:
                 pass
 
 
-def download(url: str, name: str, target: Path, max_bytes: int, allow_private: bool = False) -> None:
+def download(
+    url: str,
+    name: str,
+    target: Path,
+    max_bytes: int,
+    allow_private: bool = False,
+    headers: Mapping[str, str] | None = None,
+) -> None:
     """Download `url` into the new file `target`, or raise InvalidInput naming input `name`.
 
+    `headers` (a token's Authorization) go only to `url`'s own host, never to a host a redirect leads to.
     Nothing is left at `target` unless the download completed: not on an error, a broken rule or a
     cancellation (any exception raised in this thread while it waits, such as Cog's).
     """
     shown = public_url(url)
     transfer = _Transfer()
     worker = threading.Thread(
-        target=_run, args=(url, name, target, max_bytes, allow_private, transfer), name="framepack-download"
+        target=_run,
+        args=(url, name, target, max_bytes, allow_private, transfer, dict(headers or {})),
+        name="framepack-download",
     )
     started = time.monotonic()
     window_start, window_bytes = started, 0
@@ -146,12 +156,15 @@ def download(url: str, name: str, target: Path, max_bytes: int, allow_private: b
         raise
 
 
-def _run(url: str, name: str, target: Path, max_bytes: int, allow_private: bool, transfer: _Transfer) -> None:
+def _run(
+    url: str, name: str, target: Path, max_bytes: int, allow_private: bool, transfer: _Transfer, headers: dict
+) -> None:
     """The worker: follow redirects, then stream the body into `target`; errors go to `transfer.error`."""
-    shown = public_url(url)
+    shown, origin = public_url(url), urlsplit(url).netloc.lower()
     try:
         for _ in range(MAX_REDIRECTS + 1):
-            response = _get(url, name, shown, allow_private, transfer)
+            own_host = urlsplit(url).netloc.lower() == origin
+            response = _get(url, name, shown, allow_private, transfer, headers if own_host else {})
             if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
                 url = urljoin(url, response.getheader("Location"))
                 response.close()
@@ -172,7 +185,9 @@ def _run(url: str, name: str, target: Path, max_bytes: int, allow_private: bool,
             target.unlink(missing_ok=True)
 
 
-def _get(url: str, name: str, shown: str, allow_private: bool, transfer: _Transfer) -> http.client.HTTPResponse:
+def _get(
+    url: str, name: str, shown: str, allow_private: bool, transfer: _Transfer, headers: dict
+) -> http.client.HTTPResponse:
     """One GET of `url` over TLS to a checked address of its host; returns the response with its headers read."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
@@ -201,7 +216,8 @@ def _get(url: str, name: str, shown: str, allow_private: bool, transfer: _Transf
     connection = http.client.HTTPSConnection(parts.hostname, port)
     connection.sock = tls  # already connected to the checked address: no second DNS lookup
     path = parts.path or "/"
-    connection.request("GET", f"{path}?{parts.query}" if parts.query else path, headers={"User-Agent": "framepack"})
+    target = f"{path}?{parts.query}" if parts.query else path
+    connection.request("GET", target, headers={"User-Agent": "framepack", **headers})
     return connection.getresponse()
 
 
@@ -234,7 +250,13 @@ def _save_body(response, name: str, shown: str, target: Path, max_bytes: int, tr
     raise OSError("cancelled")
 
 
-def cached_download(url: str, name: str, settings: LoraDownloads, validate: Callable[[Path, str], T]) -> T:
+def cached_download(
+    url: str,
+    name: str,
+    settings: LoraDownloads,
+    validate: Callable[[Path, str], T],
+    headers: Mapping[str, str] | None = None,
+) -> T:
     """`validate(path, shown)` of the file at `url`: from the cache, or downloaded into it.
 
     A download is kept only once `validate` accepted it (a LoRA whose keys match the model), under a name made
@@ -249,7 +271,7 @@ def cached_download(url: str, name: str, settings: LoraDownloads, validate: Call
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     partial = settings.cache_dir / f".{target.stem}.{secrets.token_hex(4)}.partial"
     try:
-        download(url, name, partial, settings.max_bytes, settings.allow_private)
+        download(url, name, partial, settings.max_bytes, settings.allow_private, headers)
         result = validate(partial, shown)
         os.replace(partial, target)
     finally:

@@ -9,6 +9,7 @@ and every error is our one `InvalidInput`, naming the input and what is allowed.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,13 +17,22 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..config import MODEL_VARIANTS, ModelVariant  # noqa: F401 (MODEL_VARIANTS: the API's choices)
 from ..errors import InvalidInput
 from .continuation import MAX_INPUT_VIDEO_BYTES, MAX_INPUT_VIDEO_SECONDS, VideoProbe, check_input_video, probe_video
 from .controls import SectionSchedule, plan_schedule
-from .downloads import public_url
+from .lora_sources import parse_lora_source
 from .planner import HISTORY_FRAMES, section_count
 from .weights import CheckpointMismatch, safetensors_shapes
 
@@ -206,12 +216,22 @@ class GenerationRequest(BaseModel):
     lora_weights: str = Field(
         "",
         max_length=MAX_SOURCE_CHARS,
-        description="LoRA for the transformer: an https URL or a local path to a .safetensors file (musubi-tuner, "
-        "diffusers/PEFT or HunyuanVideo key names).",
+        description="LoRA for the transformer (musubi-tuner, diffusers/PEFT or HunyuanVideo key names): a Hugging "
+        "Face repository, owner/repo or owner/repo/file.safetensors (or its huggingface.co URL), a CivitAI model, "
+        "civitai.com/models/<id>[?modelVersionId=<version>], an https URL of a .safetensors file, or a local path.",
     )
     lora_scale: float = Field(1.0, ge=-2.0, le=2.0, description="Strength of lora_weights.")
     extra_lora: str = Field("", max_length=MAX_SOURCE_CHARS, description="A second LoRA, same formats as lora_weights.")
     extra_lora_scale: float = Field(1.0, ge=-2.0, le=2.0, description="Strength of extra_lora.")
+    hf_api_token: SecretStr | None = Field(
+        None,
+        description="Hugging Face token for LoRAs in private or gated Hub repositories (default: HF_TOKEN on the "
+        "server); sent only to the Hub, never logged or stored.",
+    )
+    civitai_api_token: SecretStr | None = Field(
+        None,
+        description="CivitAI API key for LoRAs that need a login; sent only to CivitAI, never logged or stored.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -294,6 +314,13 @@ class GenerationRequest(BaseModel):
         return StepCacheSettings(self._step_cache, self.teacache_threshold, magcache)
 
     @property
+    def lora_tokens(self) -> dict[str, str | None]:
+        """The tokens LoRA downloads may send: "hf" (the input, else the server's HF_TOKEN) and "civitai"."""
+        hub = self.hf_api_token.get_secret_value() if self.hf_api_token else os.environ.get("HF_TOKEN")
+        civitai = self.civitai_api_token.get_secret_value() if self.civitai_api_token else None
+        return {"hf": hub or None, "civitai": civitai or None}
+
+    @property
     def schedule(self) -> SectionSchedule:
         """Each video section's time span, prompt, blend and keyframe (planned at validation)."""
         return self._schedule
@@ -309,15 +336,18 @@ class GenerationRequest(BaseModel):
         """The request as JSON-serialisable values (image files by their names only)."""
         values = self.model_dump()
         values["step_cache"], values["use_teacache"] = self._step_cache, None  # resolved: the MP4 says what ran
+        for name in SECRET_INPUTS:  # tokens are never stored
+            values.pop(name)
         for name in ("input_image", "end_image", "input_video"):
             values[name] = Path(values[name]).name if values[name] else None
         values["section_images"] = [Path(p).name for p in self.section_images]
         for name in ("lora_weights", "extra_lora"):  # URLs without their tokens; local files by name
             source = values[name].strip()
-            values[name] = public_url(source) if "://" in source else Path(source).name if source else ""
+            values[name] = parse_lora_source(name, source).shown if source else ""
         return values
 
 
+SECRET_INPUTS = ("hf_api_token", "civitai_api_token")
 # Inputs kept for earlier clients: the studio and presets show what replaced them (step_cache).
 EARLIER_INPUTS = ("use_teacache",)
 
@@ -534,18 +564,21 @@ def check_image_file(name: str, path: Path) -> None:
 
 
 def check_lora_source(name: str, source: str, lora_dirs: tuple[Path, ...] | None = None) -> None:
-    """A LoRA is an https URL (fetched later) or a local safetensors file, never anything else.
+    """A LoRA is a Hub or CivitAI reference or an https URL (fetched later), or a local safetensors file, never
+    anything else (`lora_sources.parse_lora_source`).
 
     With `lora_dirs`, a local file must lie inside one of them (after resolving links and `..`).
     """
     source = source.strip()
-    if not source or source.startswith("https://"):
+    if not source or parse_lora_source(name, source).kind != "file":
         return
-    if "://" in source:
-        raise InvalidInput(name, f"only https URLs or local paths are accepted, got {public_url(source)!r}")
     path = Path(source)
     if lora_dirs is not None and not any(path.resolve().is_relative_to(d.resolve()) for d in lora_dirs):
-        raise InvalidInput(name, "a local LoRA file must be in the server's LoRA folder; give an https URL instead")
+        raise InvalidInput(
+            name,
+            "a local LoRA file must be in the server's LoRA folder; give a Hugging Face repository (owner/repo), "
+            "a civitai.com/models/... page or an https URL instead",
+        )
     if not path.is_file():
         raise InvalidInput(name, f"file not found: {path.name}")
     try:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from ..config import LoraDownloads
 from ..core.downloads import cache_path, cached_download
+from ..core.lora_sources import download_url, parse_lora_source
 from ..core.weights import CheckpointMismatch, safetensors_shapes
 from ..errors import InvalidInput
 from .float8 import Float8Linear, quantize_rows
@@ -233,39 +234,54 @@ def read_safetensors(path: Path, name: str, shown: str | None = None) -> dict[st
         raise InvalidInput(name, f"{shown or path.name} is not a valid .safetensors file ({error})") from None
 
 
-def lora_layers(source: str, name: str, model: torch.nn.Module, downloads: LoraDownloads) -> list[LoraLayer]:
-    """The LoRA at `source` (an https URL, through the cache, or a local file) as `model`'s layer updates."""
+@dataclass(frozen=True)
+class LoadedLora:
+    """A request's LoRA, checked against the model: its layer updates, strength, and the local file it came from
+    (a download's file in the cache), which other processes merge in turn (`parallel.py`)."""
+
+    name: str
+    layers: list[LoraLayer]
+    scale: float
+    file: Path
+
+
+def lora_layers(
+    source: str,
+    name: str,
+    model: torch.nn.Module,
+    downloads: LoraDownloads,
+    tokens: dict[str, str | None] | None = None,
+) -> tuple[list[LoraLayer], Path]:
+    """The LoRA at `source` (`lora_sources.parse_lora_source`: a local file, an https URL, a Hub or CivitAI
+    reference, downloads through the cache) as `model`'s layer updates, and its local file.
+
+    `tokens`: the "hf" and "civitai" tokens, sent only to their own hosts.
+    """
 
     def convert(path: Path, shown: str) -> list[LoraLayer]:
         return convert_lora(read_safetensors(path, name, shown), model, name)
 
-    if "://" in source:
-        return cached_download(source, name, downloads, convert)
-    return convert(Path(source), Path(source).name)
+    parsed = parse_lora_source(name, source)
+    if parsed.kind == "file":
+        return convert(Path(source), parsed.shown), Path(source)
+    url, headers = download_url(parsed, name, downloads, tokens or {})
+    return cached_download(url, name, downloads, convert, headers), cache_path(url, downloads)
 
 
 def load_request_loras(
-    model: torch.nn.Module, loras: list[tuple[str, str, float]], downloads: LoraDownloads
-) -> list[tuple[list[LoraLayer], float]]:
+    model: torch.nn.Module,
+    loras: list[tuple[str, str, float]],
+    downloads: LoraDownloads,
+    tokens: dict[str, str | None] | None = None,
+) -> list[LoadedLora]:
     """Fetch and check every (input name, source, scale) LoRA against `model`; empty sources are skipped.
 
     Everything is checked before any weight changes, so a bad second LoRA never leaves the first merged.
     """
-    converted = []
+    loaded = []
     for name, source, scale in loras:
         source = source.strip()
         if source:
-            converted.append((lora_layers(source, name, model, downloads), scale))
-    return converted
-
-
-def local_lora_files(loras: list[tuple[str, str, float]], downloads: LoraDownloads) -> list[tuple[str, str, float]]:
-    """The (input name, local file, scale) of each (input name, source, scale) LoRA given, where
-    `load_request_loras` has put it: a URL's file in the cache, a local path as it is. For other processes that
-    merge the same LoRAs (`parallel.py`)."""
-    files = []
-    for name, source, scale in loras:
-        source = source.strip()
-        if source:
-            files.append((name, str(cache_path(source, downloads)) if "://" in source else source, scale))
-    return files
+            layers, file = lora_layers(source, name, model, downloads, tokens)
+            loaded.append(LoadedLora(name, layers, scale, file))
+    return loaded

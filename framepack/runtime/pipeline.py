@@ -187,8 +187,9 @@ def request_transformer(
         ("lora_weights", request.lora_weights, request.lora_scale),
         ("extra_lora", request.extra_lora, request.extra_lora_scale),
     ]
-    loras = lora.load_request_loras(model, requested, options.lora_downloads)
-    with lora.merged_loras(model, loras, models.device), ExitStack() as on_workers:
+    loaded = lora.load_request_loras(model, requested, options.lora_downloads, request.lora_tokens)
+    layers = [(item.layers, item.scale) for item in loaded]
+    with lora.merged_loras(model, layers, models.device), ExitStack() as on_workers:
         # The runner is built with the LoRAs merged: it keeps a float32 copy of the output head.
         if placement.parallel is None:
             yield options.runner(model, models.device, placement.streamers.get(variant))
@@ -196,9 +197,8 @@ def request_transformer(
         # The blocks run on several GPUs (`parallel.py`); the workers merge the same LoRA files.
         if options.runner is not PackedTransformer:
             raise ValueError(f"{options.runner.__name__} does not run on several GPUs")
-        on_workers.enter_context(
-            placement.parallel.merged_loras(variant, lora.local_lora_files(requested, options.lora_downloads))
-        )
+        files = [(item.name, str(item.file), item.scale) for item in loaded]
+        on_workers.enter_context(placement.parallel.merged_loras(variant, files))
         yield placement.parallel.transformer(model, variant)
 
 

@@ -113,8 +113,8 @@ class _Worker:
 
     def merge_loras(self, variant: str, files: list[tuple[str, str, float]]) -> None:
         model = self.models[variant]
-        loras = lora.load_request_loras(model, files, LoraDownloads())
-        self.loras.enter_context(lora.merged_loras(model, loras, self.device))
+        loaded = lora.load_request_loras(model, files, LoraDownloads())  # local files: nothing to download
+        self.loras.enter_context(lora.merged_loras(model, [(item.layers, item.scale) for item in loaded], self.device))
         self.connection.send(("merged", None))
 
     def unmerge_loras(self) -> None:

@@ -14,12 +14,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..core.request import EARLIER_INPUTS, INPUT_SPECS, with_step_cache
+from ..core.request import EARLIER_INPUTS, INPUT_SPECS, SECRET_INPUTS, with_step_cache
 from ..core.video import read_mp4_metadata, video_read_errors
 from ..errors import InvalidInput
 
 FILE_INPUTS = tuple(name for name, spec in INPUT_SPECS.items() if spec.type in (Path, list))
-SETTINGS = tuple(name for name in INPUT_SPECS if name not in FILE_INPUTS + EARLIER_INPUTS)
+# Tokens are not settings: never written to the presets file.
+SETTINGS = tuple(name for name in INPUT_SPECS if name not in FILE_INPUTS + EARLIER_INPUTS + SECRET_INPUTS)
 
 
 def default_presets_file() -> Path:

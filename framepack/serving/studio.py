@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import SecretStr
 
 from ..core import controls, planner
 from ..core.progress import ProgressReporter
@@ -51,7 +52,7 @@ BASICS = ("input_image", "prompt", "total_video_length_seconds", "model_variant"
 TIMELINE = ("section_prompts", "prompt_blend_sections", "section_images", "section_image_indices")
 END_FRAME = ("end_image", "end_image_strength")
 CONTINUE = ("input_video", "video_context_frames", "include_input_video")
-LORAS = ("lora_weights", "lora_scale", "extra_lora", "extra_lora_scale")
+LORAS = ("lora_weights", "lora_scale", "extra_lora", "extra_lora_scale", "hf_api_token", "civitai_api_token")
 SHOWN = tuple(name for name in INPUT_SPECS if name not in EARLIER_INPUTS)  # step_cache replaces use_teacache
 ADVANCED = tuple(name for name in SHOWN if name not in BASICS + TIMELINE + END_FRAME + CONTINUE + LORAS)
 VIDEO_INPUTS = ("input_video",)
@@ -282,6 +283,8 @@ def _component(gr, spec: InputSpec):
         return gr.Dropdown(list(spec.choices), value=spec.default, **common)
     if spec.type is bool:
         return gr.Checkbox(value=spec.default, **common)
+    if spec.type is SecretStr:
+        return gr.Textbox(value="", type="password", **common)
     if spec.name == "seed":
         return gr.Number(value=spec.default, precision=0, minimum=spec.ge, maximum=spec.le, **common)
     if spec.type in (int, float):

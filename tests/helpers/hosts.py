@@ -15,10 +15,13 @@ class HostileRoutes(http.server.BaseHTTPRequestHandler):
     """GET routes of the hostile test host; `files` maps a path to the bytes it serves."""
 
     files: dict[str, bytes] = {}
+    redirects: dict[str, str] = {}  # path -> Location
     release = threading.Event()
+    authorizations: list[tuple[str, str | None]] = []  # (path, Authorization header) of every GET
 
     def do_GET(self):  # noqa: N802
         path = self.path.split("?")[0]
+        self.authorizations.append((path, self.headers.get("Authorization")))
         if path == "/stall":  # promises 100,000 bytes, sends 10, then goes silent
             self._head(200, {"Content-Length": "100000"})
             self.wfile.write(b"x" * 10)
@@ -31,6 +34,8 @@ class HostileRoutes(http.server.BaseHTTPRequestHandler):
                     break
                 self.wfile.write(b"x")
                 self.wfile.flush()
+        elif path in self.redirects:
+            self._head(302, {"Location": self.redirects[path]})
         elif path.startswith("/redirect-to/"):
             self._head(302, {"Location": path.removeprefix("/redirect-to/").replace("__", "://", 1)})
         elif path in self.files:
