@@ -143,6 +143,16 @@ def test_a_civitai_model_downloads_its_newest_version_with_the_key_sent_to_civit
         ("/api/download/models/678", f"Bearer {CIVITAI_TOKEN}"),
         ("/storage/style.safetensors", None),
     ]
+    # A version named: no API call, and (another URL) another cached file. owner/repo/file.safetensors as well.
+    HostileRoutes.authorizations.clear()
+    HostileRoutes.files["/api/download/models/600"] = save(peft_lora(model, seed=4))
+    HostileRoutes.files["/owner/repo/resolve/main/sub/style.safetensors"] = save(peft_lora(model, seed=6))
+    for reference in ("https://civitai.com/models/12345/style?modelVersionId=600", "owner/repo/sub/style.safetensors"):
+        assert len(lora_layers(reference, "extra_lora", model, hub_and_civitai, tokens)[0]) == 2
+    assert [path for path, _ in HostileRoutes.authorizations] == [
+        "/api/download/models/600",
+        "/owner/repo/resolve/main/sub/style.safetensors",
+    ]
 
 
 def test_tokens_are_secrets_of_the_request_and_never_stored():
