@@ -114,6 +114,17 @@ def test_inline_timestamp_text_and_trailing_text_are_refused():
         controls.parse_timed_prompts("[2s: a cat] a dog runs")
 
 
+def test_fp_studios_one_line_form_is_the_same_as_one_timestamp_a_line():
+    grid = controls.section_grid(6, 3)
+    one_line = controls.plan_section_prompts("[0s: a calm sea] [1s-2s: a storm] [2s: a rainbow]", "base", grid)
+    lines = controls.plan_section_prompts("[0s] a calm sea\n[1s-2s] a storm\n[2s] a rainbow", "base", grid)
+    assert (one_line.prompts, one_line.ignored) == (lines.prompts, lines.ignored)  # the notes name line 1 each time
+    assert one_line.prompts[0] == "a calm sea" and "a rainbow" in one_line.prompts
+    # Its entries are checked as lines are, and named by their line.
+    with pytest.raises(InvalidInput, match=r"line 2: \[3s-1s\] ends before it starts"):
+        controls.parse_timed_prompts("[0s] a\n[1s: b] [3s-1s: c]")
+
+
 def test_keyframe_plan_and_indices():
     assert controls.parse_keyframe_indices("", 2, 4) == [0, 1]
     assert controls.parse_keyframe_indices("1, 3", 2, 4) == [1, 3]

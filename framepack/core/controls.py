@@ -54,11 +54,13 @@ class TimedPrompt:
         return f"[{self.start:g}s]" if self.end is None else f"[{self.start:g}s-{self.end:g}s]"
 
 
-# FP-Studio's timestamps: `[2s] text` or `[2s-4s] text`, and its inline form `[2s: text]`, `[2s-4s: text]`.
-_TIMESTAMP = re.compile(
-    r"\[\s*(?P<start>\d+(?:\.\d+)?)\s*s\s*(?:-\s*(?P<end>\d+(?:\.\d+)?)\s*s\s*)?(?::(?P<inner>[^\]]*))?\]"
-    r"(?P<rest>.*)"
-)
+# FP-Studio's timestamps: `[2s] text` or `[2s-4s] text`, and its inline form `[2s: text]`, `[2s-4s: text]`,
+# several of which may share one line (`[1s: a] [3s: b]`).
+_NUMBER = r"\d+(?:\.\d+)?"
+_STAMP = rf"\[\s*(?P<start>{_NUMBER})\s*s\s*(?:-\s*(?P<end>{_NUMBER})\s*s\s*)?"
+_TIMESTAMP = re.compile(_STAMP + r"(?::(?P<inner>[^\]]*))?\](?P<rest>.*)")
+_INLINE = re.compile(_STAMP + r":(?P<inner>[^\]]*)\]")
+_INLINE_LINE = re.compile(rf"(?:\s*\[\s*{_NUMBER}\s*s\s*(?:-\s*{_NUMBER}\s*s\s*)?:[^\]]*\])+\s*")
 
 
 def parse_timed_prompts(section_prompts: str) -> list[TimedPrompt] | None:
@@ -71,23 +73,20 @@ def parse_timed_prompts(section_prompts: str) -> list[TimedPrompt] | None:
     for number, line in enumerate(section_prompts.splitlines(), start=1):
         if not line.strip():
             continue
+        if _INLINE_LINE.fullmatch(line) and len(_INLINE.findall(line)) > 1:  # `[1s: a] [3s: b]` on one line
+            timed += [_timed_entry(number, match) for match in _INLINE.finditer(line)]
+            continue
         match = _TIMESTAMP.fullmatch(line.strip())
         if match is None:
             plain.append(number)
             continue
-        start, end = float(match["start"]), float(match["end"]) if match["end"] else None
-        text = (match["inner"] if match["inner"] is not None else match["rest"]).strip()
-        entry = TimedPrompt(number, start, end, text)
         if match["inner"] is not None and match["rest"].strip():
+            label = TimedPrompt(number, float(match["start"]), None, "").label()
             raise InvalidInput(
                 "section_prompts",
-                f"line {number}: text both inside and after {entry.label()}; write '[2s: text]' or '[2s] text'",
+                f"line {number}: text both inside and after {label}; write '[2s: text]' or '[2s] text'",
             )
-        if end is not None and end <= start:
-            raise InvalidInput("section_prompts", f"line {number}: {entry.label()} ends before it starts")
-        if not text:
-            raise InvalidInput("section_prompts", f"line {number}: {entry.label()} has no prompt after it")
-        timed.append(entry)
+        timed.append(_timed_entry(number, match))
     if timed and plain:
         raise InvalidInput(
             "section_prompts",
@@ -95,6 +94,19 @@ def parse_timed_prompts(section_prompts: str) -> list[TimedPrompt] | None:
             "give every line a timestamp, or none (then line i is section i)",
         )
     return timed or None
+
+
+def _timed_entry(number: int, match: re.Match) -> TimedPrompt:
+    """A timestamp `match` of line `number` as a TimedPrompt; raises InvalidInput for a reversed range or no text."""
+    start, end = float(match["start"]), float(match["end"]) if match["end"] else None
+    inner = match["inner"]
+    text = (inner if inner is not None else match["rest"]).strip()
+    entry = TimedPrompt(number, start, end, text)
+    if end is not None and end <= start:
+        raise InvalidInput("section_prompts", f"line {number}: {entry.label()} ends before it starts")
+    if not text:
+        raise InvalidInput("section_prompts", f"line {number}: {entry.label()} has no prompt after it")
+    return entry
 
 
 def snap_to_grid(seconds: float, grid: Sequence[tuple[float, float]]) -> int:

@@ -165,8 +165,9 @@ class GenerationRequest(BaseModel):
         max_length=MAX_SECTION_PROMPTS_CHARS,
         description="One prompt per line, line i for section i (0 = start of the video). Empty or missing lines "
         "keep the previous section's prompt; section 0 falls back to prompt. Or every line starts with a time, "
-        "'[2s] text' or '[2s-4s] text': the prompt applies from that time (to the end time), snapped to the "
-        "section grid the log prints; times no line covers use prompt.",
+        "'[2s] text' or '[2s-4s] text' (or FP-Studio's '[2s: text]', several on one line): the prompt applies "
+        "from that time (to the end time), snapped to the section grid the log prints; times no line covers use "
+        "prompt.",
     )
     prompt_blend_sections: int = Field(
         0,
